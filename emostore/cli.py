@@ -1,0 +1,221 @@
+"""The ``emostore`` command line: a thin typer layer, one library call per command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from emostore.errors import UserError
+
+app = typer.Typer(help="emostore: multimodal emotion recognition for conversations, on a feature store.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+ingest_app = typer.Typer(help="Turn a corpus into a new store (the utterance table).", no_args_is_help=True)
+extract_app = typer.Typer(help="Compute per-utterance features into a store.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(extract_app, name="extract")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors the user can fix become one line on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    sentence_transformers = "sentence-transformers"
+    huggingface = "huggingface"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Classes(str, Enum):
+    six = "6"
+    four = "4"
+
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Store directory to create.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+def _finish_ingest(adapter: str, source: Any, out: Path, overwrite: bool, as_json: bool, **options: Any) -> None:
+    from emostore.display import show_ingest
+    from emostore.ingest.run import ingest
+
+    store, result = ingest(adapter, source, out, overwrite=overwrite, **options)
+    if as_json:
+        info = store.info()
+        info["notes"] = result.notes
+        info["problem_list"] = [p.to_dict() for p in result.problems]
+        typer.echo(json.dumps(info, indent=2, default=str))
+    else:
+        show_ingest(result, str(out))
+
+
+@ingest_app.command("meld")
+@user_errors
+def ingest_meld(root: Annotated[Path, typer.Argument(help="Folder with the MELD *_sent_emo.csv files "
+                                                          "(and MELD.Raw clip folders, if any).")],
+                out: Out, overwrite: Overwrite = False,
+                fix_mojibake: Annotated[bool, typer.Option(help="Repair â€™-style mojibake (recorded).")] = True,
+                as_json: Json = False) -> None:
+    """MELD (Friends dialogues): 7 emotions, 3 sentiments; clips linked when MELD.Raw is present."""
+    _finish_ingest("meld", root, out, overwrite, as_json, fix_mojibake=fix_mojibake)
+
+
+@ingest_app.command("iemocap")
+@user_errors
+def ingest_iemocap(root: Annotated[Path, typer.Argument(help="IEMOCAP_full_release (or its parent).")],
+                   out: Out, overwrite: Overwrite = False,
+                   classes: Annotated[Classes, typer.Option(help="6 classes, or 4 with excited merged into happy.")] = Classes.six,
+                   test_session: Annotated[int, typer.Option(help="Session used as the test split.")] = 5,
+                   dev_fraction: Annotated[float, typer.Option(help="Share of other dialogues held out as dev.")] = 0.1,
+                   as_json: Json = False) -> None:
+    """IEMOCAP in its official layout; all turns kept, labels outside the class map left empty."""
+    _finish_ingest("iemocap", root, out, overwrite, as_json, classes=int(classes.value),
+                   test_session=test_session, dev_fraction=dev_fraction)
+
+
+def _cmu(name: str) -> Callable[..., None]:
+    def command(root: Annotated[Path, typer.Argument(help="Folder (or file) with .csd computational "
+                                                          "sequences or a CSV of segments.")],
+                out: Out, overwrite: Overwrite = False,
+                folds: Annotated[Optional[Path], typer.Option(help="JSON of train/valid/test video ids "
+                                                              "(default: std_folds.json beside the data).")] = None,
+                as_json: Json = False) -> None:
+        _finish_ingest(name, root, out, overwrite, as_json, folds=folds)
+
+    command.__doc__ = f"CMU-{name.upper()}: sentiment in [-3, 3] (and emotions for MOSEI), standard folds."
+    return user_errors(command)
+
+
+ingest_app.command("mosi")(_cmu("mosi"))
+ingest_app.command("mosei")(_cmu("mosei"))
+
+
+@ingest_app.command("csv")
+@user_errors
+def ingest_csv(files: Annotated[list[Path], typer.Argument(help="One or more CSV files (e.g. one per split).")],
+               out: Out, overwrite: Overwrite = False,
+               dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: file name).")] = None,
+               id_col: Annotated[Optional[str], typer.Option(help="Column of utterance ids [id].")] = None,
+               dialogue_col: Annotated[Optional[str], typer.Option(help="Column of dialogue ids [dialogue].")] = None,
+               turn_col: Annotated[Optional[str], typer.Option(help="Column of turn numbers [turn].")] = None,
+               speaker_col: Annotated[Optional[str], typer.Option(help="Column of speakers [speaker].")] = None,
+               text_col: Annotated[Optional[str], typer.Option(help="Column of utterance text [text].")] = None,
+               label_col: Annotated[Optional[str], typer.Option(help="Column of emotion labels [emotion].")] = None,
+               sentiment_col: Annotated[Optional[str], typer.Option(help="Sentiment label or score [sentiment].")] = None,
+               split_col: Annotated[Optional[str], typer.Option(help="Column of splits [split].")] = None,
+               media_col: Annotated[Optional[str], typer.Option(help="Column of media paths [media].")] = None,
+               start_col: Annotated[Optional[str], typer.Option(help="Segment start in seconds [start].")] = None,
+               end_col: Annotated[Optional[str], typer.Option(help="Segment end in seconds [end].")] = None,
+               media_root: Annotated[Optional[Path], typer.Option(help="Base of relative media paths "
+                                                                  "(default: the CSV's folder).")] = None,
+               fix_mojibake: Annotated[bool, typer.Option(help="Repair â€™-style mojibake (recorded).")] = True,
+               as_json: Json = False) -> None:
+    """Any labelled corpus as CSV; only a text or a media column is required."""
+    columns = {"id": id_col, "dialogue": dialogue_col, "turn": turn_col, "speaker": speaker_col,
+               "text": text_col, "emotion": label_col, "sentiment": sentiment_col, "split": split_col,
+               "media": media_col, "start": start_col, "end": end_col}
+    _finish_ingest("csv", list(files), out, overwrite, as_json, columns=columns, dataset=dataset,
+                   media_root=media_root, fix_mojibake=fix_mojibake)
+
+
+@extract_app.command("text")
+@user_errors
+def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")],
+                 model: Annotated[str, typer.Option(help="sentence-transformers name or path, or bert, roberta, "
+                                                         "distilbert; default: the bundled all-MiniLM-L6-v2.")] = "minilm",
+                 backend: Annotated[Backend, typer.Option(help="How to load the model; auto uses mean-pooled "
+                                                              "Hugging Face for the aliases.")] = Backend.auto,
+                 device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, mps.")] = "auto",
+                 precision: Annotated[Precision, typer.Option(help="auto: float16 on CUDA, float32 elsewhere.")] = Precision.auto,
+                 batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+                 context: Annotated[int, typer.Option(min=0, help="Embed each utterance with its k previous turns "
+                                                              "(its own feature set, <name>-ctx<k>).")] = 0,
+                 max_length: Annotated[Optional[int], typer.Option(help="Token limit (default: the model's).")] = None,
+                 name: Annotated[Optional[str], typer.Option(help="Feature set name under text/ (default from the model).")] = None,
+                 shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (run N at once).")] = None,
+                 chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for a "
+                                                                       "new feature set.")] = None,
+                 overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
+                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+                 as_json: Json = False) -> None:
+    """Text embeddings for every utterance; resumable, safe to kill, shardable."""
+    from emostore.extract.runner import run_extraction
+    from emostore.extract.text import text_encoder
+    from emostore.store import Shard, Store
+
+    st = Store.open(store)
+    sh = Shard.parse(shard)
+    enc = text_encoder(model, backend=backend.value, device=device, batch_size=batch_size, context=context,
+                       precision=precision.value, name=name, max_length=max_length)
+    report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows,
+                            progress=not quiet and not as_json and sys.stderr.isatty())
+    out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "device": enc.device,
+           "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,
+           "rows_failed": report.rows_failed, "complete": report.complete,
+           "failures": [{"id": i, "reason": r} for i, r in report.failures]}
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{report.feature_set} (config {report.config_hash}) on {enc.device}: {report.rows_run} rows in "
+               f"{report.chunks_run} chunks, {report.rows_failed} failed; "
+               f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
+    for i, r in report.failures[:10]:
+        typer.echo(f"  {i}: {r}")
+    if len(report.failures) > 10:
+        typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+
+
+@app.command("info")
+@user_errors
+def info(store: Annotated[Path, typer.Argument(help="Store directory.")], as_json: Json = False) -> None:
+    """Counts per split and label, and each feature set's dims, config and completeness."""
+    from emostore.display import show_info
+    from emostore.store import Store
+
+    data = Store.open(store, mode="r").info()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        show_info(data)
+
+
+@app.command("demo")
+@user_errors
+def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where to put the demo store "
+                                                               "(default: a temporary directory).")] = None,
+         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto") -> None:
+    """Run the whole pipeline offline on the built-in sample conversations."""
+    from emostore.demo import run_demo
+
+    run_demo(directory, device=device)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Rich renderings of what the commands report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from emostore.ingest.base import IngestResult
+
+console = Console()
+
+
+def show_info(info: dict[str, Any]) -> None:
+    console.print(f"[bold]{info['path']}[/bold]  dataset [cyan]{info['dataset']}[/cyan]  "
+                  f"{info['utterances']} utterances, {info['dialogues']} dialogues, {info['speakers']} speakers, "
+                  f"{info['with_text']} with text, {info['with_media']} with media")
+    splits = list(info["splits"])
+    t = Table(title="utterances per split and emotion")
+    t.add_column("emotion")
+    for s in splits:
+        t.add_column(s, justify="right")
+    t.add_column("all", justify="right")
+    for label, n in info["labels"].items():
+        t.add_row(label, *[str(info["labels_by_split"].get(s, {}).get(label, 0)) for s in splits], str(n))
+    t.add_row("[bold]all[/bold]", *[str(info["splits"][s]) for s in splits], str(info["utterances"]))
+    console.print(t)
+    if info["problems"] or info["repairs"]:
+        console.print(f"ingest: {info['problems']} recorded problems, {info['repairs']} repaired cells")
+    if not info["features"]:
+        console.print("no feature sets yet: run `emostore extract text STORE`")
+        return
+    f = Table(title="feature sets")
+    for col in ("name", "dim", "done", "failed", "config", "model"):
+        f.add_column(col, overflow="fold")
+    for name, s in info["features"].items():
+        done = f"{s['rows_done']}/{s['rows']}" + ("" if s["complete"] else " [yellow](incomplete)[/yellow]")
+        model = str(s["config"].get("model", s["encoder"])).split("/")[-1]
+        f.add_row(name, str(s["dim"]), done, str(s["rows_failed"]), s["config_hash"], model)
+    console.print(f)
+    for name, s in info["features"].items():
+        for e in s["errors"][:5]:
+            console.print(f"  [red]{name}[/red] {e['id']}: {e['reason']}")
+        if s["rows_failed"] > 5:
+            console.print(f"  ... {s['rows_failed'] - 5} more failed rows in {name}")
+
+
+def show_ingest(result: IngestResult, path: str, limit: int = 10) -> None:
+    t = result.table
+    splits = t["split"].value_counts(dropna=False).to_dict()
+    console.print(f"[green]ingested[/green] {len(t)} utterances from {result.dataset} into {path} "
+                  f"({', '.join(f'{k}: {v}' for k, v in splits.items())}); "
+                  f"{t['emotion'].nunique()} emotions")
+    for note in result.notes:
+        console.print(f"  note: {note}")
+    issues = [p for p in result.problems if p.level != "repair"]
+    repairs = [p for p in result.problems if p.level == "repair"]
+    if repairs:
+        console.print(f"  repaired {len(repairs)} cells (e.g. {repairs[0]})")
+    for p in issues[:limit]:
+        colour = "red" if p.level == "error" else "yellow"
+        console.print(f"  [{colour}]{p.level}[/{colour}] {p}")
+    if len(issues) > limit:
+        console.print(f"  ... {len(issues) - limit} more problems (all recorded in the store; see `emostore info`)")

@@ -1,0 +1,74 @@
+"""The encoder interface and registry shared by every modality."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from emostore.errors import UserError
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Encoded:
+    """Output for a block of rows: values [n, D], ok [n], and a reason for each row not ok."""
+
+    values: np.ndarray
+    ok: np.ndarray
+    reasons: list[str]
+
+
+class Encoder(ABC):
+    """Turns rows of the utterance table into fixed-size vectors.
+
+    ``config`` holds everything that changes the values (it is hashed into the feature set);
+    ``version`` records library and model versions for provenance only.
+    """
+
+    modality: ClassVar[str]
+    kind: ClassVar[str]
+    name: str
+    dim: int
+    config: dict[str, Any]
+
+    @property
+    def feature_set(self) -> str:
+        return f"{self.modality}/{self.name}"
+
+    def version(self) -> dict[str, str]:
+        from emostore import __version__
+
+        return {"emostore": __version__}
+
+    @abstractmethod
+    def encode_rows(self, table: pd.DataFrame, rows: np.ndarray, progress: Progress | None = None) -> Encoded:
+        """Encode ``table.iloc[rows]``; ``table`` is the whole table (context encoders look back)."""
+
+
+ENCODERS: dict[str, type[Encoder]] = {}
+
+
+def register(cls: type[Encoder]) -> type[Encoder]:
+    ENCODERS[f"{cls.modality}/{cls.kind}"] = cls
+    return cls
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""
+    import torch
+
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"

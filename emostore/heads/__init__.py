@@ -1,0 +1,1 @@
+"""Light fusion heads that train on stored embeddings (see the heads issue)."""

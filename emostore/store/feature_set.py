@@ -1,0 +1,189 @@
+"""One feature set: per-utterance vectors plus done/mask/error arrays, written chunk by chunk.
+
+The row chunk is the unit of work. A writer fills one chunk of ``values``, then the same chunk
+of ``mask`` and ``error``, and last of ``done``. Each chunk file is replaced atomically by
+Zarr's local store, so a process killed at any moment leaves every chunk either done (with all
+its data) or pending; a rerun recomputes only pending chunks. Shards own disjoint chunks
+(``chunk % n == i``), so concurrent writers never touch the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import zarr
+
+from emostore.errors import UserError
+
+#: Target size of one chunk of ``values`` (float32): big enough to batch well, small enough to
+#: lose little work when killed.
+CHUNK_BYTES = 8 * 1024 * 1024
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 4096
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable short hash of a JSON-serialisable configuration (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def default_chunk_rows(dim: int) -> int:
+    rows = CHUNK_BYTES // (4 * max(dim, 1))
+    rows = 1 << max(rows.bit_length() - 1, 0)
+    return int(min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, rows)))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: owns the chunks whose number is ``index`` modulo ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> Shard:
+        if not text:
+            return cls()
+        try:
+            i, n = (int(p) for p in text.split("/"))
+        except ValueError:
+            raise UserError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+        if n < 1 or not 0 <= i < n:
+            raise UserError(f"--shard {text}: need 0 <= I < N")
+        return cls(i, n)
+
+    def owns(self, chunk: int) -> bool:
+        return chunk % self.count == self.index
+
+
+class FeatureSet:
+    """Reader/writer of one feature set group ``features/<modality>/<name>``."""
+
+    def __init__(self, group: zarr.Group, name: str, ids: np.ndarray):
+        self.group = group
+        self.name = name
+        self._ids = ids
+
+    # ----- description -------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def modality(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def dim(self) -> int:
+        return int(self.group.attrs["dim"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.group.attrs["config"])
+
+    @property
+    def config_hash(self) -> str:
+        return str(self.group.attrs["config_hash"])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.group["done"].shape[0])
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.group["done"].chunks[0])
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    def chunk_slice(self, chunk: int) -> slice:
+        start = chunk * self.chunk_rows
+        return slice(start, min(start + self.chunk_rows, self.n_rows))
+
+    # ----- state -------------------------------------------------------------------------
+    def done(self) -> np.ndarray:
+        return np.asarray(self.group["done"][:], dtype=bool)
+
+    def mask(self) -> np.ndarray:
+        """True where the row holds valid data (done and no error)."""
+        return np.asarray(self.group["mask"][:], dtype=bool)
+
+    def errors(self) -> list[tuple[int, str, str]]:
+        """``(row, utterance id, reason)`` for every row that was processed and failed."""
+        reasons = self.group["error"][:]
+        rows = np.flatnonzero(reasons != "")
+        return [(int(r), str(self._ids[r]), str(reasons[r])) for r in rows]
+
+    def pending_chunks(self, shard: Shard = Shard()) -> list[int]:
+        done = self.done()
+        out = []
+        for c in range(self.n_chunks):
+            if shard.owns(c) and not done[self.chunk_slice(c)].all():
+                out.append(c)
+        return out
+
+    def is_complete(self) -> bool:
+        return bool(self.done().all())
+
+    def summary(self) -> dict[str, Any]:
+        done, mask = self.done(), self.mask()
+        a = self.attrs
+        return {
+            "dim": self.dim,
+            "dtype": a.get("dtype", "float32"),
+            "rows": self.n_rows,
+            "rows_done": int(done.sum()),
+            "rows_valid": int(mask.sum()),
+            "rows_failed": int((done & ~mask).sum()),
+            "complete": bool(done.all()),
+            "config_hash": self.config_hash,
+            "config": self.config,
+            "encoder": a.get("encoder"),
+            "version": a.get("version"),
+            "created": a.get("created"),
+            "updated": a.get("updated"),
+        }
+
+    # ----- writing -----------------------------------------------------------------------
+    def write_chunk(self, chunk: int, values: np.ndarray, ok: np.ndarray, reasons: Sequence[str]) -> None:
+        """Write one whole chunk. Rows with ``ok`` False get NaN values and their reason."""
+        sl = self.chunk_slice(chunk)
+        n = sl.stop - sl.start
+        values = np.asarray(values, dtype=np.float32).reshape(n, self.dim)
+        ok = np.asarray(ok, dtype=bool).reshape(n)
+        if len(reasons) != n:
+            raise ValueError(f"chunk {chunk}: {len(reasons)} reasons for {n} rows")
+        values = np.where(ok[:, None], values, np.float32(np.nan))
+        errors = np.array(["" if good else (r or "failed") for good, r in zip(ok, reasons)], dtype=object)
+        self.group["values"][sl] = values
+        self.group["mask"][sl] = ok
+        self.group["error"][sl] = errors
+        self.group["done"][sl] = np.ones(n, dtype=bool)  # last: the chunk counts only once complete
+
+    # ----- reading -----------------------------------------------------------------------
+    def read(self, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids, X, mask)`` for ``rows`` (all rows by default); invalid rows are NaN in X."""
+        if rows is None:
+            rows = slice(None)
+        if isinstance(rows, slice):
+            X = np.asarray(self.group["values"][rows], dtype=np.float32)
+            mask = np.asarray(self.group["mask"][rows], dtype=bool)
+            return self._ids[rows], X, mask
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        X_all = self.group["values"]
+        X = np.asarray(X_all.oindex[rows, :], dtype=np.float32) if len(rows) else np.zeros((0, self.dim), np.float32)
+        mask = np.asarray(self.group["mask"][:], dtype=bool)[rows]
+        return self._ids[rows], X, mask
