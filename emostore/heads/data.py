@@ -1,0 +1,206 @@
+"""Features and labels from a store, loaded once into tensors for training and prediction.
+
+Each feature set is standardised with the mean and standard deviation of its valid training
+rows only; rows without a value (``mask == False``) are set to zero and stay masked. Dialogues
+(one per dialogue and split, in turn order) and per-dialogue speaker numbers are kept for the
+sequence heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from emostore.errors import UserError
+from emostore.store import Store
+
+TARGETS = ("emotion", "sentiment")
+#: Standard deviations below this are treated as constant features (divided by 1).
+MIN_STD = 1e-6
+
+
+@dataclass
+class Target:
+    """What to predict: ``column`` of the table, as classes (``labels``) or a score (regression)."""
+
+    name: str
+    column: str
+    labels: list[str] | None  # None: regression
+
+    @property
+    def regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def n_out(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "column": self.column, "labels": self.labels}
+
+
+@dataclass
+class HeadData:
+    """Everything a head trains and predicts on, aligned to the store's rows."""
+
+    feature_sets: list[str]
+    dims: list[int]
+    config_hashes: list[str]
+    target: Target
+    ids: np.ndarray
+    split: np.ndarray                   # str per row
+    xs: list[Tensor]                    # [N, D_m] float32, standardised, zero where masked
+    mask: Tensor                        # [N, M] bool
+    y: Tensor                           # long (-1: no label) or float (NaN: no score)
+    dialogues: list[np.ndarray]         # row indices in turn order, one array per dialogue and split
+    speakers: Tensor                    # [N] long: speaker number within its dialogue, -1 unknown
+    norm: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, split: str, labelled: bool = True) -> np.ndarray:
+        """Row indices of ``split`` (only those with a label or score by default)."""
+        keep = self.split == split
+        if labelled:
+            keep &= self.has_label.numpy()
+        return np.flatnonzero(keep)
+
+    @property
+    def has_label(self) -> Tensor:
+        return torch.isfinite(self.y) if self.target.regression else self.y >= 0
+
+    def to(self, device: torch.device | str) -> HeadData:
+        self.xs = [x.to(device) for x in self.xs]
+        self.mask, self.y, self.speakers = self.mask.to(device), self.y.to(device), self.speakers.to(device)
+        return self
+
+
+def resolve_feature_sets(store: Store, names: list[str] | str) -> list[str]:
+    """Full feature set names; a modality alone (``text``) is accepted when it has one feature set."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise UserError("no feature sets given: pass --features, e.g. --features text/minilm")
+    have = store.feature_sets()
+    out = []
+    for name in names:
+        if name in have:
+            out.append(name)
+            continue
+        matches = [h for h in have if h.split("/", 1)[0] == name]
+        if len(matches) == 1:
+            out.append(matches[0])
+        elif len(matches) > 1:
+            raise UserError(f"{store.path}: {name!r} is ambiguous ({', '.join(matches)}); name one of them")
+        else:
+            raise UserError(f"{store.path}: no feature set {name!r} (have: {', '.join(have) or 'none'}); "
+                            "run `emostore extract` first")
+    if len(set(out)) != len(out):
+        raise UserError(f"feature set listed twice: {', '.join(out)}")
+    return out
+
+
+def resolve_target(table: pd.DataFrame, name: str, labels: list[str] | None = None) -> Target:
+    """``emotion``: classes. ``sentiment``: regression on ``sentiment_score`` when the training
+    split has scores (CMU-MOSI/MOSEI), else classes of the ``sentiment`` column (e.g. MELD)."""
+    if name not in TARGETS:
+        raise UserError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+    train = table["split"] == "train"
+    if name == "sentiment" and labels is None:
+        scores = pd.to_numeric(table.loc[train, "sentiment_score"], errors="coerce")
+        if scores.notna().any():
+            return Target(name, "sentiment_score", None)
+    column = name
+    if labels is None:
+        values = [v for v in table.loc[train, column] if isinstance(v, str) and v]
+        labels = sorted(set(values))
+        if len(labels) < 2:
+            raise UserError(f"the training split has {len(labels)} distinct {column!r} labels; "
+                            "need at least 2 to train a classifier")
+    return Target(name, column, list(labels))
+
+
+def _dialogues(table: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
+    """Row order of each (dialogue, split), and each row's speaker number within its dialogue."""
+    n = len(table)
+    # a row without a dialogue is a dialogue of its own
+    keys = [d if isinstance(d, str) and d else f"\0{i}" for d, i in zip(table["dialogue"], table["id"])]
+    frame = pd.DataFrame({
+        "d": keys,
+        "s": table["split"].fillna("").astype(str).to_numpy(),
+        "t": pd.to_numeric(table["turn"], errors="coerce").fillna(0).to_numpy(),
+        "r": np.arange(n),
+    })
+    speaker = table["speaker"].to_numpy()
+    speakers = np.full(n, -1, dtype=np.int64)
+    dialogues: list[np.ndarray] = []
+    for _, g in frame.sort_values(["d", "s", "t", "r"], kind="stable").groupby(["d", "s"], sort=False):
+        rows = g["r"].to_numpy()
+        dialogues.append(rows)
+        seen: dict[Any, int] = {}
+        for r in rows:
+            who = speaker[r]
+            if isinstance(who, str) and who:
+                speakers[r] = seen.setdefault(who, len(seen))
+    return dialogues, speakers
+
+
+def load_data(store: Store, feature_sets: list[str] | str, target: str | Target = "emotion", *,
+              norm: dict[str, dict[str, list[float]]] | None = None) -> HeadData:
+    """Read the feature sets and the target of every row of ``store``.
+
+    A checkpoint passes its :class:`Target` (label map) and ``norm``; otherwise the label map is
+    built from the training split and the statistics are computed on it.
+    """
+    names = resolve_feature_sets(store, feature_sets)
+    table = store.table
+    split = table["split"].fillna("").astype(str).to_numpy()
+    tgt = target if isinstance(target, Target) else resolve_target(table, target)
+    train = split == "train"
+    if norm is None and not train.any():
+        raise UserError(f"{store.path}: no rows in the train split to compute normalisation statistics from")
+    xs, masks, dims, hashes, stats = [], [], [], [], {}
+    for name in names:
+        fs = store.feature_set(name)
+        _, X, mask = fs.read()
+        if norm is not None:
+            mean = np.asarray(norm[name]["mean"], dtype=np.float32)
+            std = np.asarray(norm[name]["std"], dtype=np.float32)
+        else:
+            ref = X[train & mask]
+            if not len(ref):
+                raise UserError(f"{store.path}: feature set {name!r} has no valid row in the train split")
+            mean = ref.mean(0, dtype=np.float64).astype(np.float32)
+            std = ref.std(0, dtype=np.float64).astype(np.float32)
+            std = np.where(std < MIN_STD, np.float32(1.0), std)
+        Z = np.where(mask[:, None], (X - mean) / std, np.float32(0.0)).astype(np.float32)
+        xs.append(torch.from_numpy(Z))
+        masks.append(mask)
+        dims.append(fs.dim)
+        hashes.append(fs.config_hash)
+        stats[name] = {"mean": mean.tolist(), "std": std.tolist()}
+    if tgt.regression:
+        y = torch.tensor(pd.to_numeric(table[tgt.column], errors="coerce").to_numpy(dtype=np.float32))
+    else:
+        index = {label: i for i, label in enumerate(tgt.labels or [])}
+        y = torch.tensor([index.get(v, -1) if isinstance(v, str) else -1 for v in table[tgt.column]],
+                         dtype=torch.long)
+    dialogues, speakers = _dialogues(table)
+    return HeadData(names, dims, hashes, tgt, store.ids, split, xs, torch.from_numpy(np.stack(masks, 1)), y,
+                    dialogues, torch.from_numpy(speakers), stats)
+
+
+def unknown_labels(data: HeadData, table: pd.DataFrame, split: str) -> dict[str, int]:
+    """Labels of ``split`` that the label map does not know (such rows cannot be scored)."""
+    if data.target.regression:
+        return {}
+    known = set(data.target.labels or [])
+    values = table.loc[data.split == split, data.target.column]
+    counts = pd.Series([v for v in values if isinstance(v, str) and v not in known]).value_counts()
+    return {str(k): int(v) for k, v in counts.items()}

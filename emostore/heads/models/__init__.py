@@ -1,0 +1,1 @@
+"""One module per head; each registers itself with :func:`emostore.heads.base.register`."""

@@ -1,0 +1,235 @@
+"""The one training loop for every head: AdamW, early stopping on the dev split, fixed seeds."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.metrics import f1_score, mean_absolute_error
+from sklearn.utils.class_weight import compute_class_weight
+from torch import Tensor, nn
+
+from emostore.errors import UserError
+from emostore.extract.base import resolve_device
+from emostore.heads.base import Head, HeadParams, build_head, make_params
+from emostore.heads.data import HeadData
+
+#: Rows per forward pass when predicting.
+PREDICT_BATCH = 2048
+
+
+@dataclass
+class TrainConfig:
+    """How to train; the head's own hyperparameters live in its ``Params``."""
+
+    epochs: int = 60
+    #: Utterances per batch; for sequence heads (``context``) dialogues per batch (default 16).
+    batch_size: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    #: Stop after this many epochs without a better dev score.
+    patience: int = 8
+    #: Weigh the loss (and kNN votes) by inverse class frequency in the training split.
+    class_weights: bool = False
+    #: Probability of hiding each present modality of a training row (one always stays).
+    modality_dropout: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+
+    def batch(self, sequence: bool) -> int:
+        return self.batch_size or (16 if sequence else 64)
+
+
+@dataclass
+class FitResult:
+    model: Head
+    head: str
+    params: HeadParams
+    config: TrainConfig
+    metric: str                  # dev metric used for early stopping
+    best_epoch: int
+    epochs_run: int
+    dev_score: float | None
+    seconds: float
+    device: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"head": self.head, "params": asdict(self.params), "config": asdict(self.config),
+                "metric": self.metric, "best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
+                "dev_score": self.dev_score, "seconds": round(self.seconds, 2), "device": self.device,
+                "notes": self.notes}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def drop_modalities(mask: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Hide each present modality with probability ``p``, always keeping at least one of them."""
+    if p <= 0 or mask.shape[-1] < 2:
+        return mask
+    rand = torch.rand(mask.shape, generator=generator, device="cpu").to(mask.device)
+    kept = mask & (rand >= p)
+    keep_one = torch.nn.functional.one_hot((rand + 2 * mask).argmax(-1), mask.shape[-1]).bool() & mask
+    return torch.where(kept.any(-1, keepdim=True), kept, keep_one)
+
+
+# ----- batches ---------------------------------------------------------------------------------
+def dialogue_index(dialogues: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """``[n, T]`` row indices of each dialogue (-1 padded) and ``[n]`` lengths."""
+    lengths = torch.tensor([len(d) for d in dialogues], dtype=torch.long)
+    index = torch.full((len(dialogues), int(lengths.max()) if len(dialogues) else 0), -1, dtype=torch.long)
+    for i, d in enumerate(dialogues):
+        index[i, : len(d)] = torch.from_numpy(d)
+    return index, lengths
+
+
+def forward(model: Head, data: HeadData, idx: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Outputs for rows ``idx``: ``[B]`` for utterance heads, ``[B, T]`` (-1 padded) for sequence heads."""
+    device = data.mask.device
+    valid = idx >= 0
+    safe = idx.clamp(min=0).to(device)
+    xs = [x[safe] for x in data.xs]
+    m = data.mask[safe] if mask is None else mask
+    if model.sequence:
+        return model(xs, m & valid.to(device).unsqueeze(-1), valid.to(device),
+                     torch.where(valid.to(device), data.speakers[safe], -1))
+    return model(xs, m)
+
+
+@torch.no_grad()
+def predict_rows(model: Head, data: HeadData, rows: np.ndarray) -> Tensor:
+    """Raw outputs (logits, or the score) for ``rows``, ``[len(rows), n_out]`` on the CPU."""
+    model.eval()
+    n_out = model.n_out
+    if not model.sequence:
+        parts = [forward(model, data, torch.as_tensor(rows[i:i + PREDICT_BATCH], dtype=torch.long)).cpu()
+                 for i in range(0, len(rows), PREDICT_BATCH)]
+        return torch.cat(parts) if parts else torch.zeros(0, n_out)
+    wanted = np.zeros(len(data), dtype=bool)
+    wanted[rows] = True
+    dialogues = [d for d in data.dialogues if wanted[d].any()]
+    out = torch.full((len(data), n_out), torch.nan)
+    per_batch = max(1, PREDICT_BATCH // max(1, max((len(d) for d in dialogues), default=1)))
+    for i in range(0, len(dialogues), per_batch):
+        index, _ = dialogue_index(dialogues[i:i + per_batch])
+        result = forward(model, data, index).cpu()
+        valid = index >= 0
+        out[index[valid]] = result[valid]
+    return out[torch.as_tensor(rows, dtype=torch.long)]
+
+
+def score(data: HeadData, rows: np.ndarray, outputs: Tensor) -> float:
+    """The early-stopping score: weighted F1 (higher is better) or MAE (lower is better)."""
+    y = data.y.cpu()[torch.as_tensor(rows, dtype=torch.long)]
+    if data.target.regression:
+        return float(mean_absolute_error(y.numpy(), outputs[:, 0].numpy()))
+    return float(f1_score(y.numpy(), outputs.argmax(1).numpy(), average="weighted", zero_division=0))
+
+
+# ----- training --------------------------------------------------------------------------------
+def class_weight_tensor(data: HeadData, rows: np.ndarray) -> Tensor:
+    y = data.y.cpu().numpy()[rows]
+    present = np.unique(y)
+    w = np.zeros(data.target.n_out, dtype=np.float32)
+    w[present] = compute_class_weight("balanced", classes=present, y=y)
+    return torch.from_numpy(w)
+
+
+def fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None = None,
+        config: TrainConfig | None = None, *, progress: bool = False) -> FitResult:
+    """Train ``head`` on the train split of ``data``; keep the epoch with the best dev score."""
+    config = config or TrainConfig()
+    if not isinstance(params, HeadParams):
+        params = make_params(head, params)
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    data.to(device)
+    train_rows, dev_rows = data.rows("train"), data.rows("dev")
+    if not len(train_rows):
+        raise UserError("no labelled rows in the train split: nothing to train on")
+    model = build_head(head, data.dims, data.target.n_out, params).to(device)
+    regression = data.target.regression
+    metric = "dev_mae" if regression else "dev_weighted_f1"
+    weights = None if regression or not config.class_weights else class_weight_tensor(data, train_rows)
+    notes: list[str] = []
+    if not len(dev_rows):
+        notes.append(f"no labelled dev rows: trained {config.epochs} epochs without early stopping")
+
+    if not model.trainable:
+        idx = torch.as_tensor(train_rows, device=device)
+        row_w = None if weights is None else weights.to(device)[data.y[idx]]
+        model.remember([x[idx] for x in data.xs], data.mask[idx], data.y[idx], row_w)
+        dev = score(data, dev_rows, predict_rows(model, data, dev_rows)) if len(dev_rows) else None
+        return FitResult(model.eval(), head, params, config, metric, 0, 0, dev, time.perf_counter() - start,
+                         device, [{"epoch": 0, metric: dev}] if dev is not None else [], notes)
+
+    loss_fn: nn.Module = nn.L1Loss() if regression else nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    in_train = np.zeros(len(data), dtype=bool)
+    in_train[train_rows] = True
+    units: list[Any] = ([d for d in data.dialogues if in_train[d].any()] if model.sequence else list(train_rows))
+    in_train_t = torch.from_numpy(in_train).to(device)
+    batch = config.batch(model.sequence)
+    better = (lambda a, b: a < b) if regression else (lambda a, b: a > b)
+    best_score: float | None = None
+    best_state, best_epoch, history = copy.deepcopy(model.state_dict()), 0, []
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"train {head}", total=config.epochs)
+        epoch = 0
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            order = rng.permutation(len(units))
+            total, count = 0.0, 0
+            for i in range(0, len(order), batch):
+                chosen = [units[j] for j in order[i:i + batch]]
+                if model.sequence:
+                    idx, _ = dialogue_index(chosen)
+                else:
+                    idx = torch.as_tensor(np.asarray(chosen), dtype=torch.long)
+                idx = idx.to(device)
+                safe = idx.clamp(min=0)
+                mask = drop_modalities(data.mask[safe], config.modality_dropout, generator)
+                out = forward(model, data, idx, mask)
+                target = (idx >= 0) & in_train_t[safe]
+                pred, y = out[target], data.y[safe][target]
+                loss = loss_fn(pred[:, 0], y) if regression else loss_fn(pred, y)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                optimiser.step()
+                total, count = total + float(loss) * len(y), count + len(y)
+            entry = {"epoch": epoch, "train_loss": total / max(count, 1)}
+            if len(dev_rows):
+                dev = score(data, dev_rows, predict_rows(model, data, dev_rows))
+                entry[metric] = dev
+                if best_score is None or better(dev, best_score):
+                    best_score, best_epoch = dev, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+            history.append(entry)
+            shown = f" {metric} {entry.get(metric, float('nan')):.4f} (best {best_score or 0:.4f} @ {best_epoch})"
+            bar.update(task, advance=1, description=f"train {head}{shown if len(dev_rows) else ''}")
+            if len(dev_rows) and epoch - best_epoch >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, head, params, config, metric, best_epoch, epoch, best_score,
+                     time.perf_counter() - start, device, history, notes)

@@ -1,0 +1,133 @@
+"""Text extraction with the bundled MiniLM: values, masks, dedup, context, resume, config refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emostore.extract.runner import run_extraction
+from emostore.extract.text import build_inputs, bundled_model_path, text_encoder
+from emostore.ingest.base import finalize
+from emostore.store import ConfigMismatch, Shard, Store
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def dialogue_table() -> pd.DataFrame:
+    rows = [
+        ("a0", "d1", 0, "Ann", "I got the job, I can't believe it!"),
+        ("a1", "d1", 1, "Ben", "That's wonderful news, I'm so happy for you."),
+        ("a2", "d1", 2, "Ann", "Okay."),
+        ("a3", "d1", 3, "Ben", "   "),
+        ("b0", "d2", 0, "Cat", "Okay."),
+        ("b1", "d2", 1, "Dan", "The flight was cancelled and nobody told us."),
+        ("b2", "d2", 2, "Cat", "This is absolutely infuriating."),
+    ]
+    df = pd.DataFrame(rows, columns=["id", "dialogue", "turn", "speaker", "text"])
+    df = df.sample(frac=1.0, random_state=0)  # table order must not matter for context
+    return finalize(df, "toy", [], "toy")
+
+
+def test_bundled_model_embeds_meaning(minilm_encoder):
+    v = minilm_encoder.encode_texts(["I am so happy today!", "What a joyful, delightful day.",
+                                     "This is disgusting and I hate it."])
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2
+    assert minilm_encoder.config["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_rows_masked_deduplicated_and_ordered(tmp_path, minilm_encoder, monkeypatch):
+    table = dialogue_table()
+    store = Store.create(tmp_path / "s", table, dataset="toy")
+    calls: list[str] = []
+    original = type(minilm_encoder)._encode_texts
+
+    def spy(self, texts):
+        calls.extend(texts)
+        return original(self, texts)
+
+    monkeypatch.setattr(type(minilm_encoder), "_encode_texts", spy)
+    report = run_extraction(store, minilm_encoder, progress=False)
+    assert report.complete and report.rows_failed == 1
+    assert sorted(calls) == sorted(set(calls)) and calls.count("Okay.") == 1  # each distinct text once
+    ids, X, mask = store.read("text/minilm")
+    pos = {i: k for k, i in enumerate(ids)}
+    assert not mask[pos["a3"]] and np.isnan(X[pos["a3"]]).all()
+    assert "no text" in dict((i, r) for _, i, r in store.feature_set("text/minilm").errors())["a3"]
+    np.testing.assert_array_equal(X[pos["a2"]], X[pos["b0"]])
+    ref = minilm_encoder.encode_texts(["This is absolutely infuriating."])[0]
+    np.testing.assert_allclose(X[pos["b2"]], ref, atol=1e-5)
+
+
+def test_context_inputs_follow_dialogue_order():
+    table = dialogue_table()
+    rows = np.arange(len(table))
+    inputs = dict(zip(table["id"], build_inputs(table, rows, context=2)))
+    assert inputs["b2"] == ("Cat: Okay.\nDan: The flight was cancelled and nobody told us.\n"
+                            "Cat: This is absolutely infuriating.")
+    assert inputs["a0"] == "Ann: I got the job, I can't believe it!"
+    assert inputs["a3"] is None  # no text of its own: masked, even with context
+    assert inputs["a2"].startswith("Ann: I got the job") and inputs["a2"].endswith("Ann: Okay.")
+    plain = dict(zip(table["id"], build_inputs(table, rows, context=0)))
+    assert plain["b2"] == "This is absolutely infuriating."
+
+
+def test_context_feature_set_is_its_own(tmp_path, minilm_encoder):
+    store = Store.create(tmp_path / "s", dialogue_table(), dataset="toy")
+    run_extraction(store, minilm_encoder, progress=False)
+    ctx = text_encoder("minilm", device="cpu", context=2)
+    assert ctx.name == "minilm-ctx2" and ctx.config["context"] == 2
+    run_extraction(store, ctx, progress=False)
+    assert store.feature_sets() == ["text/minilm", "text/minilm-ctx2"]
+    ids, X, _ = store.read("text/minilm")
+    _, Xc, _ = store.read("text/minilm-ctx2")
+    first = list(ids).index("a0")  # no previous turn: context input = "Ann: <text>", not the bare text
+    assert not np.allclose(X[first], Xc[first])
+    assert store.feature_set("text/minilm").config_hash != store.feature_set("text/minilm-ctx2").config_hash
+
+
+def test_huggingface_mean_pooling_matches_sentence_transformers(minilm_encoder):
+    """all-MiniLM-L6-v2 is mean pooling + L2 norm: the plain HF path must reproduce it."""
+    hf = text_encoder(str(bundled_model_path()), backend="huggingface", device="cpu")
+    assert hf.kind == "huggingface" and hf.dim == 384 and hf.config["pooling"] == "mean"
+    texts = ["Why would you do that to me?", "Okay.", "We won the lottery, I can't breathe!"]
+    a = hf.encode_texts(texts)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    np.testing.assert_allclose(a, minilm_encoder.encode_texts(texts), atol=1e-5)
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    from emostore.errors import UserError
+
+    with pytest.raises(UserError, match="cannot load"):
+        text_encoder(str(tmp_path / "no-such-model"), device="cpu")
+
+
+def test_resume_and_shards_equal_uninterrupted(tmp_path, minilm_encoder):
+    from conftest import SAMPLE
+    from emostore.ingest.run import ingest
+
+    full, _ = ingest("csv", [SAMPLE], tmp_path / "full", dataset="sample")
+    run_extraction(full, minilm_encoder, chunk_rows=50, progress=False)
+    part, _ = ingest("csv", [SAMPLE], tmp_path / "part", dataset="sample")
+    r1 = run_extraction(part, minilm_encoder, chunk_rows=50, shard=Shard(1, 3), progress=False)
+    assert not r1.complete and r1.chunks_run == 3
+    r2 = run_extraction(part, minilm_encoder, progress=False)  # the rest, resumed
+    assert r2.complete and r2.chunks_run == 5
+    again = run_extraction(part, minilm_encoder, progress=False)
+    assert again.chunks_run == 0  # nothing redone
+    for a, b in zip(full.read("text/minilm"), part.read("text/minilm")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_other_configuration_refused(tmp_path, minilm_encoder):
+    store = Store.create(tmp_path / "s", dialogue_table(), dataset="toy")
+    run_extraction(store, minilm_encoder, progress=False)
+    other = text_encoder("minilm", device="cpu", max_length=16, name="minilm")
+    with pytest.raises(ConfigMismatch, match="another configuration"):
+        run_extraction(store, other, progress=False)
+    report = run_extraction(store, other, overwrite=True, progress=False)
+    assert report.complete and store.feature_set("text/minilm").config["max_length"] == 16
