@@ -1,0 +1,27 @@
+# Two entry points on a fresh machine with only Python: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# A CPU build of torch first, so that no multi-GB CUDA build is pulled in by the requirements.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test bench clean
+
+$(BIN)/emostore: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/emostore
+	$(BIN)/emostore demo
+
+test: $(BIN)/emostore
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/emostore
+	$(BIN)/python bench/text_extract.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

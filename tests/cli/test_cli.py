@@ -1,0 +1,75 @@
+"""The command line end to end on the sample: ingest, extract, info --json, errors, demo."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from conftest import SAMPLE
+from emostore.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_ingest_extract_info_json(tmp_path, minilm_encoder):
+    store = tmp_path / "store"
+    r = run("ingest", "csv", SAMPLE, "--out", store, "--dataset", "sample")
+    assert r.exit_code == 0, r.output
+    assert "385 utterances" in r.output
+    r = run("extract", "text", store, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["feature_set"] == "text/minilm" and out["rows_run"] == 385 and out["complete"]
+    r = run("extract", "text", store, "--device", "cpu", "--context", "1", "--json")
+    assert json.loads(r.output)["feature_set"] == "text/minilm-ctx1"
+    r = run("info", store, "--json")
+    info = json.loads(r.output)
+    assert info["utterances"] == 385
+    assert info["splits"] == {"train": 268, "test": 66, "dev": 51}
+    assert sum(info["labels"].values()) == 385 and info["labels"]["neutral"] == 124
+    f = info["features"]["text/minilm"]
+    assert f["dim"] == 384 and f["rows_done"] == 385 and len(f["config_hash"]) == 12
+    assert set(info["features"]) == {"text/minilm", "text/minilm-ctx1"}
+    r = run("info", store)
+    assert r.exit_code == 0 and "text/minilm" in r.output and "385/385" in r.output
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, minilm_encoder):
+    r = runner.invoke(app, ["info", str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "is not an emostore store" in r.output and "Traceback" not in r.output
+    store = tmp_path / "s"
+    run("ingest", "csv", SAMPLE, "--out", store)
+    r = runner.invoke(app, ["ingest", "csv", str(SAMPLE), "--out", str(store)])
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    run("extract", "text", store, "--device", "cpu", "--name", "x", "--quiet")
+    r = runner.invoke(app, ["extract", "text", str(store), "--device", "cpu", "--name", "x",
+                            "--max-length", "8"])
+    assert r.exit_code == 1 and "another configuration" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["extract", "text", str(store), "--shard", "3/2"])
+    assert r.exit_code == 1 and "--shard" in r.output
+    r = runner.invoke(app, ["ingest", "csv", str(SAMPLE), "--out", str(tmp_path / "t"), "--label-col", "nope"])
+    assert r.exit_code == 1 and "'nope'" in r.output
+
+
+def test_ingest_meld_and_mosi_commands(tmp_path):
+    from conftest import shared_data
+
+    meld = shared_data("meld")
+    r = run("ingest", "meld", meld, "--out", tmp_path / "meld", "--json")
+    info = json.loads(r.output)
+    assert info["utterances"] == 13708 and info["splits"] == {"train": 9989, "test": 2610, "dev": 1109}
+    assert len(info["labels"]) == 7
+    r = run("ingest", "mosi", shared_data("cmu_mosi"), "--out", tmp_path / "mosi", "--json")
+    assert json.loads(r.output)["utterances"] == 2199
+
+
+def test_demo_runs_offline(tmp_path, minilm_encoder):
+    r = run("demo", "--dir", tmp_path, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "text/minilm" in r.output and "385 utterances" in r.output
+    assert (tmp_path / "sample-store" / "zarr.json").exists()
