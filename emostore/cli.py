@@ -31,6 +31,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished chunks are kept; run the same command again to resume",
+                       err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 

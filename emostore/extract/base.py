@@ -17,11 +17,21 @@ Progress = Callable[[int], None]
 
 @dataclass
 class Encoded:
-    """Output for a block of rows: values [n, D], ok [n], and a reason for each row not ok."""
+    """Output for a block of rows: values [n, D], ok [n], a reason for each row not ok, and
+    for encoders with ``seq_dim`` one [T, seq_dim] frame sequence per row."""
 
     values: np.ndarray
     ok: np.ndarray
     reasons: list[str]
+    sequences: list[np.ndarray | None] | None = None
+
+    @staticmethod
+    def concat(parts: list[Encoded]) -> Encoded:
+        seqs = None
+        if any(p.sequences is not None for p in parts):
+            seqs = [s for p in parts for s in (p.sequences or [None] * len(p.ok))]
+        return Encoded(np.concatenate([p.values for p in parts]), np.concatenate([p.ok for p in parts]),
+                       [r for p in parts for r in p.reasons], seqs)
 
 
 class Encoder(ABC):
@@ -33,9 +43,17 @@ class Encoder(ABC):
 
     modality: ClassVar[str]
     kind: ClassVar[str]
+    #: Rows per chunk for new feature sets (None: from the dimension). Slow encoders want small
+    #: chunks, so that a kill loses little work.
+    chunk_rows: ClassVar[int | None] = None
+    #: Block of rows sent to one worker process at a time.
+    block_rows: ClassVar[int] = 8
     name: str
     dim: int
     config: dict[str, Any]
+    seq_dim: int | None = None
+    #: Keyword arguments that rebuild this encoder in a worker process (``type(self)(**options)``).
+    options: dict[str, Any]
 
     @property
     def feature_set(self) -> str:

@@ -96,6 +96,8 @@ class TextEncoder(Encoder):
 
     def __init__(self, model: str, *, device: str = "auto", batch_size: int = 64, context: int = 0,
                  precision: str = "auto", name: str | None = None, max_length: int | None = None):
+        self.options = {"model": model, "device": device, "batch_size": batch_size, "context": context,
+                        "precision": precision, "name": name, "max_length": max_length}
         self.model_name = model
         self.device = resolve_device(device)
         if precision == "auto":

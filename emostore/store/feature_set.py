@@ -96,6 +96,12 @@ class FeatureSet:
         return str(self.group.attrs["config_hash"])
 
     @property
+    def seq_dim(self) -> int | None:
+        """Width of the per-utterance frame sequences, when this feature set keeps them."""
+        v = self.group.attrs.get("seq_dim")
+        return int(v) if v else None
+
+    @property
     def n_rows(self) -> int:
         return int(self.group["done"].shape[0])
 
@@ -156,8 +162,14 @@ class FeatureSet:
         }
 
     # ----- writing -----------------------------------------------------------------------
-    def write_chunk(self, chunk: int, values: np.ndarray, ok: np.ndarray, reasons: Sequence[str]) -> None:
-        """Write one whole chunk. Rows with ``ok`` False get NaN values and their reason."""
+    def write_chunk(self, chunk: int, values: np.ndarray, ok: np.ndarray, reasons: Sequence[str],
+                    sequences: Sequence[np.ndarray | None] | None = None) -> None:
+        """Write one whole chunk. Rows with ``ok`` False get NaN values and their reason.
+
+        ``sequences`` (feature sets with ``seq_dim``): one [T, seq_dim] array per row (or None).
+        They go to a Zarr array of their own per chunk, ``seq/<chunk>``, with the lengths in
+        ``seq_lengths``; like the rest, they count only once ``done`` is written.
+        """
         sl = self.chunk_slice(chunk)
         n = sl.stop - sl.start
         values = np.asarray(values, dtype=np.float32).reshape(n, self.dim)
@@ -166,12 +178,59 @@ class FeatureSet:
             raise ValueError(f"chunk {chunk}: {len(reasons)} reasons for {n} rows")
         values = np.where(ok[:, None], values, np.float32(np.nan))
         errors = np.array(["" if good else (r or "failed") for good, r in zip(ok, reasons)], dtype=object)
+        if self.seq_dim:
+            self._write_sequences(chunk, sl, ok, sequences)
         self.group["values"][sl] = values
         self.group["mask"][sl] = ok
         self.group["error"][sl] = errors
         self.group["done"][sl] = np.ones(n, dtype=bool)  # last: the chunk counts only once complete
 
+    def _write_sequences(self, chunk: int, sl: slice, ok: np.ndarray,
+                         sequences: Sequence[np.ndarray | None] | None) -> None:
+        d = int(self.seq_dim or 0)
+        seqs = [np.asarray(s, dtype=np.float32).reshape(-1, d) if (s is not None and good) else
+                np.zeros((0, d), np.float32) for s, good in zip(sequences or [None] * len(ok), ok)]
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        frames = np.concatenate(seqs) if seqs else np.zeros((0, d), np.float32)
+        arr = self.group.require_group("seq").create_array(
+            str(chunk), shape=frames.shape, chunks=(max(1, min(len(frames), 8192)), d), dtype="float32",
+            fill_value=np.nan, overwrite=True)
+        if len(frames):
+            arr[:] = frames
+        self.group["seq_lengths"][sl] = lengths
+
     # ----- reading -----------------------------------------------------------------------
+    def read_sequence(self, row: int) -> np.ndarray:
+        """The [T, seq_dim] frame sequence of one row, reading only that row's frames."""
+        if not self.seq_dim:
+            raise UserError(f"feature set {self.name!r} keeps no frame sequences")
+        chunk = row // self.chunk_rows
+        sl = self.chunk_slice(chunk)
+        if not bool(self.group["done"][row]):
+            return np.zeros((0, self.seq_dim), np.float32)
+        lengths = np.asarray(self.group["seq_lengths"][sl], dtype=np.int64)
+        start = int(lengths[: row - sl.start].sum())
+        return np.asarray(self.group["seq"][str(chunk)][start:start + int(lengths[row - sl.start])])
+
+    def read_sequences(self, rows: Sequence[int] | np.ndarray | None = None) -> list[np.ndarray]:
+        """Frame sequences of ``rows`` (all by default), one chunk read at a time."""
+        rows = np.arange(self.n_rows) if rows is None else np.asarray(rows)
+        out: list[np.ndarray] = [np.zeros((0, int(self.seq_dim or 0)), np.float32)] * len(rows)
+        done = self.done()
+        by_chunk: dict[int, list[int]] = {}
+        for k, r in enumerate(rows):
+            if done[r]:
+                by_chunk.setdefault(int(r) // self.chunk_rows, []).append(k)
+        for chunk, ks in by_chunk.items():
+            sl = self.chunk_slice(chunk)
+            lengths = np.asarray(self.group["seq_lengths"][sl], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            frames = np.asarray(self.group["seq"][str(chunk)][:])
+            for k in ks:
+                i = int(rows[k]) - sl.start
+                out[k] = frames[offsets[i]:offsets[i + 1]]
+        return out
+
     def read(self, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(ids, X, mask)`` for ``rows`` (all rows by default); invalid rows are NaN in X."""
         if rows is None:

@@ -134,7 +134,7 @@ class Store:
 
     def create_feature_set(self, name: str, *, dim: int, config: dict[str, Any], encoder: str,
                            version: dict[str, str], chunk_rows: int | None = None,
-                           overwrite: bool = False) -> FeatureSet:
+                           seq_dim: int | None = None, overwrite: bool = False) -> FeatureSet:
         """Create ``name`` or reopen it when its configuration matches; refuse a different one.
 
         Safe to call from several processes at once (shards): creation runs under the store lock.
@@ -161,6 +161,10 @@ class Store:
             g.create_array("done", shape=(n,), chunks=(rows,), dtype=bool, fill_value=False)
             g.create_array("mask", shape=(n,), chunks=(rows,), dtype=bool, fill_value=False)
             g.create_array("error", shape=(n,), chunks=(rows,), dtype=str, fill_value="")
+            if seq_dim:
+                g.create_array("seq_lengths", shape=(n,), chunks=(rows,), dtype="int64", fill_value=0)
+                g.create_group("seq")
+                g.attrs["seq_dim"] = seq_dim
             stamp = now()
             g.attrs.update({"name": name, "encoder": encoder, "version": version, "dim": dim,
                             "dtype": "float32", "config": config, "config_hash": h,
