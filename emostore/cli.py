@@ -19,6 +19,8 @@ ingest_app = typer.Typer(help="Turn a corpus into a new store (the utterance tab
 extract_app = typer.Typer(help="Compute per-utterance features into a store.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(extract_app, name="extract")
+index_app = typer.Typer(help="FAISS indexes for nearest-emotion search.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -190,6 +192,71 @@ def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")]
         typer.echo(f"  {i}: {r}")
     if len(report.failures) > 10:
         typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+
+
+class IndexKind(str, Enum):
+    flat = "flat"
+    ivf = "ivf"
+    hnsw = "hnsw"
+
+
+def _features(text: str | None) -> list[str] | None:
+    return [f.strip() for f in text.split(",") if f.strip()] if text else None
+
+
+@index_app.command("build")
+@user_errors
+def index_build(store: Annotated[Path, typer.Argument(help="Store directory.")],
+                features: Annotated[Optional[str], typer.Option(help="Feature set(s), comma-separated: "
+                                                                "text, text/minilm, text,audio/egemaps ...")] = None,
+                checkpoint: Annotated[Optional[Path], typer.Option(help="Index a trained head's fused "
+                                                                   "(penultimate-layer) embeddings instead.")] = None,
+                kind: Annotated[IndexKind, typer.Option(help="flat (exact), ivf or hnsw (large stores).")] = IndexKind.flat,
+                name: Annotated[Optional[str], typer.Option(help="Index name (default from the features).")] = None,
+                nlist: Annotated[Optional[int], typer.Option(help="ivf: number of lists (default ~4*sqrt(N)).")] = None,
+                nprobe: Annotated[Optional[int], typer.Option(help="ivf: lists visited per query.")] = None,
+                pq_m: Annotated[Optional[int], typer.Option(help="ivf: PQ sub-quantizers (IVF-PQ); 0 = IVF-Flat.")] = None,
+                m: Annotated[Optional[int], typer.Option("--M", help="hnsw: links per node.")] = None,
+                ef_construction: Annotated[Optional[int], typer.Option(help="hnsw: build breadth.")] = None,
+                ef_search: Annotated[Optional[int], typer.Option(help="hnsw: search breadth.")] = None,
+                as_json: Json = False) -> None:
+    """Build a cosine-similarity index over stored features, saved beside the store."""
+    from emostore.search.run import build_index
+
+    idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
+                      nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
+                      ef_search=ef_search)
+    summary = {"index": str(idx.path), **{k: idx.meta[k] for k in ("features", "kind", "params", "dim",
+                                                                    "n_vectors", "build_seconds")}}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(f"indexed {idx.meta['n_vectors']} utterances ({idx.meta['dim']}-d {', '.join(idx.meta['features'])}, "
+                   f"{idx.meta['kind']}) in {idx.meta['build_seconds']:.2f} s -> {idx.path}")
+
+
+@app.command("search")
+@user_errors
+def search_cmd(store: Annotated[Path, typer.Argument(help="Store directory.")],
+               query: Annotated[str, typer.Argument(help="A text, an utterance id of the store, or an "
+                                                   "audio/video/image file.")],
+               k: Annotated[int, typer.Option("-k", min=1, help="Number of neighbours.")] = 10,
+               split: Annotated[Optional[str], typer.Option(help="Only neighbours from this split.")] = None,
+               label: Annotated[Optional[str], typer.Option(help="Only neighbours with this emotion.")] = None,
+               index: Annotated[Optional[str], typer.Option(help="Index name (default: the only/first one).")] = None,
+               features: Annotated[Optional[str], typer.Option(help="Pick the index over these feature sets.")] = None,
+               rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild a stale index without asking.")] = False,
+               as_json: Json = False) -> None:
+    """Which stored utterances are most like this one, and how did those speakers feel?"""
+    from emostore.display import show_neighbours
+    from emostore.search.run import search
+
+    result = search(store, query, k=k, split=split, label=label, index=index, features=_features(features),
+                    auto_rebuild=rebuild, confirm=lambda msg: typer.confirm(msg, default=True, err=True))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        show_neighbours(result)
 
 
 @app.command("info")

@@ -63,3 +63,16 @@ def show_ingest(result: IngestResult, path: str, limit: int = 10) -> None:
         console.print(f"  [{colour}]{p.level}[/{colour}] {p}")
     if len(issues) > limit:
         console.print(f"  ... {len(issues) - limit} more problems (all recorded in the store; see `emostore info`)")
+
+
+def show_neighbours(result: dict[str, Any]) -> None:
+    t = Table(title=f"{result['k']} nearest to {result['query_kind']}: {result['query'][:60]!r}")
+    for col in ("#", "sim", "id", "speaker", "label", "text"):
+        t.add_column(col, overflow="fold")
+    for i, h in enumerate(result["neighbours"], 1):
+        t.add_row(str(i), f"{h['similarity']:.3f}", str(h["id"]), str(h["speaker"] or ""), str(h["label"] or ""),
+                  (h["text"] or "")[:80])
+    console.print(t)
+    if result["labels"]:
+        shares = ", ".join(f"{lab} {v['share']:.0%} ({v['count']})" for lab, v in result["labels"].items())
+        console.print(f"nearest emotion: [bold]{result['nearest_emotion']}[/bold]  ({shares})")

@@ -77,6 +77,21 @@ def register(cls: type[Encoder]) -> type[Encoder]:
     return cls
 
 
+def get_encoder_class(modality: str, kind: str) -> type[Encoder]:
+    """The registered encoder class of ``modality/kind`` (imports the encoder modules first)."""
+    import importlib
+
+    for module in ("text", "audio", "visual"):
+        try:
+            importlib.import_module(f"emostore.extract.{module}")
+        except ImportError:  # an optional extra that is not installed
+            pass
+    key = f"{modality}/{kind}"
+    if key not in ENCODERS:
+        raise UserError(f"unknown encoder {key!r}; known: {', '.join(sorted(ENCODERS))}")
+    return ENCODERS[key]
+
+
 def resolve_device(device: str) -> str:
     """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""
     import torch

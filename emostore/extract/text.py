@@ -120,6 +120,15 @@ class TextEncoder(Encoder):
     pooling: str
     max_length: int
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, name: str | None = None, device: str = "auto") -> TextEncoder:
+        """The encoder a feature set was made with (to encode queries the same way)."""
+        precision = config.get("precision", "float32")
+        if resolve_device(device) == "cpu":
+            precision = "float32"
+        return cls(config["model"], device=device, precision=precision, context=int(config.get("context", 0)),
+                   max_length=config.get("max_length"), name=name)
+
     def _load(self, max_length: int | None) -> None:
         raise NotImplementedError
 

@@ -126,6 +126,8 @@ class Store:
             matches = [n for n in self.feature_sets() if n.split("/", 1)[0] == name]
             if len(matches) == 1:
                 name = matches[0]
+            elif len(matches) > 1:
+                raise UserError(f"{name!r} is ambiguous in {self.path}: name one of {', '.join(matches)}")
         if not self.has_feature_set(name):
             have = ", ".join(self.feature_sets()) or "none"
             raise UserError(f"{self.path}: no feature set {name!r} (have: {have}); "

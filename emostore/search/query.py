@@ -1,0 +1,128 @@
+"""Turn a query (an utterance id, a media file, or a text) into a vector, search, and explain."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emostore.errors import UserError
+from emostore.search.index import NearestIndex, combine
+from emostore.store import Store
+
+AUDIO = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
+VIDEO = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+IMAGE = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def encoder_for(store: Store, feature_set: str) -> Any:
+    """Rebuild the encoder a feature set was made with, from its stored configuration."""
+    from emostore.extract import base
+
+    fs = store.feature_set(feature_set)
+    kind = fs.attrs.get("encoder")
+    cls = base.get_encoder_class(fs.modality, kind)
+    if not hasattr(cls, "from_config"):
+        raise UserError(f"cannot encode a query for {feature_set}: encoder {kind!r} cannot be rebuilt from its config")
+    return cls.from_config(fs.config, name=feature_set.split("/", 1)[1])
+
+
+def query_kind(query: str) -> str:
+    path = Path(query).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in AUDIO | VIDEO | IMAGE:
+        if not path.exists():
+            raise UserError(f"query file {path} does not exist")
+        return "audio" if suffix in AUDIO else ("video" if suffix in VIDEO else "image")
+    if path.suffix and path.is_file():
+        raise UserError(f"query file {path}: unsupported type {suffix!r} (audio: {sorted(AUDIO)}, "
+                        f"video: {sorted(VIDEO)}, images: {sorted(IMAGE)})")
+    return "text"
+
+
+def encode_query(store: Store, index: NearestIndex, query: str) -> tuple[np.ndarray, int | None, str]:
+    """``(vector, store row of the query or None, what the query was)``."""
+    if not query or not query.strip():
+        raise UserError("empty query: give a text, an utterance id of the store, or a media file")
+    features: list[str] = index.meta["features"]
+    if "checkpoint" in index.meta:
+        raise UserError("queries against a checkpoint-embedding index go through `emostore predict`; "
+                        "use an utterance id here")
+    ids = store.ids
+    hit = np.flatnonzero(ids == query)
+    if len(hit):
+        row = int(hit[0])
+        parts = []
+        for name in features:
+            _, X, mask = store.feature_set(name).read(np.array([row]))
+            if not mask[0]:
+                raise UserError(f"utterance {query!r} has no valid {name} features (see `emostore info`)")
+            parts.append(X)
+        return combine(parts)[0], row, f"utterance {query}"
+    kind = query_kind(query)
+    media = {"text": None, "media": None}
+    if kind == "text":
+        wanted = {"text"}
+        media["text"] = query
+    else:
+        wanted = {"audio", "visual"} if kind == "video" else ({"audio"} if kind == "audio" else {"visual"})
+        media["media"] = str(Path(query).expanduser().resolve())
+    modalities = {f.split("/", 1)[0] for f in features}
+    if not modalities <= wanted:
+        raise UserError(f"the index covers {', '.join(features)}; a {kind} query can only search "
+                        f"{' or '.join(sorted(wanted))} features (build an index with --features for that)")
+    row = pd.DataFrame([{"id": "query", "dialogue": "query", "turn": 0, "speaker": None, **media,
+                         "start": np.nan, "end": np.nan}])
+    parts = []
+    for name in features:
+        out = encoder_for(store, name).encode_rows(row, np.array([0]))
+        if not out.ok[0]:
+            raise UserError(f"cannot encode the query for {name}: {out.reasons[0]}")
+        parts.append(out.values)
+    return combine(parts)[0], None, f"{kind} query"
+
+
+def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, split: str | None = None,
+               label: str | None = None, label_column: str = "emotion") -> dict[str, Any]:
+    """The ``k`` nearest stored utterances and the label distribution among them."""
+    if k < 1:
+        raise UserError("-k must be at least 1")
+    vector, self_row, what = encode_query(store, index, query)
+    table = store.table
+    allowed = np.ones(len(table), dtype=bool)
+    if split:
+        if split not in set(table["split"].dropna()):
+            raise UserError(f"no split {split!r} in the store (have {sorted(set(table['split'].dropna()))})")
+        allowed &= (table["split"] == split).to_numpy()
+    if label:
+        allowed &= (table[label_column] == label).to_numpy()
+    if self_row is not None:
+        allowed[self_row] = False
+    filtered = bool(split or label or self_row is not None)
+    sims, rows = index.search(vector[None, :], k, allowed_rows=np.flatnonzero(allowed) if filtered else None)
+    hits = []
+    for sim, row in zip(sims[0], rows[0]):
+        if row < 0:
+            continue
+        r = table.iloc[int(row)]
+        hits.append({
+            "id": r["id"], "dialogue": r["dialogue"], "speaker": r["speaker"], "text": r["text"],
+            "label": r[label_column], "sentiment": r["sentiment"],
+            "sentiment_score": None if pd.isna(r["sentiment_score"]) else float(r["sentiment_score"]),
+            "split": r["split"], "similarity": round(float(sim), 4),
+        })
+    counts: dict[str, int] = defaultdict(int)
+    weights: dict[str, float] = defaultdict(float)
+    for h in hits:
+        if h["label"] is not None:
+            counts[h["label"]] += 1
+            weights[h["label"]] += max(h["similarity"], 0.0)
+    total = sum(weights.values()) or 1.0
+    distribution = {lab: {"count": counts[lab], "share": round(weights[lab] / total, 4)}
+                    for lab in sorted(counts, key=lambda lab: -weights[lab])}
+    return {"query": query, "query_kind": what, "index": index.path.name if index.path else None,
+            "features": index.meta["features"], "k": k, "neighbours": hits, "labels": distribution,
+            "nearest_emotion": next(iter(distribution), None)}
