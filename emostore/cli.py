@@ -194,6 +194,56 @@ def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")]
         typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
 
 
+class AudioFeatureSet(str, Enum):
+    egemaps = "egemaps"
+    compare = "compare"
+    egemaps_lld = "egemaps-lld"
+
+
+@extract_app.command("audio")
+@user_errors
+def extract_audio(store: Annotated[Path, typer.Argument(help="Store directory.")],
+                  feature_set: Annotated[AudioFeatureSet, typer.Option(
+                      "--feature-set", help="egemaps: eGeMAPSv02 functionals (88-d); compare: ComParE_2016 "
+                                            "functionals (6,373-d); egemaps-lld: 25-d frames every 10 ms "
+                                            "(kept ragged) with their mean and std (50-d).")] = AudioFeatureSet.egemaps,
+                  sample_rate: Annotated[int, typer.Option(help="Audio is resampled to this rate (Hz).")] = 16000,
+                  name: Annotated[Optional[str], typer.Option(help="Feature set name under audio/ "
+                                                              "(default: the feature set).")] = None,
+                  workers: Annotated[int, typer.Option(min=1, help="Processes encoding at once.")] = 1,
+                  shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (run N at once).")] = None,
+                  chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for a "
+                                                                        "new feature set [256].")] = None,
+                  overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
+                  quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+                  as_json: Json = False) -> None:
+    """openSMILE features from each utterance's audio file or video (its audio column, else its
+    media, cut to start/end); unreadable media become masked rows with a reason."""
+    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.runner import run_extraction
+    from emostore.store import Shard, Store
+
+    st = Store.open(store)
+    sh = Shard.parse(shard)
+    enc = OpenSmileEncoder(feature_set.value, sample_rate=sample_rate, name=name)
+    report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
+                            progress=not quiet and not as_json and sys.stderr.isatty())
+    out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "dim": enc.dim,
+           "seq_dim": enc.seq_dim, "workers": workers, "chunks_run": report.chunks_run,
+           "chunks_total": report.chunks_total, "rows_run": report.rows_run, "rows_failed": report.rows_failed,
+           "complete": report.complete, "failures": [{"id": i, "reason": r} for i, r in report.failures]}
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{report.feature_set} (config {report.config_hash}, {enc.dim}-d): {report.rows_run} rows in "
+               f"{report.chunks_run} chunks, {report.rows_failed} failed; "
+               f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
+    for i, r in report.failures[:10]:
+        typer.echo(f"  {i}: {r}")
+    if len(report.failures) > 10:
+        typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+
+
 class IndexKind(str, Enum):
     flat = "flat"
     ivf = "ivf"
@@ -246,13 +296,15 @@ def search_cmd(store: Annotated[Path, typer.Argument(help="Store directory.")],
                index: Annotated[Optional[str], typer.Option(help="Index name (default: the only/first one).")] = None,
                features: Annotated[Optional[str], typer.Option(help="Pick the index over these feature sets.")] = None,
                rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild a stale index without asking.")] = False,
+               as_id: Annotated[bool, typer.Option("--id", help="QUERY is an utterance id (never a text).")] = False,
                as_json: Json = False) -> None:
     """Which stored utterances are most like this one, and how did those speakers feel?"""
     from emostore.display import show_neighbours
     from emostore.search.run import search
 
     result = search(store, query, k=k, split=split, label=label, index=index, features=_features(features),
-                    auto_rebuild=rebuild, confirm=lambda msg: typer.confirm(msg, default=True, err=True))
+                    auto_rebuild=rebuild, confirm=lambda msg: typer.confirm(msg, default=True, err=True),
+                    as_id=as_id)
     if as_json:
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,16 @@ def query_kind(query: str) -> str:
     return "text"
 
 
-def encode_query(store: Store, index: NearestIndex, query: str) -> tuple[np.ndarray, int | None, str]:
+def looks_like_id(store: Store, query: str) -> bool:
+    """True when ``query`` has the shape of the store's ids (digits aside), e.g. ``d001_u99``."""
+    if not query or any(c.isspace() for c in query):
+        return False
+    shapes = {re.sub(r"\d+", "#", str(i)) for i in store.ids[:: max(1, len(store.ids) // 2000)]}
+    return re.sub(r"\d+", "#", query) in shapes
+
+
+def encode_query(store: Store, index: NearestIndex, query: str,
+                 as_id: bool = False) -> tuple[np.ndarray, int | None, str]:
     """``(vector, store row of the query or None, what the query was)``."""
     if not query or not query.strip():
         raise UserError("empty query: give a text, an utterance id of the store, or a media file")
@@ -62,6 +72,8 @@ def encode_query(store: Store, index: NearestIndex, query: str) -> tuple[np.ndar
                 raise UserError(f"utterance {query!r} has no valid {name} features (see `emostore info`)")
             parts.append(X)
         return combine(parts)[0], row, f"utterance {query}"
+    if as_id or looks_like_id(store, query):
+        raise UserError(f"unknown utterance id {query!r} in {store.path}")
     kind = query_kind(query)
     media = {"text": None, "media": None}
     if kind == "text":
@@ -86,11 +98,11 @@ def encode_query(store: Store, index: NearestIndex, query: str) -> tuple[np.ndar
 
 
 def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, split: str | None = None,
-               label: str | None = None, label_column: str = "emotion") -> dict[str, Any]:
+               label: str | None = None, label_column: str = "emotion", as_id: bool = False) -> dict[str, Any]:
     """The ``k`` nearest stored utterances and the label distribution among them."""
     if k < 1:
         raise UserError("-k must be at least 1")
-    vector, self_row, what = encode_query(store, index, query)
+    vector, self_row, what = encode_query(store, index, query, as_id)
     table = store.table
     allowed = np.ones(len(table), dtype=bool)
     if split:

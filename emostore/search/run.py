@@ -55,7 +55,7 @@ def rebuild(store: Store, index: NearestIndex) -> NearestIndex:
 
 def search(store: Store | Path, query: str, *, k: int = 10, split: str | None = None, label: str | None = None,
            index: str | None = None, features: list[str] | None = None, auto_rebuild: bool = False,
-           confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+           confirm: Callable[[str], bool] | None = None, as_id: bool = False) -> dict[str, Any]:
     """Search the store; a stale index is rebuilt when allowed (flag or confirmation), else refused."""
     store = store if isinstance(store, Store) else Store.open(store, mode="r")
     idx = open_index(store, index, features)
@@ -67,4 +67,4 @@ def search(store: Store | Path, query: str, *, k: int = 10, split: str | None = 
         else:
             raise StaleIndex(f"{what}. Rebuild with `emostore index build {store.path} "
                              f"--features {','.join(idx.meta['features'])}` or search with --rebuild")
-    return neighbours(store, idx, query, k=k, split=split, label=label)
+    return neighbours(store, idx, query, k=k, split=split, label=label, as_id=as_id)

@@ -1,0 +1,154 @@
+"""Nearest-emotion search on the sample store: exactness, filters, kinds, staleness, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from emostore.cli import app
+from emostore.errors import UserError
+from emostore.search import NearestIndex, StaleIndex, neighbours
+from emostore.search.index import normalise, store_vectors
+from emostore.search.run import build_index, search
+from emostore.store import Store
+
+faiss = pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'emostore[search]')")
+
+
+@pytest.fixture()
+def store(sample_store, tmp_path):
+    """A private copy of the session's sample store (indexes and re-extraction change it)."""
+    import shutil
+
+    shutil.copytree(sample_store.path, tmp_path / "store")
+    return Store.open(tmp_path / "store")
+
+
+def test_flat_equals_brute_force_cosine(store):
+    idx = build_index(store, ["text/minilm"])
+    _, X, _ = store.read("text/minilm")
+    Xn = normalise(X)
+    q = Xn[[3, 100, 200]]
+    sims, rows = idx.search(q, 10)
+    brute = np.argsort(-(q @ Xn.T), axis=1)[:, :10]
+    np.testing.assert_array_equal(rows, brute)
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)  # each query finds itself first
+
+
+def test_id_query_excludes_itself_and_filters(store):
+    build_index(store, ["text/minilm"])
+    out = search(store, "d001_u01", k=5)
+    ids = [h["id"] for h in out["neighbours"]]
+    assert len(ids) == 5 and "d001_u01" not in ids
+    sims = [h["similarity"] for h in out["neighbours"]]
+    assert sims == sorted(sims, reverse=True)
+    test = search(store, "d001_u01", k=5, split="test")
+    assert {h["split"] for h in test["neighbours"]} == {"test"}
+    anger = search(store, "I am furious with you", k=4, label="anger")
+    assert {h["label"] for h in anger["neighbours"]} == {"anger"}
+    assert anger["nearest_emotion"] == "anger"
+
+
+def test_text_query_uses_the_store_encoder(store):
+    build_index(store, ["text/minilm"])
+    t = store.table
+    text = t.loc[t["id"] == "d010_u02", "text"].item()
+    out = search(store, text, k=3)
+    assert out["query_kind"] == "text query"
+    top = out["neighbours"][0]
+    assert top["text"] == text and top["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert sum(v["count"] for v in out["labels"].values()) == 3
+    assert out["nearest_emotion"] in out["labels"]
+
+
+@pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 8, "nprobe": 8}), ("hnsw", {"M": 16, "ef_search": 128}),
+                                         ("ivf", {"nlist": 8, "nprobe": 8, "pq_m": 48})])
+def test_ivf_and_hnsw_recall_against_flat(store, kind, params):
+    rows, X = store_vectors(store, ["text/minilm"])
+    flat = NearestIndex.build(X, rows)
+    approx = NearestIndex.build(X, rows, kind=kind, **params)
+    _, exact = flat.search(X[:50], 10)
+    _, found = approx.search(X[:50], 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found)])
+    assert recall >= (0.5 if params.get("pq_m") else 0.95)
+    assert approx.meta["kind"] == kind and approx.meta["params"]["nlist" if kind == "ivf" else "M"]
+
+
+def test_concatenated_features(store):
+    idx = build_index(store, ["text/minilm", "text/minilm-ctx2"]) if store.has_feature_set("text/minilm-ctx2") else None
+    if idx is None:
+        from emostore.extract.runner import run_extraction
+        from emostore.extract.text import text_encoder
+
+        run_extraction(store, text_encoder("minilm", device="cpu", context=2), progress=False)
+        idx = build_index(store, ["text/minilm", "text/minilm-ctx2"])
+    assert idx.meta["dim"] == 768 and idx.path.name == "text-minilm+text-minilm-ctx2"
+    out = search(store, "d020_u03", k=3, features=["text/minilm", "text/minilm-ctx2"])
+    assert out["features"] == ["text/minilm", "text/minilm-ctx2"] and len(out["neighbours"]) == 3
+
+
+def test_staleness_detected_and_rebuilt(store):
+    from emostore.extract.runner import run_extraction
+    from emostore.extract.text import text_encoder
+
+    build_index(store, ["text/minilm"])
+    run_extraction(store, text_encoder("minilm", device="cpu", max_length=8, name="minilm"), overwrite=True,
+                   progress=False)
+    with pytest.raises(StaleIndex, match="re-extracted with another configuration"):
+        search(store, "d001_u01")
+    out = search(store, "d001_u01", auto_rebuild=True)
+    assert len(out["neighbours"]) == 10
+    assert search(store, "d001_u01")["neighbours"] == out["neighbours"]  # fresh again
+
+
+def test_staleness_when_valid_rows_change(store, minilm_encoder):
+    fs = store.feature_set("text/minilm")
+    n = fs.chunk_slice(0).stop
+    _, X, _ = fs.read(fs.chunk_slice(0))
+    ok = np.arange(n) >= 10  # as if the first ten rows had failed
+    fs.write_chunk(0, X, ok, ["" if good else "failed" for good in ok])
+    assert build_index(store, ["text/minilm"]).meta["n_vectors"] == 375
+    from emostore.extract.runner import run_extraction
+
+    run_extraction(store, minilm_encoder, overwrite=True, progress=False)
+    idx = NearestIndex.load(store.path / "indexes" / "text-minilm")
+    assert any("rows with valid features changed" in r for r in idx.stale_reasons(store))
+
+
+def test_bad_input_is_a_clear_error(store, tmp_path):
+    with pytest.raises(UserError, match="no search index"):
+        search(store, "hello")
+    build_index(store, ["text/minilm"])
+    for query, message in [("", "empty query"), ("   ", "empty query"), ("d999_u99", "unknown utterance id"),
+                           (str(tmp_path / "missing.wav"), "does not exist")]:
+        with pytest.raises(UserError, match=message):
+            search(store, query)
+    (tmp_path / "notes.pdf").write_text("x")
+    with pytest.raises(UserError, match="unsupported type"):
+        search(store, str(tmp_path / "notes.pdf"))
+    (tmp_path / "clip.wav").write_bytes(b"RIFF")
+    with pytest.raises(UserError, match="a audio query|an audio query|audio query can only"):
+        search(store, str(tmp_path / "clip.wav"))
+    with pytest.raises(UserError, match="no feature set"):
+        build_index(store, ["audio/egemaps"])
+    (store.path / "indexes" / "text-minilm" / "index.faiss").write_bytes(b"garbage" * 10)
+    with pytest.raises(UserError, match="corrupt or unreadable"):
+        search(store, "hello")
+
+
+def test_cli_search_json_and_errors(store):
+    runner = CliRunner()
+    r = runner.invoke(app, ["index", "build", str(store.path), "--features", "text/minilm", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["n_vectors"] == 385
+    r = runner.invoke(app, ["search", str(store.path), "My cat is missing and I can't find her", "-k", "4", "--json"])
+    out = json.loads(r.output)
+    assert len(out["neighbours"]) == 4 and {"id", "dialogue", "speaker", "text", "label", "similarity"} <= set(
+        out["neighbours"][0])
+    r = runner.invoke(app, ["search", str(store.path), "d999_u99"])
+    assert r.exit_code == 1 and "unknown utterance id" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["search", str(store.path), "hello", "--split", "nope"])
+    assert r.exit_code == 1 and "no split" in r.output
