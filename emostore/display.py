@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from emostore.ingest.base import IngestResult
@@ -76,3 +77,20 @@ def show_neighbours(result: dict[str, Any]) -> None:
     if result["labels"]:
         shares = ", ".join(f"{lab} {v['share']:.0%} ({v['count']})" for lab, v in result["labels"].items())
         console.print(f"nearest emotion: [bold]{result['nearest_emotion']}[/bold]  ({shares})")
+
+
+def show_prediction(result: dict[str, Any]) -> None:
+    present = [n for n, m in result["modalities"].items() if m["present"]]
+    missing = {n: m.get("reason", "") for n, m in result["modalities"].items() if not m["present"]}
+    if "score" in result:
+        console.print(f"{result['target']} score: [bold]{result['score']:+.3f}[/bold]")
+    else:
+        console.print(f"{result['target']}: [bold]{result['label']}[/bold]")
+        t = Table(show_header=False, box=None)
+        for label, p in result["probabilities"].items():
+            t.add_row(label, f"{p:.3f}", "█" * int(round(p * 30)))
+        console.print(t)
+    console.print(f"from {', '.join(present)} with the {result['head']} head"
+                  + "".join(f"; {n} masked ({why})" for n, why in missing.items()))
+    for e in result.get("evidence", []):
+        console.print(escape(f"  similar: {e['similarity']:.3f} ({e['label']}) {e['id']}: {e['text']}"))
