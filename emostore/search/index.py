@@ -202,6 +202,14 @@ class NearestIndex:
             fs = store.feature_set(name)
             if fs.config_hash != h:
                 reasons.append(f"{name} was re-extracted with another configuration ({h} -> {fs.config_hash})")
+        if "checkpoint" in m:
+            from emostore.search.embed import file_hash
+
+            weights = Path(m["checkpoint"]) / "model.safetensors"
+            if not weights.exists():
+                reasons.append(f"checkpoint {m['checkpoint']} is gone")
+            elif file_hash(weights) != m.get("checkpoint_hash"):
+                reasons.append(f"checkpoint {m['checkpoint']} was retrained")
         if not reasons and "checkpoint" not in m:
             valid = np.ones(len(store), dtype=bool)
             for name in m.get("features", []):
@@ -212,6 +220,15 @@ class NearestIndex:
         return reasons
 
     # ----- querying ----------------------------------------------------------------------
+    def vector_of_row(self, row: int) -> np.ndarray:
+        """The indexed vector of store ``row``."""
+        pos = np.flatnonzero(self.rows == row)
+        if not len(pos):
+            raise UserError(f"store row {row} is not in this index (its features are missing)")
+        if self.meta.get("kind") == "ivf":
+            _faiss().extract_index_ivf(self.index).make_direct_map()
+        return np.asarray(self.index.reconstruct(int(pos[0])), dtype=np.float32)
+
     def search(self, queries: np.ndarray, k: int, allowed_rows: np.ndarray | None = None,
                **params: Any) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (similarities, store rows) per query; rows -1 where fewer were found.

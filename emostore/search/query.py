@@ -58,11 +58,13 @@ def encode_query(store: Store, index: NearestIndex, query: str,
     if not query or not query.strip():
         raise UserError("empty query: give a text, an utterance id of the store, or a media file")
     features: list[str] = index.meta["features"]
-    if "checkpoint" in index.meta:
-        raise UserError("queries against a checkpoint-embedding index go through `emostore predict`; "
-                        "use an utterance id here")
     ids = store.ids
     hit = np.flatnonzero(ids == query)
+    if "checkpoint" in index.meta:
+        if not len(hit):
+            raise UserError("an index of a checkpoint's embeddings takes utterance ids as queries; "
+                            f"{query!r} is not one (for new utterances use `emostore predict`)")
+        return index.vector_of_row(int(hit[0])), int(hit[0]), f"utterance {query}"
     if len(hit):
         row = int(hit[0])
         parts = []

@@ -152,3 +152,24 @@ def test_cli_search_json_and_errors(store):
     assert r.exit_code == 1 and "unknown utterance id" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["search", str(store.path), "hello", "--split", "nope"])
     assert r.exit_code == 1 and "no split" in r.output
+
+
+def test_checkpoint_embedding_index(store, tmp_path):
+    """Index a trained head's penultimate layer; staleness follows the checkpoint's weights."""
+    from emostore.heads import checkpoint as ckpt_io
+    from emostore.heads.data import load_data
+    from emostore.heads.train import TrainConfig, fit
+
+    data = load_data(store, ["text/minilm"], "emotion")
+    result = fit(data, "mlp", {"hidden": 32}, TrainConfig(epochs=3, device="cpu"))
+    ckpt = ckpt_io.save(result, data, tmp_path / "ckpt", store=store)
+    idx = build_index(store, checkpoint=ckpt, kind="ivf", nlist=4, nprobe=4)
+    assert idx.meta["dim"] == 32 and idx.meta["layer"] == "penultimate" and idx.meta["n_vectors"] == 385
+    out = search(store, "d030_u01", k=3, index=idx.path.name)
+    assert len(out["neighbours"]) == 3 and "d030_u01" not in [h["id"] for h in out["neighbours"]]
+    with pytest.raises(UserError, match="takes utterance ids"):
+        search(store, "a brand new sentence", index=idx.path.name)
+    retrained = fit(data, "mlp", {"hidden": 32}, TrainConfig(epochs=3, seed=1, device="cpu"))
+    ckpt_io.save(retrained, data, ckpt, store=store, overwrite=True)
+    with pytest.raises(StaleIndex, match="retrained"):
+        search(store, "d030_u01", index=idx.path.name)
