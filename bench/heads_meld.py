@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="replace the MELD part of the heads section of BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    CONFIG.threads = args.threads
 
     store = cached_store("meld", SHARED / "meld", "meld", (0, 2))
     reference = logistic_reference(store)

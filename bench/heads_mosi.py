@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="replace the MOSI part of the heads section of BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    CONFIG.threads = args.threads
 
     store = cached_store("mosi", SHARED / "cmu_mosi", "mosi", (0,))
     data = load_data(store, ["text/minilm"], "sentiment")

@@ -86,6 +86,16 @@ class OpenSmileEncoder(Encoder):
                        "pooling": "mean+std" if self.frames else None, "sample_rate": self.sample_rate,
                        "mono": "mean", "resampler": "soxr-HQ", "opensmile": opensmile.__version__}
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, name: str | None = None,
+                    device: str = "auto") -> OpenSmileEncoder:
+        """The encoder a feature set was made with (to encode queries and new utterances alike)."""
+        key = (config.get("feature_set"), config.get("feature_level"))
+        matches = [k for k, v in FEATURE_SETS.items() if v == key]
+        if not matches:
+            raise UserError(f"unknown openSMILE configuration {key}")
+        return cls(matches[0], sample_rate=int(config.get("sample_rate", 16000)), name=name)
+
     @property
     def feature_names(self) -> list[str]:
         """Names of the ``values`` columns (for LLDs: ``<lld>_mean`` then ``<lld>_std``)."""

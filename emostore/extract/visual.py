@@ -98,6 +98,18 @@ def media_source(table: pd.DataFrame, row: int) -> tuple[str, float | None, floa
 class FaceFrameEncoder(Encoder):
     """Shared loop: sample frames, find the largest face, per-frame features, pool."""
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, name: str | None = None,
+                    device: str = "auto") -> FaceFrameEncoder:
+        """The encoder a feature set was made with; the model file is found as usual and must be
+        the same file (its sha256 is part of the configuration)."""
+        enc = cls(fps=float(config["fps"]), min_size=int(config["min_size"]), num_faces=int(config["num_faces"]),
+                  min_confidence=float(config["min_confidence"]), name=name)
+        if enc.config.get("face_model_sha256") != config.get("face_model_sha256"):
+            raise UserError(f"the face model found ({enc.face_model}) is not the one these features were "
+                            "made with; pass that file with $EMOSTORE_FACE_MODEL")
+        return enc
+
     modality = "visual"
     chunk_rows: ClassVar[int | None] = 128
     block_rows: ClassVar[int] = 4  # a clip takes ~0.5 s: small blocks keep workers evenly busy

@@ -6,6 +6,7 @@ import copy
 import random
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +48,9 @@ class TrainConfig:
     ema: float = 0.0
     seed: int = 0
     device: str = "auto"
+    #: CPU threads while training (None: torch's default). These models are too small to gain
+    #: from more than one, and extra threads spin and slow down on a busy machine.
+    threads: int | None = 1
 
     def batch(self, sequence: bool) -> int:
         return self.batch_size or (32 if sequence else 256)
@@ -72,6 +76,18 @@ class FitResult:
                 "metric": self.metric, "best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
                 "dev_score": self.dev_score, "seconds": round(self.seconds, 2), "device": self.device,
                 "notes": self.notes}
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:
@@ -175,6 +191,12 @@ def fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None = 
         config: TrainConfig | None = None, *, progress: bool = False) -> FitResult:
     """Train ``head`` on the train split of ``data``; keep the epoch with the best dev score."""
     config = config or TrainConfig()
+    with cpu_threads(config.threads if resolve_device(config.device) == "cpu" else None):
+        return _fit(data, head, params, config, progress)
+
+
+def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, config: TrainConfig,
+         progress: bool) -> FitResult:
     if not isinstance(params, HeadParams):
         params = make_params(head, params)
     start = time.perf_counter()

@@ -55,8 +55,9 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows valid in every feature set, and their cosine-ready concatenated vectors."""
+def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Rows valid in every feature set, their cosine-ready concatenated vectors, and the
+    standardisation applied to the feature sets that need it (see :func:`standardisation`)."""
     parts, valid = [], np.ones(len(store), dtype=bool)
     for name in features:
         _, X, mask = store.feature_set(name).read()
@@ -65,11 +66,28 @@ def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.nda
     rows = np.flatnonzero(valid)
     if len(rows) == 0:
         raise UserError(f"{store.path}: no row has valid {' + '.join(features)} features to index")
-    return rows, combine([p[rows] for p in parts])
+    stats = {name: standardisation(X[rows]) for name, X in zip(features, parts)
+             if not name.startswith("text/")}
+    return rows, combine([p[rows] for p in parts], features, stats), stats
 
 
-def combine(parts: list[np.ndarray]) -> np.ndarray:
-    return normalise(np.concatenate([normalise(p) for p in parts], axis=1))
+def standardisation(X: np.ndarray) -> dict[str, list[float]]:
+    """Acoustic and facial features mix scales (Hz, dB, ratios): without a z-score the largest
+    dominate every cosine. Text embeddings are made for cosine as they are."""
+    std = X.std(0)
+    return {"mean": X.mean(0).tolist(), "std": np.where(std < 1e-6, 1.0, std).tolist()}
+
+
+def combine(parts: list[np.ndarray], features: list[str] | None = None,
+            stats: dict[str, dict[str, list[float]]] | None = None) -> np.ndarray:
+    """Each part (z-scored when ``stats`` has it) L2-normalised, concatenated, normalised again."""
+    out = []
+    for i, p in enumerate(parts):
+        s = (stats or {}).get(features[i]) if features else None
+        if s is not None:
+            p = (p - np.asarray(s["mean"], np.float32)) / np.asarray(s["std"], np.float32)
+        out.append(normalise(p))
+    return normalise(np.concatenate(out, axis=1))
 
 
 def default_name(features: list[str], checkpoint: Path | None = None) -> str:
@@ -137,8 +155,8 @@ class NearestIndex:
             rows, vectors, extra = checkpoint_vectors(store, Path(checkpoint))
             features = extra["feature_sets"]
         else:
-            rows, vectors = store_vectors(store, features)
-            extra = {}
+            rows, vectors, stats = store_vectors(store, features)
+            extra = {"standardisation": stats}
         meta = {
             "features": features,
             "config_hashes": {f: store.feature_set(f).config_hash for f in features},

@@ -73,7 +73,7 @@ def encode_query(store: Store, index: NearestIndex, query: str,
             if not mask[0]:
                 raise UserError(f"utterance {query!r} has no valid {name} features (see `emostore info`)")
             parts.append(X)
-        return combine(parts)[0], row, f"utterance {query}"
+        return combine(parts, features, index.meta.get("standardisation"))[0], row, f"utterance {query}"
     if as_id or looks_like_id(store, query):
         raise UserError(f"unknown utterance id {query!r} in {store.path}")
     kind = query_kind(query)
@@ -96,7 +96,7 @@ def encode_query(store: Store, index: NearestIndex, query: str,
         if not out.ok[0]:
             raise UserError(f"cannot encode the query for {name}: {out.reasons[0]}")
         parts.append(out.values)
-    return combine(parts)[0], None, f"{kind} query"
+    return combine(parts, features, index.meta.get("standardisation"))[0], None, f"{kind} query"
 
 
 def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, split: str | None = None,

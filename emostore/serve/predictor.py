@@ -189,7 +189,8 @@ class Predictor:
         feats = idx.meta["features"]
         if not all(turn.present.get(f) for f in feats):
             return []
-        sims, rows = idx.search(combine([turn.raw[f][None, :] for f in feats]), k)
+        sims, rows = idx.search(combine([turn.raw[f][None, :] for f in feats], feats,
+                                        idx.meta.get("standardisation")), k)
         table = store.table
         return [{"id": table["id"].iat[int(r)], "text": table["text"].iat[int(r)],
                  "label": table["emotion"].iat[int(r)], "similarity": round(float(s), 4)}

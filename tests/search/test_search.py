@@ -67,7 +67,7 @@ def test_text_query_uses_the_store_encoder(store):
 @pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 8, "nprobe": 8}), ("hnsw", {"M": 16, "ef_search": 128}),
                                          ("ivf", {"nlist": 8, "nprobe": 8, "pq_m": 48})])
 def test_ivf_and_hnsw_recall_against_flat(store, kind, params):
-    rows, X = store_vectors(store, ["text/minilm"])
+    rows, X, _ = store_vectors(store, ["text/minilm"])
     flat = NearestIndex.build(X, rows)
     approx = NearestIndex.build(X, rows, kind=kind, **params)
     _, exact = flat.search(X[:50], 10)
@@ -173,3 +173,30 @@ def test_checkpoint_embedding_index(store, tmp_path):
     ckpt_io.save(retrained, data, ckpt, store=store, overwrite=True)
     with pytest.raises(StaleIndex, match="retrained"):
         search(store, "d030_u01", index=idx.path.name)
+
+
+def test_multimodal_store_audio_and_media_queries(tmp_path):
+    """A store with text and audio (Emo-DB speech): audio features are z-scored before cosine, and a
+    wav file or a video's soundtrack is a query encoded like the store."""
+    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    from conftest import shared_data
+    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.runner import run_extraction
+    from emostore.ingest.run import ingest
+
+    wavs = sorted(shared_data("emodb", "wav").glob("*.wav"))[:40]
+    csv = tmp_path / "emodb.csv"
+    csv.write_text("media,emotion\n" + "".join(f"{p},{p.stem[5]}\n" for p in wavs))
+    store, _ = ingest("csv", [csv], tmp_path / "store")
+    run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    idx = build_index(store, ["audio/egemaps"])
+    assert set(idx.meta["standardisation"]) == {"audio/egemaps"}
+    out = search(store, str(wavs[3]), k=3)
+    assert out["query_kind"] == "audio query"
+    top = out["neighbours"][0]
+    assert top["id"] == store.table["id"].iat[3] and top["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert out["neighbours"][1]["similarity"] < 0.99  # z-scored: other voices are not all ~1
+    video = shared_data("face_media", "single_face.mp4")
+    assert search(store, str(video), k=2)["query_kind"] == "video query"
+    with pytest.raises(UserError, match="text query can only"):
+        search(store, "an utterance as text")
