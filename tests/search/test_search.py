@@ -200,3 +200,21 @@ def test_multimodal_store_audio_and_media_queries(tmp_path):
     assert search(store, str(video), k=2)["query_kind"] == "video query"
     with pytest.raises(UserError, match="text query can only"):
         search(store, "an utterance as text")
+
+
+def test_knn_head_uses_faiss_and_agrees_with_exact_search(sample_store):
+    """The knn head's FAISS neighbours give the same votes as the exact torch search."""
+    import torch
+
+    from emostore.heads.data import load_data
+    from emostore.heads.train import TrainConfig, fit, predict_rows
+
+    data = load_data(sample_store, ["text/minilm"], "emotion")
+    model = fit(data, "knn", {"k": 10}, TrainConfig(device="cpu")).model
+    rows = data.rows("test")
+    assert model._use_faiss(data.mask[torch.as_tensor(rows)])
+    with_faiss = predict_rows(model, data, rows)
+    assert hasattr(model, "_index") and model._index.ntotal == len(data.rows("train"))
+    model.params.backend = "torch"
+    exact = predict_rows(model, data, rows)
+    torch.testing.assert_close(with_faiss, exact, atol=1e-4, rtol=1e-4)
