@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 
 import faiss
+import benchlib
 import numpy as np
 
 from emostore.search.index import NearestIndex, normalise
@@ -124,14 +125,7 @@ def main() -> None:
     text = "\n".join(out) + "\n"
     print(text)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        current = path.read_text() if path.exists() else "# Benchmarks\n"
-        start = current.find(out[0])
-        if start >= 0:
-            end = current.find("\n## ", start + 1)
-            current = current[:start] + (current[end + 1:] if end >= 0 else "")
-        path.write_text(current.rstrip() + "\n\n" + text)
-
+        benchlib.write_section(out[0], text)
 
 if __name__ == "__main__":
     main()

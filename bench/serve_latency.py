@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 import httpx
+import benchlib
 import numpy as np
 import soundfile as sf
 
@@ -113,7 +114,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        rows = ["| request | clients | p50 | p95 | requests/s | direct call p50 (1 process) | server overhead at p50 |",
+        rows = ["| request | clients | p50 | p95 | requests/s | direct call p50 (1 process) | p50 minus direct (HTTP + queueing) |",
                 "|---|---|---|---|---|---|---|"]
         for label, file in (("text", None), ("text + 3 s wav", wav)):
             for clients in (1, 4):
@@ -125,11 +126,9 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "CPU")
     text = "\n".join([
         "## Serving (issue 6)", "",
-        f"Date {date.today().isoformat()}; machine: {os.cpu_count()} cores ({cpu}), no GPU. "
+        f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, no GPU. "
         f"`python bench/serve_latency.py --requests {args.requests}`: an `mlp` checkpoint on text/minilm + "
         "audio/egemaps of the sample, `emostore serve` (uvicorn, one process) on 127.0.0.1; each client sends "
         "its requests one after another; requests run one at a time inside the server (encoders are not "
@@ -137,14 +136,7 @@ def main() -> None:
         "(encoding + head), the same work without HTTP.", "", *rows, ""])
     print(text)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        current = path.read_text() if path.exists() else "# Benchmarks\n"
-        start = current.find("## Serving (issue 6)")
-        if start >= 0:
-            end = current.find("\n## ", start + 1)
-            current = current[:start] + (current[end + 1:] if end >= 0 else "")
-        path.write_text(current.rstrip() + "\n\n" + text)
-
+        benchlib.write_section("## Serving (issue 6)", text)
 
 if __name__ == "__main__":
     main()

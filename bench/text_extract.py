@@ -10,13 +10,12 @@ BENCHMARKS.md (``--write``) with the machine and the date.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
+import benchlib
 import torch
 
 from emostore.extract.runner import run_extraction
@@ -27,16 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    return f"{benchlib.machine()}, {gpu}, torch {torch.__version__} with {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -106,14 +97,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        current = path.read_text() if path.exists() else "# Benchmarks\n\n"
-        start = current.find(lines[0])
-        if start >= 0:
-            end = current.find("\n## ", start + 1)
-            current = current[:start] + current[end + 1:] if end >= 0 else current[:start]
-        path.write_text(current.rstrip() + "\n\n" + text)
-
+        benchlib.write_section(lines[0], text)
 
 if __name__ == "__main__":
     main()
