@@ -170,3 +170,50 @@ def test_openapi_documents_both_bodies(client):
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
     assert json.dumps(spec)  # serialisable
+
+
+def test_predict_on_real_meld_text(tmp_path_factory, minilm_encoder):
+    """A checkpoint trained on real MELD text (a subset of dialogues) predicts new utterances."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "heads"))
+    from heads_stores import meld_store
+
+    store = meld_store(tmp_path_factory, minilm_encoder)
+    path, _, _ = train(store, "mlp", tmp_path_factory.mktemp("ck") / "meld")
+    pred = Predictor(path, device="cpu")
+    out = pred.predict(text="Oh my God! You guys are getting married?!")
+    assert set(out["probabilities"]) == {"anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"}
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_predict_with_text_and_audio(tmp_path):
+    """A text + audio checkpoint (the sample's speech clips): audio from a file or a video's
+    soundtrack is encoded like the store; without audio that modality is masked."""
+    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    from emostore.demo import sample_with_media
+    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.runner import run_extraction
+    from emostore.extract.text import text_encoder
+    from emostore.ingest.run import ingest
+    from emostore.sample.clips import HERE
+
+    store, _ = ingest("csv", [sample_with_media(tmp_path)], tmp_path / "store", dataset="sample")
+    run_extraction(store, text_encoder("minilm", device="cpu"), progress=False)
+    run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    data = load_data(store, ["text/minilm", "audio/egemaps"], "emotion")
+    result = fit(data, "mlp", {}, TrainConfig(epochs=5, modality_dropout=0.3, device="cpu"))
+    path = ckpt_io.save(result, data, tmp_path / "ckpt", store=store)
+    pred = Predictor(path, device="cpu")
+    both = pred.predict(text="I can't believe it!", audio=HERE / "media" / "d001_u00.flac")
+    assert both["modalities"] == {"text/minilm": {"present": True}, "audio/egemaps": {"present": True}}
+    clip = tmp_path / "media" / "d001_u00.mp4"
+    video = pred.predict(text="I can't believe it!", video=clip)
+    assert video["modalities"]["audio/egemaps"]["present"]
+    np.testing.assert_allclose(  # the clip's soundtrack is the same speech (AAC-coded)
+        pred.encode(video=clip).raw["audio/egemaps"][:5],
+        store.read("audio/egemaps")[1][list(store.ids).index("d001_u00")][:5], rtol=1e-3, atol=1e-3)
+    text_only = pred.predict(text="I can't believe it!")
+    assert text_only["modalities"]["audio/egemaps"] == {"present": False, "reason": "no audio or video given"}
+    assert text_only["probabilities"] != both["probabilities"]
