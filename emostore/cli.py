@@ -523,6 +523,8 @@ def train(store: Annotated[Path, typer.Argument(help="Store directory.")],
           label_smoothing: LabelSmoothing = 0.0, ema: Ema = 0.0,
           seed: Annotated[int, typer.Option(help="Random seed (runs are reproducible on the CPU).")] = 0,
           device: Device = "auto", overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
+          speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
+                                                     "with that speaker's own utterances (speech emotion).")] = False,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
           as_json: Json = False) -> None:
     """Train a head on the train split (early stopping on dev) and save a checkpoint."""
@@ -531,6 +533,7 @@ def train(store: Annotated[Path, typer.Argument(help="Store directory.")],
     config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
                            label_smoothing, ema, seed, device)
     result, path = run_train(store, features, head.value, out, target=target.value, params=_key_values(param),
+                             speaker_norm=speaker_norm,
                              config=config, overwrite=overwrite,
                              progress=not quiet and not as_json and sys.stderr.isatty())
     summary = {"checkpoint": str(path), **result.summary()}

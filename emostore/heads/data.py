@@ -148,8 +148,22 @@ def _dialogues(table: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
     return dialogues, speakers
 
 
+def speaker_normalise(X: np.ndarray, mask: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Z-score each speaker's rows with that speaker's own statistics (all their valid rows, no
+    labels): removes voice and recording differences that swamp emotion in acoustic features."""
+    out = X.copy()
+    for who in pd.unique(speakers):
+        rows = (speakers == who) & mask
+        if rows.sum() < 2:
+            continue
+        mean = X[rows].mean(0)
+        std = X[rows].std(0)
+        out[rows] = (X[rows] - mean) / np.where(std < MIN_STD, 1.0, std)
+    return out.astype(np.float32)
+
+
 def load_data(store: Store, feature_sets: list[str] | str, target: str | Target = "emotion", *,
-              norm: dict[str, dict[str, list[float]]] | None = None) -> HeadData:
+              norm: dict[str, dict[str, list[float]]] | None = None, speaker_norm: bool = False) -> HeadData:
     """Read the feature sets and the target of every row of ``store``.
 
     A checkpoint passes its :class:`Target` (label map) and ``norm``; otherwise the label map is
@@ -166,6 +180,9 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
     for name in names:
         fs = store.feature_set(name)
         _, X, mask = fs.read()
+        if speaker_norm:
+            who = np.array([w if isinstance(w, str) and w else f"\0{i}" for i, w in enumerate(table["speaker"])])
+            X = speaker_normalise(X, mask, who)
         if norm is not None:
             mean = np.asarray(norm[name]["mean"], dtype=np.float32)
             std = np.asarray(norm[name]["std"], dtype=np.float32)

@@ -105,7 +105,7 @@ def evaluate(checkpoint: Path, store: Path | Store, split: str = "test", device:
     """Load ``checkpoint``, check it against ``store`` and evaluate it on ``split``."""
     st = store if isinstance(store, Store) else Store.open(store, mode="r")
     ck = ckpt_io.load(checkpoint, st)
-    data = load_data(st, ck.feature_sets, ck.target, norm=ck.norm)
+    data = load_data(st, ck.feature_sets, ck.target, norm=ck.norm, speaker_norm=bool(ck.meta.get("speaker_norm")))
     from emostore.extract.base import resolve_device
 
     dev = resolve_device(device)

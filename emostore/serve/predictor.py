@@ -46,6 +46,10 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = self.checkpoint.model.to(self.device).eval()
         self.meta = self.checkpoint.meta
+        if self.meta.get("speaker_norm"):
+            raise UserError(f"checkpoint {checkpoint} was trained with per-speaker normalisation, which needs "
+                            "each speaker's own statistics; evaluate it on a store, or retrain without "
+                            "--speaker-norm for prediction")
         self.feature_sets = self.checkpoint.feature_sets
         self._encoders: dict[str, Encoder] = {}
         for f in self.meta["feature_sets"]:

@@ -1,0 +1,60 @@
+"""Per-speaker normalisation on real Emo-DB speech: each speaker's features centred on their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def emodb(tmp_path_factory):
+    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    if not (SHARED / "emodb").is_dir():
+        pytest.skip(f"real data not available: {SHARED / 'emodb'} is missing")
+    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.runner import run_extraction
+    from emostore.ingest.run import ingest
+
+    lines = (SHARED / "emodb" / "labels.csv").read_text().splitlines()[1:]
+    rows = [line.split(",") for line in lines]
+    keep = [r for spk in ("03", "08", "09") for r in [r for r in rows if r[1] == spk][:30]]
+    tmp = tmp_path_factory.mktemp("emodb")
+    csv = tmp / "emodb.csv"
+    csv.write_text("id,speaker,emotion,media,split\n" + "".join(
+        f"{f[:-4]},{spk},{emo},{SHARED / 'emodb' / 'wav' / f},{'dev' if spk == '09' else 'train'}\n"
+        for f, spk, _, emo, *_ in keep))
+    store, _ = ingest("csv", [csv], tmp / "store")
+    run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    return store
+
+
+def test_speaker_means_removed(emodb):
+    from emostore.heads.data import load_data
+
+    speakers = emodb.table["speaker"].to_numpy()
+    plain = load_data(emodb, ["audio/egemaps"], "emotion").xs[0].numpy()
+    norm = load_data(emodb, ["audio/egemaps"], "emotion", speaker_norm=True).xs[0].numpy()
+    spread_plain = max(np.abs(plain[speakers == s].mean(0)).mean() for s in set(speakers))
+    spread_norm = max(np.abs(norm[speakers == s].mean(0)).mean() for s in set(speakers))
+    assert spread_plain > 0.15 and spread_norm < 0.05 and spread_norm < spread_plain / 4
+
+
+def test_speaker_norm_checkpoint_trains_evaluates_and_refuses_prediction(emodb, tmp_path):
+    from typer.testing import CliRunner
+
+    from emostore.cli import app
+    from emostore.errors import UserError
+    from emostore.serve.predictor import Predictor
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(emodb.path), "--features", "audio/egemaps", "--head", "linear",
+                            "--speaker-norm", "--out", str(tmp_path / "ck"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "ck"), "--store", str(emodb.path), "--split", "dev", "--json"])
+    assert r.exit_code == 0, r.output
+    with pytest.raises(UserError, match="per-speaker normalisation"):
+        Predictor(tmp_path / "ck", device="cpu")
