@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -133,6 +134,12 @@ def test_broken_media_recorded_per_utterance(tmp_path, emodb, videos):
     (tmp_path / "truncated.mp4").write_bytes(mp4[:len(mp4) // 5])
     (tmp_path / "noise.wav").write_bytes(np.random.default_rng(0).integers(1, 255, 4000, dtype=np.uint8).tobytes())
     (tmp_path / "notes.ogg").write_text("these are not sounds\n")
+    # a well-formed WAV whose codec (format tag 0x5A5A) no decoder knows: real samples, relabelled
+    pcm = data[44:]
+    fmt = struct.pack("<HHIIHH", 0x5A5A, 1, 22050, 44100, 2, 16)
+    (tmp_path / "codec.wav").write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(pcm)) + b"WAVE"
+                                         + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+                                         + b"data" + struct.pack("<I", len(pcm)) + pcm)
     rows = [
         {"media": str(good)},                                                       # 0 ok
         {"media": str(tmp_path / "truncated.wav")},                                 # 1
@@ -150,14 +157,15 @@ def test_broken_media_recorded_per_utterance(tmp_path, emodb, videos):
         {"media": str(videos / "woman2.mp4"), "audio": str(other), "audio_start": 0.5, "audio_end": 1.5},  # 13 ok
         {"media": str(other), "start": 0.25, "end": 1.75},                          # 14 ok
         {"text": "no media at all"},                                                # 15
+        {"media": str(tmp_path / "codec.wav")},                                     # 16
     ]
     store = make_store(tmp_path / "s", rows)
     report = run_extraction(store, OpenSmileEncoder("egemaps"), chunk_rows=4, progress=False)
-    assert report.complete and report.rows_run == 16
+    assert report.complete and report.rows_run == 17
 
     fs = store.feature_set("audio/egemaps")
     _, X, mask = fs.read()
-    assert X.shape == (16, 88)
+    assert X.shape == (17, 88)
     assert np.flatnonzero(mask).tolist() == [0, 11, 12, 13, 14]
     assert np.isfinite(X[mask]).all() and np.isnan(X[~mask]).all()
     errors = {e["id"]: e["reason"] for e in store.info()["features"]["audio/egemaps"]["errors"]}
@@ -167,7 +175,7 @@ def test_broken_media_recorded_per_utterance(tmp_path, emodb, videos):
         5: ("zero-length segment", other.name), 6: ("segment out of range", other.name),
         7: ("unsupported format", "notes.ogg"), 8: ("no audio", "woman2.mp4 has no audio track"),
         9: ("no audio", "test.mp4 has no audio track"), 10: ("no audio", "justin.jpg is an image"),
-        15: ("no audio", "no media file"),
+        15: ("no audio", "no media file"), 16: ("unsupported codec", "codec.wav"),
     }
     assert set(errors) == {f"u{i}" for i in expected}
     for i, (what, where) in expected.items():
