@@ -271,16 +271,41 @@ class AudioFeatureSet(str, Enum):
     egemaps_lld = "egemaps-lld"
 
 
+class AudioEncoder(str, Enum):
+    opensmile = "opensmile"
+    ssl = "ssl"
+
+
 @extract_app.command("audio")
 @user_errors
 def extract_audio(store: Annotated[Path, typer.Argument(help="Store directory.")],
+                  encoder: Annotated[AudioEncoder, typer.Option(
+                      help="opensmile: openSMILE features (--feature-set); ssl: a self-supervised speech model "
+                           "(wav2vec 2.0, HuBERT, WavLM; --model).")] = AudioEncoder.opensmile,
                   feature_set: Annotated[AudioFeatureSet, typer.Option(
                       "--feature-set", help="egemaps: eGeMAPSv02 functionals (88-d); compare: ComParE_2016 "
                                             "functionals (6,373-d); egemaps-lld: 25-d frames every 10 ms "
                                             "(kept ragged) with their mean and std (50-d).")] = AudioFeatureSet.egemaps,
-                  sample_rate: Annotated[int, typer.Option(help="Audio is resampled to this rate (Hz).")] = 16000,
+                  sample_rate: Annotated[int, typer.Option(help="openSMILE: audio is resampled to this rate (Hz); "
+                                                               "ssl uses the model's rate.")] = 16000,
+                  model: Annotated[Optional[str], typer.Option(
+                      help="ssl: Hugging Face model folder or hub name, e.g. microsoft/wavlm-base-plus.")] = None,
+                  layers: Annotated[str, typer.Option(help="ssl: hidden states to store, mean-pooled (L x D): all, "
+                                                           "last, or a list such as 0,6,12.")] = "all",
+                  frames: Annotated[bool, typer.Option("--frames", help="ssl: also store the frames of one layer "
+                                                                        "as a ragged sequence.")] = False,
+                  frame_layer: Annotated[Optional[int], typer.Option(help="ssl: layer whose frames --frames stores "
+                                                                          "(default: the last of --layers).")] = None,
+                  window: Annotated[float, typer.Option(help="ssl: longer audio runs in windows of this many "
+                                                             "seconds.")] = 20.0,
+                  overlap: Annotated[float, typer.Option(help="ssl: seconds shared by consecutive windows.")] = 1.0,
+                  device: Annotated[str, typer.Option(help="ssl: auto (CUDA when present), cpu, cuda, cuda:1.")] = "auto",
+                  precision: Annotated[Precision, typer.Option(help="ssl: auto is float16 on CUDA, float32 "
+                                                                    "elsewhere.")] = Precision.auto,
+                  batch_size: Annotated[int, typer.Option(min=1, help="ssl: windows of equal length per forward "
+                                                                      "pass.")] = 8,
                   name: Annotated[Optional[str], typer.Option(help="Feature set name under audio/ "
-                                                              "(default: the feature set).")] = None,
+                                                              "(default: the feature set, or the model's name).")] = None,
                   workers: Annotated[int, typer.Option(min=1, help="Processes encoding at once.")] = 1,
                   shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (run N at once).")] = None,
                   chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for a "
@@ -288,15 +313,26 @@ def extract_audio(store: Annotated[Path, typer.Argument(help="Store directory.")
                   overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
                   quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
                   as_json: Json = False) -> None:
-    """openSMILE features from each utterance's audio file or video (its audio column, else its
-    media, cut to start/end); unreadable media become masked rows with a reason."""
-    from emostore.extract.audio import OpenSmileEncoder
+    """Acoustic features (openSMILE) or self-supervised speech embeddings from each utterance's audio
+    file or video (its audio column, else its media, cut to start/end); unreadable media become
+    masked rows with a reason."""
     from emostore.extract.runner import run_extraction
     from emostore.store import Shard, Store
 
     st = Store.open(store)
     sh = Shard.parse(shard)
-    enc = OpenSmileEncoder(feature_set.value, sample_rate=sample_rate, name=name)
+    if encoder is AudioEncoder.ssl:
+        from emostore.extract.ssl import SSLEncoder
+
+        if not model:
+            raise UserError("--encoder ssl needs --model (a Hugging Face model folder or hub name)")
+        enc: Any = SSLEncoder(model, layers=layers, frames=frames, frame_layer=frame_layer, window_s=window,
+                              overlap_s=overlap, device=device, precision=precision.value, batch_size=batch_size,
+                              name=name)
+    else:
+        from emostore.extract.audio import OpenSmileEncoder
+
+        enc = OpenSmileEncoder(feature_set.value, sample_rate=sample_rate, name=name)
     report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
                             progress=not quiet and not as_json and sys.stderr.isatty())
     out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "dim": enc.dim,
@@ -460,7 +496,10 @@ class HeadName(str, Enum):
     gated = "gated"
     attention = "attention"
     context = "context"
+    sequence = "sequence"
     knn = "knn"
+    svm = "svm"
+    logreg = "logreg"
 
 
 class TargetName(str, Enum):
@@ -588,6 +627,8 @@ def sweep(store: Annotated[Path, typer.Argument(help="Store directory.")],
           label_smoothing: LabelSmoothing = 0.0, ema: Ema = 0.0,
           seed: Annotated[int, typer.Option(help="First seed.")] = 0,
           device: Device = "auto",
+          speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
+                                                     "with that speaker's own utterances (speech emotion).")] = False,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
           as_json: Json = False) -> None:
     """Train a grid of heads x feature sets x parameters x seeds; mean and std per configuration."""
@@ -603,7 +644,7 @@ def sweep(store: Annotated[Path, typer.Argument(help="Store directory.")],
                            label_smoothing, ema, seed, device)
     result = run_sweep(st, [h.strip() for h in heads.split(",") if h.strip()], combos, seeds=seeds,
                        target=target.value, split=split, grid=parse_grid(param), config=config,
-                       progress=not quiet and not as_json and sys.stderr.isatty())
+                       progress=not quiet and not as_json and sys.stderr.isatty(), speaker_norm=speaker_norm)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -35,3 +35,39 @@ def sample_store(tmp_path_factory, minilm_encoder):
     store, _ = ingest("csv", [SAMPLE], tmp_path_factory.mktemp("sample") / "store", dataset="sample")
     run_extraction(store, minilm_encoder, progress=False)
     return store
+
+
+def sample_with_audio_csv(directory: Path) -> Path:
+    """The sample CSV plus a ``media`` column: its speech file for the utterances that have one
+    (``emostore/sample/media.csv``), nothing for the rest."""
+    import csv
+
+    media = {}
+    with open(SAMPLE.parent / "media.csv", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            media[row["id"]] = str((SAMPLE.parent / row["media"]).resolve())
+    out = directory / "sample_audio.csv"
+    with open(SAMPLE, newline="", encoding="utf-8") as src, open(out, "w", newline="", encoding="utf-8") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, fieldnames=[*(reader.fieldnames or []), "media"])
+        writer.writeheader()
+        for row in reader:
+            writer.writerow({**row, "media": media.get(row["id"], "")})
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_sample_store(tmp_path_factory, minilm_encoder):
+    """The sample with its speech files: text/minilm for every row, audio/egemaps-lld (25-d frames
+    every 10 ms) and audio/egemaps for the 42 rows with speech, masked for the others."""
+    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.runner import run_extraction
+    from emostore.ingest.run import ingest
+
+    tmp = tmp_path_factory.mktemp("sample_audio")
+    store, _ = ingest("csv", [sample_with_audio_csv(tmp)], tmp / "store", dataset="sample")
+    run_extraction(store, minilm_encoder, progress=False)
+    for fs in ("egemaps-lld", "egemaps"):
+        run_extraction(store, OpenSmileEncoder(fs), chunk_rows=64, progress=False)
+    return store

@@ -81,7 +81,7 @@ def get_encoder_class(modality: str, kind: str) -> type[Encoder]:
     """The registered encoder class of ``modality/kind`` (imports the encoder modules first)."""
     import importlib
 
-    for module in ("text", "audio", "visual"):
+    for module in ("text", "audio", "ssl", "visual"):
         try:
             importlib.import_module(f"emostore.extract.{module}")
         except ImportError:  # an optional extra that is not installed

@@ -58,7 +58,8 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
     fs = store.create_feature_set(encoder.feature_set, dim=encoder.dim, config=encoder.config,
                                   encoder=encoder.kind, version=encoder.version(),
                                   chunk_rows=chunk_rows or encoder.chunk_rows,
-                                  seq_dim=encoder.seq_dim, overwrite=overwrite)
+                                  seq_dim=encoder.seq_dim, layers=getattr(encoder, "layers", None),
+                                  overwrite=overwrite)
     table = store.table
     pending = fs.pending_chunks(shard)
     total_rows = sum(fs.chunk_slice(c).stop - fs.chunk_slice(c).start for c in pending)

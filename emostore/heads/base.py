@@ -6,9 +6,16 @@ modality ``mask`` (``True`` where the feature set has a value for that row). A m
 never data: heads zero it themselves (:func:`masked`) and see the mask as input, so whatever
 sits in a masked row cannot change a prediction.
 
-Per-utterance heads take ``xs[m]: [B, D_m]`` and ``mask: [B, M]``. Sequence heads
+Per-utterance heads take ``xs[m]: [B, D_m]`` and ``mask: [B, M]``. Dialogue heads
 (``sequence = True``) take one dialogue per batch row: ``xs[m]: [B, T, D_m]``,
-``mask: [B, T, M]``, plus ``valid: [B, T]`` (not padding) and ``speakers: [B, T]``.
+``mask: [B, T, M]``, plus ``valid: [B, T]`` (not padding) and ``speakers: [B, T]``. Frame heads
+(``frames = True``) are per-utterance heads that also take ``frames``: per feature set, ``None``
+or ``([B, T, F_m] padded frames, [B] lengths)``; they are built with ``frame_dims`` (``F_m``, or
+None for a feature set without frames).
+
+Feature sets that stack ``L`` layers per vector (``L x D``, as speech encoders store them) reach
+trainable heads as one ``D``-d vector: a learned softmax-weighted sum of the layers (SUPERB's
+weighted sum), applied before the head's ``forward``.
 """
 
 from __future__ import annotations
@@ -39,8 +46,10 @@ class Head(nn.Module):
     Params: ClassVar[type[HeadParams]] = HeadParams
     #: Takes whole dialogues (see the module docstring) instead of single utterances.
     sequence: ClassVar[bool] = False
-    #: Trained by gradient descent; ``False`` for memory-based heads (see :meth:`remember`).
+    #: Trained by gradient descent; ``False`` for heads fitted in one go (see :meth:`remember`).
     trainable: ClassVar[bool] = True
+    #: Reads the frame sequences of the feature sets that keep them (see the module docstring).
+    frames: ClassVar[bool] = False
 
     def __init__(self, dims: list[int], n_out: int, params: HeadParams):
         super().__init__()
@@ -48,8 +57,10 @@ class Head(nn.Module):
         self.n_out = n_out
         self.params = params
 
-    def remember(self, xs: list[Tensor], mask: Tensor, y: Tensor, weights: Tensor | None = None) -> None:
-        """Memory-based heads store their training rows here instead of being trained."""
+    def remember(self, xs: list[Tensor], mask: Tensor, y: Tensor, weights: Tensor | None = None,
+                 groups: list[str] | None = None) -> None:
+        """Heads that are not trained by gradient descent fit (or store) their training rows here.
+        ``weights``: per-row weights (class weights); ``groups``: each row's speaker, "" unknown."""
         raise NotImplementedError
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
@@ -91,7 +102,7 @@ def _discover() -> None:
 
 def head_names() -> list[str]:
     _discover()
-    order = ["linear", "mlp", "late", "gated", "attention", "context", "knn"]
+    order = ["linear", "mlp", "late", "gated", "attention", "context", "sequence", "knn", "svm", "logreg"]
     return sorted(HEADS, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
@@ -129,12 +140,52 @@ def _convert(value: Any, kind: type, where: str) -> Any:
         raise UserError(f"{where}: cannot read {value!r} as {kind.__name__}") from None
 
 
-def build_head(name: str, dims: list[int], n_out: int, params: HeadParams | dict[str, Any] | None = None) -> Head:
-    """A new head ``name`` for feature sets of ``dims`` with ``n_out`` outputs."""
+class LayerMix(nn.Module):
+    """A learned softmax-weighted sum over the ``L`` stacked layers of each layered feature set."""
+
+    def __init__(self, layers: list[int]):
+        super().__init__()
+        self.layers = list(layers)
+        self.weights = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in layers)
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        out = []
+        for x, n, w in zip(xs, self.layers, self.weights):
+            if n > 1:
+                x = (x.unflatten(-1, (n, -1)) * torch.softmax(w, 0).unsqueeze(-1)).sum(-2)
+            out.append(x)
+        return out
+
+
+def _mix_layers(head: Head, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (head.layer_mix(args[0]), *args[1:])
+
+
+def build_head(name: str, dims: list[int], n_out: int, params: HeadParams | dict[str, Any] | None = None, *,
+               frame_dims: list[int | None] | None = None, layers: list[int] | None = None) -> Head:
+    """A new head ``name`` for feature sets of ``dims`` with ``n_out`` outputs.
+
+    ``frame_dims``: the frame width of each feature set read as frames (frame heads only);
+    ``layers``: how many layers each feature set stacks (trainable heads learn to weigh them).
+    """
     cls = head_class(name)
     if not isinstance(params, HeadParams):
         params = make_params(name, params)
-    return cls(dims, n_out, params)
+    layers = list(layers or [1] * len(dims))
+    mix = cls.trainable and any(n > 1 for n in layers)
+    if mix:
+        for d, n in zip(dims, layers):
+            if d % n:
+                raise UserError(f"a feature set of {d} values cannot stack {n} layers")
+        dims = [d // n for d, n in zip(dims, layers)]
+    if cls.frames:
+        head = cls(dims, n_out, params, frame_dims=list(frame_dims or [None] * len(dims)))  # type: ignore[call-arg]
+    else:
+        head = cls(dims, n_out, params)
+    if mix:
+        head.layer_mix = LayerMix(layers)
+        head.register_forward_pre_hook(_mix_layers)
+    return head
 
 
 def params_dict(params: HeadParams) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from emostore import __version__
 from emostore.errors import UserError
 from emostore.heads.base import Head, build_head, make_params
-from emostore.heads.data import HeadData, Target
+from emostore.heads.data import HeadData, Target, load_data
 from emostore.heads.train import FitResult
 from emostore.store import Store
 from emostore.store.feature_set import now
@@ -53,6 +53,17 @@ class Checkpoint:
     @property
     def norm(self) -> dict[str, dict[str, list[float]]]:
         return self.meta["normalisation"]
+
+    @property
+    def frames(self) -> bool:
+        """Whether the head reads frame sequences."""
+        return bool(self.model.frames)
+
+    def load_data(self, store: Store) -> HeadData:
+        """The rows of ``store`` as this checkpoint was trained on them (its label map, statistics,
+        per-speaker normalisation and frames)."""
+        return load_data(store, self.feature_sets, self.target, norm=self.norm,
+                         speaker_norm=bool(self.meta.get("speaker_norm")), frames=self.frames)
 
     def check_store(self, store: Store) -> None:
         """Refuse a store that lacks a feature set or holds it with another configuration."""
@@ -94,8 +105,11 @@ def save(result: FitResult, data: HeadData, out: Path, *, store: Store | None = 
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "emostore_version": __version__, "created": now(),
         "head": result.head, "params": asdict(result.params),
-        "feature_sets": [{"name": n, "dim": d, "config_hash": h, "config": configs.get(n)}
-                         for n, d, h in zip(data.feature_sets, data.dims, data.config_hashes)],
+        "feature_sets": [{"name": n, "dim": d, "config_hash": h, "config": configs.get(n),
+                          **({"frame_dim": fd} if fd is not None and result.model.frames else {}),
+                          **({"layers": n_layers} if n_layers > 1 else {})}
+                         for n, d, h, fd, n_layers in zip(data.feature_sets, data.dims, data.config_hashes,
+                                                          data.frame_dims, data.layers or [1] * len(data.dims))],
         "target": data.target.to_dict(),
         "normalisation": data.norm,
         "training": {**result.summary(), "history": result.history},
@@ -122,8 +136,9 @@ def load(path: Path, store: Store | None = None) -> Checkpoint:
                         f"(format {meta.get('format')!r} v{meta.get('format_version')})")
     t = meta["target"]
     n_out = 1 if t["labels"] is None else len(t["labels"])
-    model = build_head(meta["head"], [f["dim"] for f in meta["feature_sets"]], n_out,
-                       make_params(meta["head"], meta["params"]))
+    fsets = meta["feature_sets"]
+    model = build_head(meta["head"], [f["dim"] for f in fsets], n_out, make_params(meta["head"], meta["params"]),
+                       frame_dims=[f.get("frame_dim") for f in fsets], layers=[int(f.get("layers", 1)) for f in fsets])
     model.load_weights(load_file(str(path / WEIGHTS)))
     ckpt = Checkpoint(path, model.eval(), meta)
     if store is not None:

@@ -3,11 +3,16 @@
 Each feature set is standardised with the mean and standard deviation of its valid training
 rows only; rows without a value (``mask == False``) are set to zero and stay masked. Dialogues
 (one per dialogue and split, in turn order) and per-dialogue speaker numbers are kept for the
-sequence heads.
+dialogue heads.
+
+Heads that read frame sequences (``frames = True``) also get, for every feature set that keeps
+them, all its frames in one flat tensor (:class:`Frames`), read from the store a chunk at a time
+and standardised with the statistics of the training rows' frames; batches are padded from it.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +65,16 @@ class HeadData:
     dialogues: list[np.ndarray]         # row indices in turn order, one array per dialogue and split
     speakers: Tensor                    # [N] long: speaker number within its dialogue, -1 unknown
     norm: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: Per feature set: its frame sequences when they were loaded (``load_data(frames=True)``), else None.
+    frames: list[Frames | None] = field(default_factory=list)
+    #: Per feature set: how many layers its vector stacks (``L x D`` vectors of speech encoders), else 1.
+    layers: list[int] = field(default_factory=list)
+    #: Speaker of every row across the store (for grouped cross-validation), "" when unknown.
+    groups: np.ndarray | None = None
+
+    @property
+    def frame_dims(self) -> list[int | None]:
+        return [None if f is None else f.dim for f in (self.frames or [None] * len(self.dims))]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,7 +93,105 @@ class HeadData:
     def to(self, device: torch.device | str) -> HeadData:
         self.xs = [x.to(device) for x in self.xs]
         self.mask, self.y, self.speakers = self.mask.to(device), self.y.to(device), self.speakers.to(device)
+        self.frames = [None if f is None else f.to(device) for f in self.frames]
         return self
+
+    def frame_lengths(self) -> Tensor:
+        """``[N]`` the longest frame sequence of each row over the feature sets with frames (0: none)."""
+        out = torch.zeros(len(self), dtype=torch.long)
+        for f in self.frames:
+            if f is not None:
+                out = torch.maximum(out, f.lengths.cpu())
+        return out
+
+
+@dataclass
+class Frames:
+    """The frame sequences of one feature set for every row, in one flat tensor: row ``r`` has
+    ``values[offsets[r]:offsets[r] + lengths[r]]`` (standardised; missing values are 0)."""
+
+    values: Tensor      # [F, D] float32
+    offsets: Tensor     # [N] long
+    lengths: Tensor     # [N] long, 0 for rows without frames
+
+    @property
+    def dim(self) -> int:
+        return int(self.values.shape[1])
+
+    def to(self, device: torch.device | str) -> Frames:
+        return Frames(self.values.to(device), self.offsets.to(device), self.lengths.to(device))
+
+    def batch(self, rows: Tensor, max_frames: int = 0, random_crop: bool = False) -> tuple[Tensor, Tensor]:
+        """``([B, T, D] frames padded with zeros, [B] lengths)`` of ``rows`` (-1: a padding row).
+
+        Sequences longer than ``max_frames`` (0: no limit) are cropped: at a random place when
+        ``random_crop`` (training), else in the middle.
+        """
+        device = self.values.device
+        rows = rows.to(device)
+        safe = rows.clamp(min=0)
+        lengths = torch.where(rows >= 0, self.lengths[safe], torch.zeros((), dtype=torch.long, device=device))
+        start = self.offsets[safe]
+        if max_frames > 0 and bool((lengths > max_frames).any()):
+            excess = (lengths - max_frames).clamp(min=0)
+            if random_crop:
+                shift = (torch.rand(len(rows), device=device) * (excess + 1).to(torch.float32)).long()
+                shift = torch.minimum(shift, excess)
+            else:
+                shift = excess // 2
+            start, lengths = start + shift, lengths.clamp(max=max_frames)
+        width = max(int(lengths.max()) if len(rows) else 0, 1)
+        pos = torch.arange(width, device=device)
+        valid = pos < lengths.unsqueeze(1)
+        index = torch.where(valid, start.unsqueeze(1) + pos, torch.zeros((), dtype=torch.long, device=device))
+        if not len(self.values):
+            return torch.zeros(len(rows), width, self.dim, device=device), lengths
+        return self.values[index] * valid.unsqueeze(-1), lengths
+
+
+def read_frames(fs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(frames [F, D], lengths [N])`` of a feature set that keeps frame sequences: one read per
+    done chunk (a chunk's frames are stored contiguously in row order), nothing per row."""
+    done = fs.done()
+    lengths = np.zeros(fs.n_rows, dtype=np.int64)
+    parts = []
+    for chunk in range(fs.n_chunks):
+        sl = fs.chunk_slice(chunk)
+        if not done[sl].all():
+            continue  # not finished: its frames do not count yet
+        chunk_lengths = np.asarray(fs.group["seq_lengths"][sl], dtype=np.int64)
+        if chunk_lengths.sum():
+            parts.append(np.asarray(fs.group["seq"][str(chunk)][:], dtype=np.float32))
+        lengths[sl] = chunk_lengths
+    frames = np.concatenate(parts) if parts else np.zeros((0, int(fs.seq_dim)), np.float32)
+    if len(frames) != lengths.sum():
+        raise UserError(f"feature set {fs.name!r}: {len(frames)} stored frames but the lengths add up to "
+                        f"{int(lengths.sum())}; the store is damaged, re-extract it with --overwrite")
+    return frames, lengths
+
+
+def _frame_stats(frames: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-aware mean and std (float32) of the frames selected by ``keep``; constant dims get std 1."""
+    ref = frames[keep].astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled below
+        mean, std = np.nanmean(ref, 0), np.nanstd(ref, 0)
+    mean = np.nan_to_num(mean, nan=0.0).astype(np.float32)
+    std = np.where(~np.isfinite(std) | (std < MIN_STD), 1.0, std).astype(np.float32)
+    return mean, std
+
+
+def speaker_normalise_frames(frames: np.ndarray, lengths: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Z-score each speaker's frames with the statistics of all that speaker's frames (no labels)."""
+    out = frames.copy()
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    for who in pd.unique(speakers):
+        keep = (speakers == who)[owner]
+        if keep.sum() < 2:
+            continue
+        mean, std = _frame_stats(frames, keep)
+        out[keep] = (frames[keep] - mean) / std
+    return out
 
 
 def resolve_feature_sets(store: Store, names: list[str] | str) -> list[str]:
@@ -163,25 +276,32 @@ def speaker_normalise(X: np.ndarray, mask: np.ndarray, speakers: np.ndarray) -> 
 
 
 def load_data(store: Store, feature_sets: list[str] | str, target: str | Target = "emotion", *,
-              norm: dict[str, dict[str, list[float]]] | None = None, speaker_norm: bool = False) -> HeadData:
+              norm: dict[str, dict[str, list[float]]] | None = None, speaker_norm: bool = False,
+              frames: bool = False, split: np.ndarray | None = None) -> HeadData:
     """Read the feature sets and the target of every row of ``store``.
 
     A checkpoint passes its :class:`Target` (label map) and ``norm``; otherwise the label map is
-    built from the training split and the statistics are computed on it.
+    built from the training split and the statistics are computed on it. With ``frames``, the
+    frame sequences of the feature sets that keep them are read too, and a row of such a feature
+    set counts as present only when it has frames. ``split`` replaces the table's split of each
+    row (cross-validation folds).
     """
     names = resolve_feature_sets(store, feature_sets)
     table = store.table
-    split = table["split"].fillna("").astype(str).to_numpy()
-    tgt = target if isinstance(target, Target) else resolve_target(table, target)
+    if split is None:
+        split = table["split"].fillna("").astype(str).to_numpy()
+    elif len(split) != len(table):
+        raise ValueError(f"split has {len(split)} rows, the store {len(table)}")
+    tgt = target if isinstance(target, Target) else resolve_target(table.assign(split=split), target)
     train = split == "train"
     if norm is None and not train.any():
         raise UserError(f"{store.path}: no rows in the train split to compute normalisation statistics from")
-    xs, masks, dims, hashes, stats = [], [], [], [], {}
+    xs, masks, dims, hashes, stats, seqs, layers = [], [], [], [], {}, [], []
+    who = np.array([w if isinstance(w, str) and w else f"\0{i}" for i, w in enumerate(table["speaker"])])
     for name in names:
         fs = store.feature_set(name)
         _, X, mask = fs.read()
         if speaker_norm:
-            who = np.array([w if isinstance(w, str) and w else f"\0{i}" for i, w in enumerate(table["speaker"])])
             X = speaker_normalise(X, mask, who)
         if norm is not None:
             mean = np.asarray(norm[name]["mean"], dtype=np.float32)
@@ -194,11 +314,16 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
             std = ref.std(0, dtype=np.float64).astype(np.float32)
             std = np.where(std < MIN_STD, np.float32(1.0), std)
         Z = np.where(mask[:, None], (X - mean) / std, np.float32(0.0)).astype(np.float32)
+        stats[name] = {"mean": mean.tolist(), "std": std.tolist()}
+        seq = None
+        if frames and fs.seq_dim:
+            seq, mask = _load_frames(store, fs, mask, train, who if speaker_norm else None, norm, stats[name])
         xs.append(torch.from_numpy(Z))
         masks.append(mask)
         dims.append(fs.dim)
         hashes.append(fs.config_hash)
-        stats[name] = {"mean": mean.tolist(), "std": std.tolist()}
+        seqs.append(seq)
+        layers.append(fs.layers)
     if tgt.regression:
         y = torch.tensor(pd.to_numeric(table[tgt.column], errors="coerce").to_numpy(dtype=np.float32))
     else:
@@ -206,8 +331,35 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
         y = torch.tensor([index.get(v, -1) if isinstance(v, str) else -1 for v in table[tgt.column]],
                          dtype=torch.long)
     dialogues, speakers = _dialogues(table)
+    groups = np.array([w if isinstance(w, str) else "" for w in table["speaker"]], dtype=object)
     return HeadData(names, dims, hashes, tgt, store.ids, split, xs, torch.from_numpy(np.stack(masks, 1)), y,
-                    dialogues, torch.from_numpy(speakers), stats)
+                    dialogues, torch.from_numpy(speakers), stats, seqs, layers, groups)
+
+
+def _load_frames(store: Store, fs: Any, mask: np.ndarray, train: np.ndarray, speakers: np.ndarray | None,
+                 norm: dict[str, dict[str, list[float]]] | None,
+                 stats: dict[str, list[float]]) -> tuple[Frames, np.ndarray]:
+    """The standardised frames of ``fs`` and its mask (rows without frames become masked)."""
+    values, stored = read_frames(fs)
+    offsets = (np.cumsum(stored) - stored).astype(np.int64)
+    mask = mask & (stored > 0)
+    lengths = np.where(mask, stored, 0)
+    if speakers is not None:
+        values = speaker_normalise_frames(values, stored, speakers)
+    owner = np.repeat(np.arange(len(stored)), stored)
+    if norm is not None:
+        if "frame_mean" not in norm[fs.name]:
+            raise UserError(f"the checkpoint has no frame statistics for {fs.name!r}; it was not trained on its frames")
+        mean = np.asarray(norm[fs.name]["frame_mean"], dtype=np.float32)
+        std = np.asarray(norm[fs.name]["frame_std"], dtype=np.float32)
+    else:
+        keep = (train & mask)[owner]
+        if not keep.any():
+            raise UserError(f"{store.path}: feature set {fs.name!r} has no frames in the train split")
+        mean, std = _frame_stats(values, keep)
+    stats["frame_mean"], stats["frame_std"] = mean.tolist(), std.tolist()
+    values = np.nan_to_num((values - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    return Frames(torch.from_numpy(values), torch.from_numpy(offsets), torch.from_numpy(lengths)), mask
 
 
 def unknown_labels(data: HeadData, table: pd.DataFrame, split: str) -> dict[str, int]:

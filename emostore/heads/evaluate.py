@@ -25,7 +25,7 @@ from sklearn.metrics import (
 
 from emostore.errors import UserError
 from emostore.heads import checkpoint as ckpt_io
-from emostore.heads.data import HeadData, load_data, unknown_labels
+from emostore.heads.data import HeadData, unknown_labels
 from emostore.heads.train import predict_rows
 from emostore.store import Store
 
@@ -105,7 +105,7 @@ def evaluate(checkpoint: Path, store: Path | Store, split: str = "test", device:
     """Load ``checkpoint``, check it against ``store`` and evaluate it on ``split``."""
     st = store if isinstance(store, Store) else Store.open(store, mode="r")
     ck = ckpt_io.load(checkpoint, st)
-    data = load_data(st, ck.feature_sets, ck.target, norm=ck.norm, speaker_norm=bool(ck.meta.get("speaker_norm")))
+    data = ck.load_data(st)
     from emostore.extract.base import resolve_device
 
     dev = resolve_device(device)

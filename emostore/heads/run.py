@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from emostore.heads import checkpoint
+from emostore.heads.base import head_class
 from emostore.heads.data import load_data
 from emostore.heads.train import FitResult, TrainConfig, fit
 from emostore.store import Store
@@ -17,7 +18,7 @@ def train(store_path: Path, features: list[str] | str, head: str, out: Path, *, 
     """Load the features, train ``head`` with early stopping on dev and write the checkpoint."""
     checkpoint.check_writable(Path(out), overwrite)  # refuse before training, not after
     store = Store.open(store_path, mode="r")
-    data = load_data(store, features, target, speaker_norm=speaker_norm)
+    data = load_data(store, features, target, speaker_norm=speaker_norm, frames=head_class(head).frames)
     result = fit(data, head, params, config, progress=progress)
     path = checkpoint.save(result, data, out, store=store, overwrite=overwrite,
                            extra={"speaker_norm": True} if speaker_norm else None)

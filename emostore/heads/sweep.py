@@ -77,6 +77,8 @@ class SweepResult:
     task: str
     runs: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Runs that could not be made, with their one-line error.
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -100,13 +102,17 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"split": self.split, "task": self.task, "seconds": round(self.seconds, 2),
-                "summary": self.summary(), "runs": self.runs}
+                "summary": self.summary(), "runs": self.runs, "failures": self.failures}
 
 
 def sweep(store: Store, heads: list[str], feature_combos: list[list[str]], *, seeds: int = 5,
           target: str = "emotion", split: str = "test", grid: dict[str, list[str]] | None = None,
-          config: TrainConfig | None = None, progress: bool = True) -> SweepResult:
-    """Train every combination and score each run on ``split``."""
+          config: TrainConfig | None = None, progress: bool = True, speaker_norm: bool = False) -> SweepResult:
+    """Train every combination and score each run on ``split``.
+
+    A run that cannot be made (a frame head on feature sets without frames, an RBF SVM too big
+    for memory, ...) is recorded with its one-line error and the sweep goes on.
+    """
     config = config or TrainConfig()
     for h in heads:
         head_class(h)
@@ -123,16 +129,23 @@ def sweep(store: Store, heads: list[str], feature_combos: list[list[str]], *, se
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("sweep", total=len(runs) * len(feature_combos))
+        frames = any(head_class(h).frames for h in heads)
         for features in feature_combos:
-            data = load_data(store, features, target)
+            data = load_data(store, features, target, speaker_norm=speaker_norm, frames=frames)
             if result is None:
                 result = SweepResult(split, "regression" if data.target.regression else "classification")
             for h, s, seed in runs:
                 params, cfg = split_setting(h, s, config)
                 bar.update(task, description=f"{h} {','.join(data.feature_sets)} seed {seed}")
-                fitted = fit(data, h, params, replace(cfg, seed=seed))
-                ev = evaluate_data(fitted.model, data, split)
                 shown = dict(s)
+                try:
+                    fitted = fit(data, h, params, replace(cfg, seed=seed))
+                    ev = evaluate_data(fitted.model, data, split)
+                except UserError as exc:
+                    result.failures.append({"head": h, "features": data.feature_sets, "setting": shown,
+                                            "seed": seed, "error": str(exc)})
+                    bar.advance(task)
+                    continue
                 result.runs.append({
                     "head": h, "features": data.feature_sets, "setting": shown, "seed": seed,
                     "config_key": f"{h}|{','.join(data.feature_sets)}|{sorted(shown.items())}",
@@ -163,3 +176,6 @@ def show_sweep(result: SweepResult) -> None:
                   *[f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" for k in result.keys],
                   f"{row['seconds']['mean']:.1f}")
     console.print(t)
+    for f in result.failures:
+        console.print(f"failed: {f['head']} {','.join(f['features'])} seed {f['seed']}: {f['error']}",
+                      markup=False, highlight=False, style="red")

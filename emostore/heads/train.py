@@ -19,11 +19,13 @@ from torch import Tensor, nn
 
 from emostore.errors import UserError
 from emostore.extract.base import resolve_device
-from emostore.heads.base import Head, HeadParams, build_head, make_params
+from emostore.heads.base import Head, HeadParams, build_head, head_class, make_params
 from emostore.heads.data import HeadData
 
 #: Rows per forward pass when predicting.
 PREDICT_BATCH = 2048
+#: Most frames (rows x padded length) per forward pass when a frame head predicts.
+PREDICT_FRAMES = 1 << 18
 
 
 @dataclass
@@ -117,7 +119,11 @@ def dialogue_index(dialogues: list[np.ndarray]) -> tuple[Tensor, Tensor]:
 
 
 def forward(model: Head, data: HeadData, idx: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Outputs for rows ``idx``: ``[B]`` for utterance heads, ``[B, T]`` (-1 padded) for sequence heads."""
+    """Outputs for rows ``idx``: ``[B]`` for utterance heads, ``[B, T]`` (-1 padded) for sequence heads.
+
+    Frame heads also get the padded frames of the rows (cropped to the head's ``max_frames``: at
+    random while training, in the middle otherwise).
+    """
     device = data.mask.device
     valid = idx >= 0
     safe = idx.clamp(min=0).to(device)
@@ -126,7 +132,30 @@ def forward(model: Head, data: HeadData, idx: Tensor, mask: Tensor | None = None
     if model.sequence:
         return model(xs, m & valid.to(device).unsqueeze(-1), valid.to(device),
                      torch.where(valid.to(device), data.speakers[safe], -1))
+    if model.frames:
+        crop = int(getattr(model.params, "max_frames", 0) or 0)
+        frames = [None if f is None else f.batch(safe, crop, random_crop=model.training) for f in data.frames]
+        return model(xs, m, frames)
     return model(xs, m)
+
+
+def _frame_batches(data: HeadData, rows: np.ndarray, crop: int) -> list[np.ndarray]:
+    """``rows`` sorted by frame length and cut into batches of at most ``PREDICT_FRAMES`` padded frames."""
+    lengths = data.frame_lengths().numpy()[rows]
+    if crop > 0:
+        lengths = np.minimum(lengths, crop)
+    order = np.argsort(lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    for j in order:  # ascending lengths: the newest row is the widest of its batch
+        width = max(int(lengths[j]), 1)
+        if current and (len(current) >= PREDICT_BATCH or (len(current) + 1) * width > PREDICT_FRAMES):
+            batches.append(np.asarray(current))
+            current = []
+        current.append(int(j))
+    if current:
+        batches.append(np.asarray(current))
+    return batches
 
 
 @torch.no_grad()
@@ -134,6 +163,11 @@ def predict_rows(model: Head, data: HeadData, rows: np.ndarray) -> Tensor:
     """Raw outputs (logits, or the score) for ``rows``, ``[len(rows), n_out]`` on the CPU."""
     model.eval()
     n_out = model.n_out
+    if model.frames:
+        out = torch.zeros(len(rows), n_out)
+        for batch in _frame_batches(data, rows, int(getattr(model.params, "max_frames", 0) or 0)):
+            out[torch.as_tensor(batch)] = forward(model, data, torch.as_tensor(rows[batch], dtype=torch.long)).cpu()
+        return out
     if not model.sequence:
         parts = [forward(model, data, torch.as_tensor(rows[i:i + PREDICT_BATCH], dtype=torch.long)).cpu()
                  for i in range(0, len(rows), PREDICT_BATCH)]
@@ -159,13 +193,23 @@ def score(data: HeadData, rows: np.ndarray, outputs: Tensor) -> float:
     return float(f1_score(y.numpy(), outputs.argmax(1).numpy(), average="weighted", zero_division=0))
 
 
-def _batches(units: list[Any], rng: np.random.Generator, size: int, sequence: bool) -> Iterator[Tensor]:
+def _batches(units: list[Any], rng: np.random.Generator, size: int, sequence: bool,
+             lengths: np.ndarray | None = None) -> Iterator[Tensor]:
     """Shuffled batches of row indices: ``[B]`` rows, or ``[B, T]`` (-1 padded) dialogues.
 
     Dialogues are drawn in pools of 8 batches and sorted by length within a pool, so a batch
-    holds dialogues of similar length and little padding.
+    holds dialogues of similar length and little padding; so are rows when their frame
+    ``lengths`` are given (frame heads).
     """
     order = rng.permutation(len(units))
+    if not sequence and lengths is not None:
+        batches = []
+        for p in range(0, len(order), 8 * size):
+            pool = sorted(order[p:p + 8 * size], key=lambda j: lengths[units[j]])
+            batches += [pool[i:i + size] for i in range(0, len(pool), size)]
+        for b in rng.permutation(len(batches)):
+            yield torch.as_tensor(np.asarray([units[j] for j in batches[b]]), dtype=torch.long)
+        return
     if not sequence:
         for i in range(0, len(order), size):
             yield torch.as_tensor(np.asarray([units[j] for j in order[i:i + size]]), dtype=torch.long)
@@ -206,7 +250,12 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     train_rows, dev_rows = data.rows("train"), data.rows("dev")
     if not len(train_rows):
         raise UserError("no labelled rows in the train split: nothing to train on")
-    model = build_head(head, data.dims, data.target.n_out, params).to(device)
+    if head_class(head).frames and not any(f is not None for f in data.frames):
+        raise UserError(f"head {head!r} reads frame sequences, but none of {', '.join(data.feature_sets)} keeps "
+                        "them; add a feature set with frames (extract audio --feature-set egemaps-lld, extract "
+                        "audio --encoder ssl --frames, extract visual)")
+    model = build_head(head, data.dims, data.target.n_out, params, frame_dims=data.frame_dims,
+                       layers=data.layers or None).to(device)
     regression = data.target.regression
     metric = "dev_mae" if regression else "dev_weighted_f1"
     weights = None if regression or not config.class_weights else class_weight_tensor(data, train_rows)
@@ -217,7 +266,8 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     if not model.trainable:
         idx = torch.as_tensor(train_rows, device=device)
         row_w = None if weights is None else weights.to(device)[data.y[idx]]
-        model.remember([x[idx] for x in data.xs], data.mask[idx], data.y[idx], row_w)
+        groups = None if data.groups is None else [str(g) for g in data.groups[train_rows]]
+        model.remember([x[idx] for x in data.xs], data.mask[idx], data.y[idx], row_w, groups)
         dev = score(data, dev_rows, predict_rows(model, data, dev_rows)) if len(dev_rows) else None
         return FitResult(model.eval(), head, params, config, metric, 0, 0, dev, time.perf_counter() - start,
                          device, [{"epoch": 0, metric: dev}] if dev is not None else [], notes)
@@ -236,6 +286,7 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     units: list[Any] = ([d for d in data.dialogues if in_train[d].any()] if model.sequence else list(train_rows))
     in_train_t = torch.from_numpy(in_train).to(device)
     batch = config.batch(model.sequence)
+    frame_lengths = data.frame_lengths().numpy() if model.frames else None
     better = (lambda a, b: a < b) if regression else (lambda a, b: a > b)
     n_targets = max(len(train_rows), 1)
 
@@ -265,7 +316,7 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
         for epoch in range(1, config.epochs + 1):
             model.train()
             loss = 0.0
-            for idx in _batches(units, rng, batch, model.sequence):
+            for idx in _batches(units, rng, batch, model.sequence, frame_lengths):
                 loss += step(idx.to(device))
             entry = {"epoch": epoch, "train_loss": loss / n_targets}
             if len(dev_rows):

@@ -35,11 +35,10 @@ def checkpoint_vectors(store: Store, checkpoint: Path) -> tuple[np.ndarray, np.n
     modality present (heads without one, such as ``late`` and ``knn``, give their fused inputs)."""
     from emostore.heads import checkpoint as ckpt_io
     from emostore.heads.base import fuse
-    from emostore.heads.data import load_data
     from emostore.heads.train import predict_rows
 
     ck = ckpt_io.load(Path(checkpoint), store)
-    data = load_data(store, ck.feature_sets, ck.target, norm=ck.norm)
+    data = ck.load_data(store)
     rows = np.flatnonzero(data.mask.numpy().any(1))
     if not len(rows):
         raise UserError(f"{store.path}: no row has any of {', '.join(ck.feature_sets)}")

@@ -31,6 +31,8 @@ class Encoded:
     present: dict[str, bool]
     reasons: dict[str, str]
     speaker: str | None = None
+    #: Frame sequences, for the feature sets a frame head reads as frames.
+    frames: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Predictor:
                             "each speaker's own statistics; evaluate it on a store, or retrain without "
                             "--speaker-norm for prediction")
         self.feature_sets = self.checkpoint.feature_sets
+        #: Feature sets the head reads as frame sequences (frame heads only).
+        self.frame_sets = [f["name"] for f in self.meta["feature_sets"] if self.model.frames and f.get("frame_dim")]
         self._encoders: dict[str, Encoder] = {}
         for f in self.meta["feature_sets"]:
             if not f.get("config"):
@@ -84,7 +88,7 @@ class Predictor:
         for key in ("audio", "video", "image"):
             if given[key] is not None and not Path(given[key]).exists():
                 raise UserError(f"{key} file {given[key]} does not exist")
-        raw, present, reasons = {}, {}, {}
+        raw, present, reasons, frames = {}, {}, {}, {}
         for name in self.feature_sets:
             modality = name.split("/", 1)[0]
             source = next((s for s in SOURCES.get(modality, ()) if given[s] is not None), None)
@@ -99,7 +103,13 @@ class Predictor:
             reasons[name] = "" if out.ok[0] else out.reasons[0]
             if out.ok[0]:
                 raw[name] = np.asarray(out.values[0], dtype=np.float32)
-        return Encoded(raw, present, reasons, speaker)
+            if out.ok[0] and name in self.frame_sets:
+                seq = None if out.sequences is None else out.sequences[0]
+                if seq is None or not len(seq):
+                    present[name], reasons[name] = False, "no frames"
+                else:
+                    frames[name] = np.asarray(seq, dtype=np.float32)
+        return Encoded(raw, present, reasons, speaker, frames)
 
     # ----- the head ----------------------------------------------------------------------
     def _tensors(self, turns: list[Encoded]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -114,12 +124,37 @@ class Predictor:
             masks.append([bool(t.present.get(name)) for t in turns])
         return xs, torch.tensor(masks, dtype=torch.bool).T
 
+    def _frames(self, turns: list[Encoded]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per feature set: the turns' standardised frames, padded (cropped in the middle like in
+        evaluation), or None for feature sets the head does not read as frames."""
+        from emostore.heads.data import Frames
+
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        crop = int(getattr(self.model.params, "max_frames", 0) or 0)
+        for f in self.meta["feature_sets"]:
+            name = f["name"]
+            if name not in self.frame_sets:
+                out.append(None)
+                continue
+            stats = self.checkpoint.norm[name]
+            mean = np.asarray(stats["frame_mean"], np.float32)
+            std = np.asarray(stats["frame_std"], np.float32)
+            seqs = [np.nan_to_num((t.frames[name] - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+                    if t.present.get(name) else np.zeros((0, len(mean)), np.float32) for t in turns]
+            lengths = torch.tensor([len(q) for q in seqs], dtype=torch.long)
+            frames = Frames(torch.from_numpy(np.concatenate(seqs).astype(np.float32)),
+                            torch.cumsum(lengths, 0) - lengths, lengths).to(self.device)
+            out.append(frames.batch(torch.arange(len(turns), device=self.device), crop))
+        return out
+
     @torch.no_grad()
     def _outputs(self, turns: list[Encoded]) -> torch.Tensor:
         """Head outputs for every turn (a conversation for sequence heads)."""
         xs, mask = self._tensors(turns)
         xs = [x.to(self.device) for x in xs]
         mask = mask.to(self.device)
+        if self.model.frames:
+            return self.model(xs, mask, self._frames(turns)).cpu()
         if self.model.sequence:
             seen: dict[str, int] = {}
             speakers = torch.tensor([[seen.setdefault(t.speaker, len(seen)) if t.speaker else -1 for t in turns]],

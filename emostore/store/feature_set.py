@@ -102,6 +102,11 @@ class FeatureSet:
         return int(v) if v else None
 
     @property
+    def layers(self) -> int:
+        """How many layers each vector stacks (``L x D``, speech encoders), else 1."""
+        return int(self.group.attrs.get("layers") or 1)
+
+    @property
     def n_rows(self) -> int:
         return int(self.group["done"].shape[0])
 

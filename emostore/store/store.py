@@ -136,8 +136,11 @@ class Store:
 
     def create_feature_set(self, name: str, *, dim: int, config: dict[str, Any], encoder: str,
                            version: dict[str, str], chunk_rows: int | None = None,
-                           seq_dim: int | None = None, overwrite: bool = False) -> FeatureSet:
+                           seq_dim: int | None = None, layers: int | None = None,
+                           overwrite: bool = False) -> FeatureSet:
         """Create ``name`` or reopen it when its configuration matches; refuse a different one.
+
+        ``layers``: the vectors stack this many layers of ``dim / layers`` values (speech encoders).
 
         Safe to call from several processes at once (shards): creation runs under the store lock.
         """
@@ -167,6 +170,8 @@ class Store:
                 g.create_array("seq_lengths", shape=(n,), chunks=(rows,), dtype="int64", fill_value=0)
                 g.create_group("seq")
                 g.attrs["seq_dim"] = seq_dim
+            if layers and layers > 1:
+                g.attrs["layers"] = int(layers)
             stamp = now()
             g.attrs.update({"name": name, "encoder": encoder, "version": version, "dim": dim,
                             "dtype": "float32", "config": config, "config_hash": h,

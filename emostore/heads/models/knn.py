@@ -50,7 +50,8 @@ class KNNHead(Head):
     def _memory(self, m: int) -> Tensor:
         return getattr(self, f"memory_{m}")
 
-    def remember(self, xs: list[Tensor], mask: Tensor, y: Tensor, weights: Tensor | None = None) -> None:
+    def remember(self, xs: list[Tensor], mask: Tensor, y: Tensor, weights: Tensor | None = None,
+                 groups: list[str] | None = None) -> None:
         for m, x in enumerate(xs):
             setattr(self, f"memory_{m}", F.normalize(masked(x, mask[:, m]), dim=-1))
         self.memory_mask = mask.clone()

@@ -1,0 +1,171 @@
+"""Emo-DB leave-one-speaker-out: frame-sequence heads, SVMs and their fusion (issue 10).
+
+Each of the 10 speakers in turn is the test speaker. Heads trained by gradient descent use the
+next speaker as dev split (early stopping) and the other 8 as training speakers; the
+scikit-learn heads train on all 9 other speakers (they need no dev split) and choose ``C``
+(when given a grid) by leave-one-speaker-out cross-validation among those 9. Standardisation
+statistics come from the training speakers; per-speaker z-scores (``--speaker-norm``) use each
+speaker's own utterances without labels. Nothing is tuned on the test speaker. UAR =
+unweighted average recall over the 7 emotions, pooled over the 10 folds.
+
+    python bench/emodb_loso.py RUN [RUN ...]        # named runs (see RUNS), or "all"
+    python bench/emodb_loso.py all --write          # the BENCHMARKS.md section
+
+Per-fold test probabilities are kept in bench/out/emodb_loso/<run>.npz for late fusion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from emostore.heads.base import head_class
+from emostore.heads.data import load_data
+from emostore.heads.train import TrainConfig, fit, predict_rows
+
+ROOT = benchlib.ROOT
+SHARED = ROOT.parent / "shared" / "data"
+OUT = ROOT / "bench" / "out"
+PROBS = OUT / "emodb_loso"
+FEATURE_SETS = ("egemaps", "compare", "egemaps-lld")
+
+
+@dataclass
+class Run:
+    label: str
+    features: list[str]
+    head: str
+    params: dict[str, Any] = field(default_factory=dict)
+    speaker_norm: bool = True
+    train: dict[str, Any] = field(default_factory=dict)
+    #: Late fusion: average the test probabilities of these runs instead of training.
+    fuse: list[str] = field(default_factory=list)
+
+
+C_GRID = "0.0001;0.0003;0.001;0.003;0.01;0.03;0.1"
+SEQ = {"batch_size": 32, "epochs": 80, "patience": 15}
+RUNS = {r.label: r for r in [
+    Run("svm-egemaps", ["audio/egemaps"], "svm", {"C_grid": "0.001;0.003;0.01;0.03;0.1;0.3;1"}, False),
+    Run("svm-egemaps-spk", ["audio/egemaps"], "svm", {"C_grid": "0.001;0.003;0.01;0.03;0.1;0.3;1"}),
+    Run("svm-compare", ["audio/compare"], "svm", {"C_grid": C_GRID}, False),
+    Run("svm-compare-spk", ["audio/compare"], "svm", {"C_grid": C_GRID}),
+    Run("svm-compare-spk-C1e-3", ["audio/compare"], "svm", {"C": 0.001}),
+    Run("svm-rbf-compare-spk", ["audio/compare"], "svm", {"kernel": "rbf", "C_grid": "1;3;10;30;100"}),
+    Run("logreg-compare-spk", ["audio/compare"], "logreg", {"C_grid": C_GRID}),
+    Run("svm-egemaps+compare-spk", ["audio/egemaps", "audio/compare"], "svm", {"C_grid": C_GRID}),
+    Run("logreg-egemaps+compare-spk", ["audio/egemaps", "audio/compare"], "logreg", {"C_grid": C_GRID}),
+    Run("svm-compare-spk-cw", ["audio/compare"], "svm", {"C_grid": C_GRID}, True, {"class_weights": True}),
+    Run("svm-egemaps+compare-spk-cw", ["audio/egemaps", "audio/compare"], "svm", {"C_grid": C_GRID}, True,
+        {"class_weights": True}),
+    Run("svm-all-spk-cw", ["audio/egemaps", "audio/compare", "audio/egemaps-lld"], "svm", {"C_grid": C_GRID}, True,
+        {"class_weights": True}),
+    Run("logreg-compare-spk-cw", ["audio/compare"], "logreg", {"C_grid": C_GRID}, True, {"class_weights": True}),
+    Run("svm-all-spk", ["audio/egemaps", "audio/compare", "audio/egemaps-lld"], "svm", {"C_grid": C_GRID}),
+    Run("seq-lld-spk", ["audio/egemaps-lld"], "sequence", {}, True, SEQ),
+    Run("seq-lld", ["audio/egemaps-lld"], "sequence", {}, False, SEQ),
+    Run("seq-lld+compare-spk", ["audio/egemaps-lld", "audio/compare"], "sequence", {}, True, SEQ),
+    Run("late-svm+seq", [], "", fuse=["svm-compare-spk", "seq-lld-spk"]),
+    Run("late-logreg+seq", [], "", fuse=["logreg-compare-spk", "seq-lld-spk"]),
+]}
+
+
+def emodb_store():  # type: ignore[no-untyped-def]
+    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.runner import run_extraction
+    from emostore.ingest.run import ingest
+    from emostore.store import Store
+
+    path = OUT / "emodb"
+    if not (path / "zarr.json").exists():
+        labels = (SHARED / "emodb" / "labels.csv").read_text().splitlines()
+        rows = ["id,speaker,emotion,media,split"]
+        for line in labels[1:]:
+            f, spk, _, emo, *_ = line.split(",")
+            rows.append(f"{Path(f).stem},{spk},{emo},{SHARED / 'emodb' / 'wav' / f},train")
+        csv = OUT / "emodb.csv"
+        csv.write_text("\n".join(rows) + "\n")
+        ingest("csv", [csv], path, dataset="emodb")
+    store = Store.open(path)
+    for fs in FEATURE_SETS:
+        run_extraction(store, OpenSmileEncoder(fs), workers=2, progress=False)
+    return store
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def loso(store, run: Run, seed: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    speakers = store.table["speaker"].to_numpy()
+    order = sorted(set(speakers))
+    classical = not head_class(run.head).trainable
+    frames = head_class(run.head).frames
+    truth, probs, rows_all, seconds, epochs = [], [], [], [], []
+    labels = None
+    for i, test in enumerate(order):
+        dev = order[(i + 1) % len(order)]
+        split = np.where(speakers == test, "test", np.where((speakers == dev) & (not classical), "dev", "train"))
+        data = load_data(store, run.features, "emotion", speaker_norm=run.speaker_norm, frames=frames, split=split)
+        labels = data.target.labels
+        cfg = TrainConfig(device="cpu", seed=seed, **run.train)
+        t = time.perf_counter()
+        result = fit(data, run.head, dict(run.params), cfg)
+        seconds.append(time.perf_counter() - t)
+        epochs.append(result.epochs_run)
+        rows = data.rows("test")
+        out = predict_rows(result.model, data, rows).double().numpy()
+        probs.append(softmax(out))
+        truth.append(data.y.numpy()[rows])
+        rows_all.append(rows)
+        print(f"  {run.label} fold {test}: UAR {balanced_accuracy_score(truth[-1], out.argmax(1)):.3f} "
+              f"({seconds[-1]:.1f} s, {result.epochs_run} epochs, params {result.params})", flush=True)
+    y, p, r = np.concatenate(truth), np.concatenate(probs), np.concatenate(rows_all)
+    PROBS.mkdir(parents=True, exist_ok=True)
+    np.savez(PROBS / f"{run.label}.npz", y=y, p=p, rows=r)
+    return {"uar": float(balanced_accuracy_score(y, p.argmax(1))), "acc": float(accuracy_score(y, p.argmax(1))),
+            "seconds_per_fold": float(np.mean(seconds)), "epochs": float(np.mean(epochs)), "labels": labels}
+
+
+def late(run: Run) -> dict[str, Any]:
+    parts = [np.load(PROBS / f"{name}.npz") for name in run.fuse]
+    order = np.argsort(parts[0]["rows"])
+    y = parts[0]["y"][order]
+    p = np.zeros_like(parts[0]["p"])
+    for part in parts:
+        o = np.argsort(part["rows"])
+        assert np.array_equal(part["y"][o], y)
+        p += part["p"][o] / len(parts)
+    return {"uar": float(balanced_accuracy_score(y, p.argmax(1))), "acc": float(accuracy_score(y, p.argmax(1))),
+            "seconds_per_fold": None, "epochs": None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    names = list(RUNS) if args.runs == ["all"] else args.runs
+    store = emodb_store()
+    results = {}
+    for name in names:
+        run = RUNS[name]
+        results[name] = late(run) if run.fuse else loso(store, run)
+        print(json.dumps({name: results[name]}), flush=True)
+    if args.write:
+        print("(writing the section is done by the final version of this script)")
+
+
+if __name__ == "__main__":
+    main()
