@@ -21,7 +21,7 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def minilm_encoder():
     """The bundled all-MiniLM-L6-v2 on CPU (loaded once; other text encoders share its weights)."""
-    from emostore.extract.text import text_encoder
+    from emostore.extract.encoders.text import text_encoder
 
     return text_encoder("minilm", device="cpu", batch_size=32)
 
@@ -61,7 +61,7 @@ def audio_sample_store(tmp_path_factory, minilm_encoder):
     """The sample with its speech files: text/minilm for every row, audio/egemaps-lld (25-d frames
     every 10 ms) and audio/egemaps for the 42 rows with speech, masked for the others."""
     pytest.importorskip("opensmile", reason="the audio extra is not installed")
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
 
@@ -69,5 +69,5 @@ def audio_sample_store(tmp_path_factory, minilm_encoder):
     store, _ = ingest("csv", [sample_with_audio_csv(tmp)], tmp / "store", dataset="sample")
     run_extraction(store, minilm_encoder, progress=False)
     for fs in ("egemaps-lld", "egemaps"):
-        run_extraction(store, OpenSmileEncoder(fs), chunk_rows=64, progress=False)
+        run_extraction(store, OpenSmileEncoder.create(feature_set=fs), chunk_rows=64, progress=False)
     return store

@@ -21,7 +21,9 @@ weighted sum), applied before the head's ``forward``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -186,6 +188,17 @@ def build_head(name: str, dims: list[int], n_out: int, params: HeadParams | dict
         head.layer_mix = LayerMix(layers)
         head.register_forward_pre_hook(_mix_layers)
     return head
+
+
+def describe_heads() -> list[dict[str, Any]]:
+    """Every registered head: name, summary (its module's first line) and hyperparameter defaults."""
+    out = []
+    for name in head_names():
+        cls = HEADS[name]
+        doc = (inspect.getdoc(inspect.getmodule(cls)) or inspect.getdoc(cls) or "").split("\n\n")[0]
+        doc = re.sub(r"^``[\w-]+``:\s*", "", doc.replace("\n", " "))
+        out.append({"name": name, "summary": doc, "params": asdict(cls.Params())})
+    return out
 
 
 def params_dict(params: HeadParams) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from emostore.errors import UserError
-from emostore.extract.audio import IMAGE_SUFFIXES, row_source
 from emostore.extract.audio_io import MediaError, load_audio
-from emostore.extract.base import Encoded, Encoder, Progress, register, resolve_device
+from emostore.extract.base import Encoded, Encoder, EncoderConfig, Progress, derived, register, resolve_device
+from emostore.extract.encoders.opensmile import IMAGE_SUFFIXES, row_source
 
 #: ``model_type`` values of Hugging Face speech encoders that take raw waveforms.
 SPEECH_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "wav2vec2-bert",
@@ -102,40 +103,43 @@ def resolve_model(model: str) -> Path:
 
 
 @dataclass
-class SSLConfig:
-    """Everything that changes the stored values (hashed into the feature set)."""
+class SSLConfig(EncoderConfig):
+    """``model``: a model folder or Hugging Face name (a folder is stored as its absolute path);
+    ``layers``: hidden states kept, ``all``, ``last`` or a list such as ``0,6,12`` (stored as the
+    list); ``frames``: also keep the frames of ``frame_layer`` (default: the last of ``layers``);
+    ``window_s``/``overlap_s``: windows for long audio; ``precision``: auto (float16 on CUDA).
+    Filled in by the encoder: the model's type, the sha256 of its files, its sampling rate and
+    whether its feature extractor normalises the waveform."""
 
-    model: str                  # what the user passed (hub name or folder)
-    model_type: str
-    model_sha256: str
-    sample_rate: int
-    layers: list[int]
-    frame_layer: int | None     # layer whose frames are stored; None: no frames
-    window_s: float
-    overlap_s: float
-    normalize: bool             # zero mean, unit variance per window (the feature extractor's setting)
-    precision: str
-    pooling: str = "mean"
-    mono: str = "mean"
-    resampler: str = "soxr-HQ"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"encoder": SSLEncoder.kind, **asdict(self)}
+    model: str = ""
+    layers: str = "all"
+    frames: bool = False
+    frame_layer: int | None = None
+    window_s: float = 20.0
+    overlap_s: float = 1.0
+    precision: str = "auto"
+    model_type: str | None = derived()
+    model_sha256: str | None = derived()
+    sample_rate: int | None = derived()
+    normalize: bool | None = derived()
+    pooling: str = derived("mean")
+    mono: str = derived("mean")
+    resampler: str = derived("soxr-HQ")
 
 
-def parse_layers(text: str | list[int] | None, n_layers: int) -> list[int]:
-    """``all`` (every hidden state, 0 = the input of the first transformer layer), or a list such
-    as ``0,6,12``; ``last`` for the last one."""
-    if text is None or text == "all":
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """``all`` (every hidden state; 0 is the input of the first transformer layer), ``last``, or a
+    list such as ``0,6,12``."""
+    text = str(text).strip()
+    if text in ("", "all"):
         return list(range(n_layers + 1))
     if text == "last":
         return [n_layers]
     try:
-        out = [int(x) for x in text] if isinstance(text, list) else [int(x) for x in str(text).split(",") if x.strip()]
+        out = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"--layers must be 'all', 'last' or numbers such as 0,6,12; got {text!r}") from None
-    bad = [x for x in out if not 0 <= x <= n_layers]
-    if not out or bad or len(set(out)) != len(out):
+        raise UserError(f"--layers must be all, last or numbers such as 0,6,12; got {text!r}") from None
+    if not out or any(not 0 <= x <= n_layers for x in out) or len(set(out)) != len(out):
         raise UserError(f"--layers {text}: the model has hidden states 0..{n_layers}; give distinct layers in that range")
     return out
 
@@ -160,31 +164,35 @@ def _load(folder: str, device: str, dtype_name: str) -> tuple[Any, Any]:
 
 @register
 class SSLEncoder(Encoder):
-    """A wav2vec 2.0 / HuBERT / WavLM model: per-utterance mean-pooled hidden states of ``layers``."""
+    """``ssl``: a wav2vec 2.0 / HuBERT / WavLM model; mean-pooled hidden states of ``layers`` (L x D)
+    and, with ``frames``, one layer's frames."""
 
     modality = "audio"
     kind = "ssl"
+    Config = SSLConfig
+    config: SSLConfig
     chunk_rows = 64
     block_rows = 8
 
-    def __init__(self, model: str, *, layers: str | list[int] | None = "all", frames: bool = False,
-                 frame_layer: int | None = None, window_s: float = 20.0, overlap_s: float = 1.0,
-                 device: str = "auto", precision: str = "auto", batch_size: int = 8,
-                 name: str | None = None, model_sha256: str | None = None) -> None:
-        self.options = {"model": model, "layers": layers, "frames": frames, "frame_layer": frame_layer,
-                        "window_s": window_s, "overlap_s": overlap_s, "device": device, "precision": precision,
-                        "batch_size": batch_size, "name": name, "model_sha256": model_sha256}
-        if window_s <= 0 or not 0 <= overlap_s < window_s / 2:
-            raise UserError(f"--window {window_s} / --overlap {overlap_s}: need a positive window and an overlap "
-                            "of less than half of it")
+    def __init__(self, config: SSLConfig | None = None, *, name: str | None = None, device: str = "auto",
+                 batch_size: int = 8) -> None:
+        config = config or SSLConfig()
+        if not config.model:
+            raise UserError("--encoder ssl needs --model: a wav2vec 2.0, HuBERT or WavLM model folder or Hugging "
+                            "Face name")
+        if config.window_s <= 0 or not 0 <= config.overlap_s < config.window_s / 2:
+            raise UserError(f"--window {config.window_s} / --overlap {config.overlap_s}: need a positive window and an "
+                            "overlap of less than half of it")
         if batch_size < 1:
             raise UserError("--batch-size must be at least 1")
-        self.folder = resolve_model(model)
-        digest = model_sha256 or content_hash(self.folder)
-        if model_sha256 and content_hash(self.folder) != model_sha256:
-            raise UserError(f"SSL model {self.folder} is not the model these features were made with "
-                            f"(sha256 differs from {model_sha256[:12]}...); pass that model")
+        self.runtime = {"device": device, "batch_size": batch_size}
+        self.folder = resolve_model(config.model)
+        digest = content_hash(self.folder)
+        if config.model_sha256 and digest != config.model_sha256:
+            raise UserError(f"SSL model {self.folder} is not the model these features were made with (its files' "
+                            f"sha256 {digest[:12]}... differs from {config.model_sha256[:12]}...); pass that model")
         self.device = resolve_device(device)
+        precision = config.precision
         if precision == "auto":
             precision = "float16" if self.device.startswith("cuda") else "float32"
         if precision not in ("float32", "float16", "bfloat16"):
@@ -193,33 +201,35 @@ class SSLEncoder(Encoder):
         self.extractor, self.model = _load(str(self.folder), self.device, precision)
         cfg = self.model.config
         n_layers = int(cfg.num_hidden_layers)
-        chosen = parse_layers(layers, n_layers)
-        if frames or frame_layer is not None:
+        chosen = parse_layers(config.layers, n_layers)
+        frame_layer = config.frame_layer
+        if config.frames or frame_layer is not None:
             frame_layer = chosen[-1] if frame_layer is None else int(frame_layer)
             if not 0 <= frame_layer <= n_layers:
                 raise UserError(f"--frame-layer {frame_layer}: the model has hidden states 0..{n_layers}")
-        self.cfg = SSLConfig(model=model, model_type=str(cfg.model_type), model_sha256=digest,
-                             sample_rate=int(self.extractor.sampling_rate), layers=chosen, frame_layer=frame_layer,
-                             window_s=float(window_s), overlap_s=float(overlap_s),
-                             normalize=bool(getattr(self.extractor, "do_normalize", False)), precision=precision)
-        self.config = self.cfg.to_dict()
+        model_id = str(self.folder) if Path(config.model).expanduser().exists() else config.model
+        self.config = replace(config, model=model_id, layers=",".join(map(str, chosen)),
+                              frames=frame_layer is not None, frame_layer=frame_layer, precision=precision,
+                              model_type=str(cfg.model_type), model_sha256=digest,
+                              sample_rate=int(self.extractor.sampling_rate),
+                              normalize=bool(getattr(self.extractor, "do_normalize", False)))
+        self.layer_ids = chosen
         width = int(cfg.hidden_size)
-        self.layer_dim = width
-        self.layers = len(chosen)
+        #: The stored vector stacks one ``width``-d mean per layer.
+        self.stacked_layers = len(chosen)
         self.dim = width * len(chosen)
         self.seq_dim = width if frame_layer is not None else None
-        self.name = name or Path(model.rstrip("/")).name or "ssl"
+        self.name = name or Path(config.model.rstrip("/")).name or "ssl"
         self.hop = int(np.prod(cfg.conv_stride)) if hasattr(cfg, "conv_stride") else 320
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, name: str | None = None, device: str = "auto") -> SSLEncoder:
-        """The encoder a feature set was made with; the model must be the same files (sha256)."""
-        precision = config.get("precision", "float32")
-        if resolve_device(device) == "cpu":
-            precision = "float32"
-        return cls(config["model"], layers=list(config["layers"]), frame_layer=config.get("frame_layer"),
-                   window_s=float(config["window_s"]), overlap_s=float(config["overlap_s"]), device=device,
-                   precision=precision, name=name, model_sha256=config["model_sha256"])
+    def from_config(cls, config: Mapping[str, Any] | EncoderConfig, *, name: str | None = None,
+                    **runtime: Any) -> SSLEncoder:
+        """The encoder a feature set was made with (same model files); float16 becomes float32 on a CPU."""
+        cfg = config if isinstance(config, SSLConfig) else SSLConfig.from_dict(config)  # type: ignore[arg-type]
+        if resolve_device(runtime.get("device", "auto")) == "cpu" and cfg.precision != "float32":
+            cfg = replace(cfg, precision="float32")
+        return super().from_config(cfg, name=name, **runtime)
 
     def version(self) -> dict[str, str]:
         import torch
@@ -231,8 +241,8 @@ class SSLEncoder(Encoder):
     def windows(self, n: int) -> list[tuple[int, int]]:
         """``(start, end)`` samples of each window: one when the audio fits, else windows of
         ``window_s`` every ``window_s - overlap_s`` seconds, the last one ending with the audio."""
-        sr = self.cfg.sample_rate
-        size, step = round(self.cfg.window_s * sr), round((self.cfg.window_s - self.cfg.overlap_s) * sr)
+        sr = self.config.sample_rate
+        size, step = round(self.config.window_s * sr), round((self.config.window_s - self.config.overlap_s) * sr)
         if n <= size:
             return [(0, n)]
         starts = list(range(0, n - size, step)) + [n - size]
@@ -270,9 +280,9 @@ class SSLEncoder(Encoder):
             if any(len(h) == 0 for h in layers):
                 reasons[i] = "too short for the model: no frame left after stitching"
                 continue
-            pooled = np.concatenate([layers[j].mean(0) for j in range(len(self.cfg.layers))])
+            pooled = np.concatenate([layers[j].mean(0) for j in range(len(self.layer_ids))])
             if not np.isfinite(pooled).all():
-                reasons[i] = f"the model gave non-finite values ({self.cfg.precision}); try --precision float32"
+                reasons[i] = f"the model gave non-finite values ({self.config.precision}); try --precision float32"
                 continue
             values[i], ok[i] = pooled, True
             if self.seq_dim:
@@ -288,11 +298,11 @@ class SSLEncoder(Encoder):
         if Path(path).suffix.lower() in IMAGE_SUFFIXES:
             return f"no audio: {path} is an image", None
         try:
-            signal = load_audio(path, self.cfg.sample_rate, start, end)
+            signal = load_audio(path, self.config.sample_rate, start, end)
         except MediaError as exc:
             return exc.reason, None
         if self._frames_out(len(signal)) < 1:
-            return (f"too short for {self.cfg.model_type}: {path} gives {len(signal) / self.cfg.sample_rate:.3f} s "
+            return (f"too short for {self.config.model_type}: {path} gives {len(signal) / self.config.sample_rate:.3f} s "
                     "of audio"), None
         return "", signal
 
@@ -300,12 +310,12 @@ class SSLEncoder(Encoder):
         """Hidden states of equal-length signals: per stored layer (and the frame layer last), ``[B, T, D]``."""
         import torch
 
-        if self.cfg.normalize:
+        if self.config.normalize:
             signals = [(x - x.mean()) / np.sqrt(x.var() + 1e-7) for x in signals]
         batch = torch.from_numpy(np.stack(signals).astype(np.float32)).to(self.device, dtype=self.model.dtype)
         with torch.inference_mode():
             states = self.model(batch, output_hidden_states=True).hidden_states
-        wanted = list(self.cfg.layers) + ([self.cfg.frame_layer] if self.cfg.frame_layer is not None else [])
+        wanted = list(self.layer_ids) + ([self.config.frame_layer] if self.config.frame_layer is not None else [])
         return [states[j].float().cpu().numpy() for j in wanted]
 
     def _stitch(self, n: int, per_window: list[list[np.ndarray]]) -> list[np.ndarray]:
