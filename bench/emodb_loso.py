@@ -20,7 +20,6 @@ import argparse
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 

@@ -192,15 +192,22 @@ def _extract(store: Path, modality: str, kind: str, options: dict[str, Any], run
              workers: int, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Build the encoder from the flags given (and ``-p`` options), run the extraction, report."""
     from emostore.extract.base import build_encoder
-    from emostore.extract.runner import run_extraction
+    from emostore.extract.runner import run_extraction, start_workers
     from emostore.store import Shard as StoreShard
     from emostore.store import Store
 
-    st = Store.open(store)
-    sh = StoreShard.parse(shard)
-    with build_encoder(modality, kind, {**options, **_key_values(param)}, runtime, name=name) as enc:
-        report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
-                                progress=not quiet and not as_json and sys.stderr.isatty())
+    options = {**options, **_key_values(param)}
+    # workers start first and build their encoders while this process opens the store and builds its own
+    pool = start_workers(workers, (modality, kind, options, runtime, name)) if workers > 1 else None
+    try:
+        st = Store.open(store)
+        sh = StoreShard.parse(shard)
+        with build_encoder(modality, kind, options, runtime, name=name) as enc:
+            report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
+                                    progress=not quiet and not as_json and sys.stderr.isatty(), pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
     out = {"feature_set": report.feature_set, "encoder": enc.kind, "config_hash": report.config_hash,
            "dim": enc.dim, "seq_dim": enc.seq_dim, "device": getattr(enc, "device", "cpu"), "workers": workers,
            "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,

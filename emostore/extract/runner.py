@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import sys
+import types
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +16,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from emostore.extract import worker
 from emostore.extract.base import Encoded, Encoder
 from emostore.store import Shard, Store
 
@@ -30,17 +35,29 @@ class RunReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-_WORKER: Encoder | None = None
+@contextmanager
+def _without_main() -> Iterator[None]:
+    """Hide the ``__main__`` module while processes are spawned: a spawned child otherwise imports
+    the parent's main module again (for the command line, all of ``emostore.cli``), which workers
+    never need; every function they run lives in :mod:`emostore.extract.worker`."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
-def _start_worker(cls: type[Encoder], config: dict[str, Any], name: str, runtime: dict[str, Any]) -> None:
-    global _WORKER
-    _WORKER = cls.from_config(config, name=name, **runtime)
-
-
-def _encode_block(block: pd.DataFrame) -> Encoded:
-    assert _WORKER is not None
-    return _WORKER.encode_rows(block.reset_index(drop=True), np.arange(len(block)))
+def start_workers(n: int, build: tuple[str, str, dict[str, Any], dict[str, Any], str | None] | None = None
+                  ) -> ProcessPoolExecutor:
+    """``n`` worker processes, started now, so that they load while the caller goes on (opening the
+    store, building its own encoder). With ``build`` (see :func:`emostore.extract.worker.start`)
+    each worker builds its encoder right away too."""
+    pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=worker.start, initargs=(build,))
+    with _without_main():
+        for _ in range(n):  # with spawn, each submit starts one more process until there are n
+            pool.submit(worker.ready)
+    return pool
 
 
 def _failed(n: int, dim: int, reason: str) -> Encoded:
@@ -48,12 +65,14 @@ def _failed(n: int, dim: int, reason: str) -> Encoded:
 
 
 def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), overwrite: bool = False,
-                   chunk_rows: int | None = None, progress: bool = True, workers: int = 1) -> RunReport:
+                   chunk_rows: int | None = None, progress: bool = True, workers: int = 1,
+                   pool: ProcessPoolExecutor | None = None) -> RunReport:
     """Fill ``encoder.feature_set`` in ``store`` for the chunks this shard owns that are not done.
 
     Killing the process at any point loses at most the chunks in flight; running again resumes.
     With ``workers > 1``, blocks of rows go to that many processes, each with its own encoder
-    (rebuilt from its stored configuration); the main process alone writes.
+    (rebuilt from its stored configuration); the main process alone writes. ``pool``: workers
+    already started (:func:`start_workers`); the caller shuts them down.
     """
     fs = store.create_feature_set(encoder.feature_set, dim=encoder.dim, config=encoder.stored_config,
                                   encoder=encoder.kind, version=encoder.version(),
@@ -66,14 +85,14 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
     report = RunReport(encoder.feature_set, fs.config_hash, fs.n_chunks, 0, 0, 0, False)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    pool = None
-    if workers > 1 and pending:
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
-                                   initargs=(type(encoder), encoder.stored_config, encoder.name, encoder.runtime))
+    own_pool = pool is None and workers > 1 and bool(pending)
+    if own_pool:
+        pool = start_workers(workers)  # they load while the table is read
+    spec = (type(encoder), encoder.stored_config, encoder.name, encoder.runtime)
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task(f"{encoder.feature_set}", total=total_rows)
-            futures = _submit_all(pool, table, fs, pending, encoder.block_rows) if pool else {}
+            futures = _submit_all(pool, spec, table, fs, pending, encoder.block_rows) if pool else {}
             for chunk in pending:
                 sl = fs.chunk_slice(chunk)
                 rows = np.arange(sl.start, sl.stop)
@@ -97,7 +116,7 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
                 report.rows_failed += len(bad)
                 report.failures.extend((str(table["id"].iat[rows[i]]), out.reasons[i]) for i in bad)
     finally:
-        if pool is not None:
+        if own_pool and pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
     if report.chunks_run:
         store.touch_feature_set(encoder.feature_set)
@@ -105,13 +124,14 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
     return report
 
 
-def _submit_all(pool: ProcessPoolExecutor, table: pd.DataFrame, fs: Any, chunks: list[int],
+def _submit_all(pool: ProcessPoolExecutor, spec: worker.Spec, table: pd.DataFrame, fs: Any, chunks: list[int],
                 block_rows: int) -> dict[int, list[tuple[np.ndarray, Future[Encoded]]]]:
     """Queue every block of every pending chunk, so workers never wait for the writer."""
     out: dict[int, list[tuple[np.ndarray, Future[Encoded]]]] = {}
     for chunk in chunks:
         sl = fs.chunk_slice(chunk)
         rows = np.arange(sl.start, sl.stop)
-        out[chunk] = [(rows[i:i + block_rows], pool.submit(_encode_block, table.iloc[rows[i:i + block_rows]]))
+        out[chunk] = [(rows[i:i + block_rows],
+                       pool.submit(worker.encode_block, spec, table.iloc[rows[i:i + block_rows]]))
                       for i in range(0, len(rows), block_rows)]
     return out

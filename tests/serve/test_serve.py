@@ -217,3 +217,41 @@ def test_predict_with_text_and_audio(tmp_path):
     text_only = pred.predict(text="I can't believe it!")
     assert text_only["modalities"]["audio/egemaps"] == {"present": False, "reason": "no audio or video given"}
     assert text_only["probabilities"] != both["probabilities"]
+
+
+@pytest.mark.parametrize("head", ["sequence", "svm"])
+def test_frame_and_classical_heads_from_audio_video_and_http(audio_sample_store, tmp_path, head):
+    """A sequence head on the sample's LLD frames + text, and an SVM on text + eGeMAPS: predict
+    encodes a new utterance's audio (frames included) exactly as the store holds it, from an
+    audio file, from a video's soundtrack and through the HTTP API."""
+    import torch
+
+    from emostore.heads.train import predict_rows as rows_out
+    from emostore.sample.clips import photo, write_clip
+
+    store = audio_sample_store
+    features = ["audio/egemaps-lld" if head == "sequence" else "audio/egemaps", "text/minilm"]
+    data = load_data(store, features, "emotion", frames=head == "sequence")
+    params = {"hidden": 32, "max_frames": 300} if head == "sequence" else {"kernel": "rbf"}
+    result = fit(data, head, params, TrainConfig(epochs=3, device="cpu"))
+    path = ckpt_io.save(result, data, tmp_path / head, store=store)
+    table = store.table
+    row = int(np.flatnonzero(table["media"].notna().to_numpy() & (table["split"] == "test").to_numpy())[0])
+    audio, text = table["media"].iat[row], table["text"].iat[row]
+    ref = torch.softmax(rows_out(result.model, data, np.array([row]))[0], 0).numpy()
+    labels = data.target.labels
+    pred = Predictor(path, device="cpu")
+    out = pred.predict(text=text, audio=audio)
+    assert out["modalities"] == {features[0]: {"present": True}, "text/minilm": {"present": True}}
+    np.testing.assert_allclose([out["probabilities"][lab] for lab in labels], ref, atol=2e-3)
+    clip = write_clip(audio, tmp_path / "clip.mp4", photo())
+    from_video = pred.predict(text=text, video=clip)
+    assert from_video["modalities"][features[0]]["present"]
+    assert np.abs(np.array([from_video["probabilities"][lab] for lab in labels]) - ref).max() < 0.1
+    client = TestClient(create_app(pred, Limits(max_upload_bytes=1 << 20)))
+    with open(audio, "rb") as fh:
+        r = client.post("/predict", data={"text": text}, files={"file": ("u.flac", fh.read(), "audio/flac")})
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == out["label"] and r.json()["modalities"] == out["modalities"]
+    text_only = pred.predict(text=text)
+    assert text_only["modalities"][features[0]] == {"present": False, "reason": "no audio or video given"}
