@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "out"
 PROBS = OUT / "emodb_loso"
 FEATURE_SETS = ("egemaps", "compare", "egemaps-lld")
+TITLE = "## Emo-DB, leave one speaker out: SVMs, sequence heads and fusion (issue 10)"
+TARGET = 0.85
 
 
 @dataclass
@@ -71,6 +74,8 @@ RUNS = {r.label: r for r in [
     Run("logreg-compare-spk-cw", ["audio/compare"], "logreg", {"C_grid": C_GRID}, True, {"class_weights": True}),
     Run("svm-all-spk", ["audio/egemaps", "audio/compare", "audio/egemaps-lld"], "svm", {"C_grid": C_GRID}),
     Run("seq-lld-spk", ["audio/egemaps-lld"], "sequence", {}, True, SEQ),
+    Run("seq-lld-spk-h64-crop150", ["audio/egemaps-lld"], "sequence", {"hidden": 64, "max_frames": 150}, True, SEQ),
+    Run("seq-lld-spk-transformer", ["audio/egemaps-lld"], "sequence", {"encoder": "transformer"}, True, SEQ),
     Run("seq-lld", ["audio/egemaps-lld"], "sequence", {}, False, SEQ),
     Run("seq-lld+compare-spk", ["audio/egemaps-lld", "audio/compare"], "sequence", {}, True, SEQ),
     Run("late-svm+seq", [], "", fuse=["svm-compare-spk", "seq-lld-spk"]),
@@ -111,6 +116,7 @@ def loso(store, run: Run, seed: int = 0) -> dict[str, Any]:  # type: ignore[no-u
     classical = not head_class(run.head).trainable
     frames = head_class(run.head).frames
     truth, probs, rows_all, seconds, epochs = [], [], [], [], []
+    dev_truth, dev_pred = [], []
     labels = None
     for i, test in enumerate(order):
         dev = order[(i + 1) % len(order)]
@@ -122,6 +128,10 @@ def loso(store, run: Run, seed: int = 0) -> dict[str, Any]:  # type: ignore[no-u
         result = fit(data, run.head, dict(run.params), cfg)
         seconds.append(time.perf_counter() - t)
         epochs.append(result.epochs_run)
+        if not classical:  # the dev speaker (early stopping): its scores choose between configurations
+            dev = data.rows("dev")
+            dev_pred.append(predict_rows(result.model, data, dev).argmax(1).numpy())
+            dev_truth.append(data.y.numpy()[dev])
         rows = data.rows("test")
         out = predict_rows(result.model, data, rows).double().numpy()
         probs.append(softmax(out))
@@ -132,8 +142,11 @@ def loso(store, run: Run, seed: int = 0) -> dict[str, Any]:  # type: ignore[no-u
     y, p, r = np.concatenate(truth), np.concatenate(probs), np.concatenate(rows_all)
     PROBS.mkdir(parents=True, exist_ok=True)
     np.savez(PROBS / f"{run.label}.npz", y=y, p=p, rows=r)
+    dev_uar = (float(balanced_accuracy_score(np.concatenate(dev_truth), np.concatenate(dev_pred)))
+               if dev_truth else None)
     return {"uar": float(balanced_accuracy_score(y, p.argmax(1))), "acc": float(accuracy_score(y, p.argmax(1))),
-            "seconds_per_fold": float(np.mean(seconds)), "epochs": float(np.mean(epochs)), "labels": labels}
+            "dev_uar": dev_uar, "seconds_per_fold": float(np.mean(seconds)), "epochs": float(np.mean(epochs)),
+            "labels": labels}
 
 
 def late(run: Run) -> dict[str, Any]:
@@ -149,21 +162,60 @@ def late(run: Run) -> dict[str, Any]:
             "seconds_per_fold": None, "epochs": None}
 
 
+def describe(run: Run) -> tuple[str, str, str]:
+    """(features, per-speaker z-score, head) columns of a run's table row."""
+    if run.fuse:
+        return " + ".join(RUNS[n].label for n in run.fuse), "yes", "late fusion: mean of probabilities"
+    params = ", ".join(f"{k}={v}" for k, v in {**run.params, **run.train}.items() if k not in SEQ or SEQ[k] != v)
+    return ", ".join(run.features), "yes" if run.speaker_norm else "no", run.head + (f" ({params})" if params else "")
+
+
+def section(results: dict[str, dict[str, Any]], load: tuple[str, str]) -> str:
+    best = max(results, key=lambda n: results[n]["uar"])
+    lines = [TITLE, "",
+             (f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, no GPU, shared with other jobs "
+             f"(load average before: {load[0]}; after: {load[1]}). `python bench/emodb_loso.py all --write`."), "",
+             __doc__.split("\n\n")[1].replace("\n", " "), "",
+             (f"Target: pooled UAR >= {TARGET} (the plain speaker-normalised linear SVM on ComParE reached 0.83 on "
+             "these files)."), "",
+             "| run | features | per-speaker z-score | head | UAR | accuracy | dev UAR | seconds per fold |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        feats, norm, head = describe(RUNS[name])
+        dev = "" if r.get("dev_uar") is None else f"{r['dev_uar']:.3f}"
+        secs = "" if r.get("seconds_per_fold") is None else f"{r['seconds_per_fold']:.1f}"
+        lines.append(f"| {name} | {feats} | {norm} | {head} | {r['uar']:.3f} | {r['acc']:.3f} | {dev} | {secs} |")
+    met = results[best]["uar"] >= TARGET
+    lines += ["", (f"- Best: **{best}, UAR {results[best]['uar']:.3f}**: target {TARGET} "
+              f"{'met' if met else 'missed'}.")]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="+")
-    ap.add_argument("--write", action="store_true")
+    ap.add_argument("runs", nargs="+", help="names from RUNS, or all")
+    ap.add_argument("--reuse", action="store_true", help="take the results of runs already made from bench/out")
+    ap.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
     names = list(RUNS) if args.runs == ["all"] else args.runs
+    load_before = Path("/proc/loadavg").read_text().split()[0]
     store = emodb_store()
     results = {}
     for name in names:
+        saved = PROBS / f"{name}.json"
+        if args.reuse and saved.exists():
+            results[name] = json.loads(saved.read_text())
+            continue
         run = RUNS[name]
         results[name] = late(run) if run.fuse else loso(store, run)
+        PROBS.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(results[name]))
         print(json.dumps({name: results[name]}), flush=True)
+    text = section(results, (load_before, Path("/proc/loadavg").read_text().split()[0]))
+    print(text)
     if args.write:
-        print("(writing the section is done by the final version of this script)")
+        benchlib.write_section(TITLE, text)
 
 
 if __name__ == "__main__":

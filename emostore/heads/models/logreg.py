@@ -1,6 +1,7 @@
-"""``logreg``: multinomial logistic regression (scikit-learn, L2, lbfgs). Its outputs are the
-logits, so their softmax is scikit-learn's ``predict_proba``: calibrated class probabilities,
-the ones to use for late fusion. Saved as coefficients and intercepts (see
+"""``logreg``: multinomial logistic regression (scikit-learn, L2 penalty, lbfgs).
+
+Its outputs are the logits, so their softmax is scikit-learn's ``predict_proba``: calibrated
+class probabilities, the ones to use for late fusion. Saved as coefficients and intercepts (see
 :mod:`emostore.heads.classical`)."""
 
 from __future__ import annotations

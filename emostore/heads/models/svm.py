@@ -1,7 +1,6 @@
-"""``svm``: a support-vector machine (scikit-learn's libsvm ``SVC``, or ``SVR`` for scores), the
-standard classifier on openSMILE functionals; ``kernel=linear`` or ``rbf``.
+"""``svm``: a support-vector machine (libsvm through scikit-learn), linear or RBF kernel.
 
-Classes are separated one against one, as libsvm does; the outputs are scikit-learn's
+The standard classifier on openSMILE functionals: ``SVC``, or ``SVR`` for scores. Classes are separated one against one, as libsvm does; the outputs are scikit-learn's
 one-vs-rest decision values (votes plus a confidence below 1/3), so their arg max is the
 predicted class. They are scores, not probabilities: softmax them only to rank classes. A
 linear kernel is saved as its coefficients, an RBF kernel as its support vectors and dual

@@ -1,0 +1,84 @@
+"""What starting an extraction worker process costs (issue 10): seconds from spawning two workers
+until both have built their openSMILE encoder, and the imports a worker makes.
+
+* ``now``: :func:`emostore.extract.runner.start_workers` as ``emostore extract --workers 2``
+  calls it: the parent's ``__main__`` is not re-imported, workers import
+  :mod:`emostore.extract.worker` and build their encoder at once.
+* ``before``: what a worker did before: the command line's ``__main__`` module re-imported
+  (``emostore.cli``), then :mod:`emostore.extract.runner` (store, Zarr, progress bars), then the
+  encoder built.
+
+Each is measured ``--repeats`` times in turn; the load average is printed before and after.
+
+    python bench/worker_start.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from emostore.extract import worker
+from emostore.extract.runner import start_workers
+
+BUILD = ("audio", "opensmile", {"feature_set": "egemaps"}, {}, None)
+
+
+def _before_init() -> None:
+    import emostore.cli  # noqa: F401  (what re-running the command line's main module imported)
+    import emostore.extract.runner  # noqa: F401
+
+    worker.start(BUILD)
+
+
+def ready_now() -> float:
+    t = time.perf_counter()
+    pool = start_workers(2, BUILD)
+    for f in [pool.submit(worker.ready) for _ in range(2)]:
+        f.result()
+    wall = time.perf_counter() - t
+    pool.shutdown()
+    return wall
+
+
+def ready_before() -> float:
+    t = time.perf_counter()
+    pool = ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"), initializer=_before_init)
+    for f in [pool.submit(worker.ready) for _ in range(2)]:
+        f.result()
+    wall = time.perf_counter() - t
+    pool.shutdown()
+    return wall
+
+
+def import_seconds(modules: str) -> float:
+    code = f"import time; t = time.perf_counter(); import {modules}; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    load = Path("/proc/loadavg").read_text().split()[0]
+    now, before, imp_now, imp_before = [], [], [], []
+    for _ in range(args.repeats):
+        now.append(ready_now())
+        before.append(ready_before())
+        imp_now.append(import_seconds("emostore.extract.worker, emostore.extract.encoders.opensmile"))
+        imp_before.append(import_seconds("emostore.cli, emostore.extract.runner, emostore.extract.encoders.opensmile"))
+    after = Path("/proc/loadavg").read_text().split()[0]
+    med = statistics.median
+    print(f"load average before {load}, after {after}; medians of {args.repeats}")
+    print(f"two workers ready (encoder built): now {med(now):.2f} s, before {med(before):.2f} s")
+    print(f"a worker's imports: now {med(imp_now):.2f} s, before {med(imp_before):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
