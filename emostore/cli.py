@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -208,6 +209,11 @@ def _extract(store: Path, modality: str, kind: str, options: dict[str, Any], run
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+    if report.rows_run and report.complete and not st.feature_set(report.feature_set).mask().any():
+        reasons = Counter(r for _, r in report.failures).most_common(1)
+        raise UserError(f"{store}: none of its {len(st)} utterances could be encoded into {report.feature_set} "
+                        f"(e.g. {reasons[0][0] if reasons else 'no input'}); `emostore info {store}` shows "
+                        "what the store holds")
     out = {"feature_set": report.feature_set, "encoder": enc.kind, "config_hash": report.config_hash,
            "dim": enc.dim, "seq_dim": enc.seq_dim, "device": getattr(enc, "device", "cpu"), "workers": workers,
            "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,
