@@ -104,7 +104,7 @@ def _discover() -> None:
 
 def head_names() -> list[str]:
     _discover()
-    order = ["linear", "mlp", "late", "gated", "attention", "context", "sequence", "knn", "svm", "logreg"]
+    order = ["linear", "mlp", "late", "gated", "attention", "context", "knn", "sequence", "svm", "logreg"]
     return sorted(HEADS, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
