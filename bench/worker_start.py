@@ -31,7 +31,7 @@ BUILD = ("audio", "opensmile", {"feature_set": "egemaps"}, {}, None)
 
 
 def _before_init() -> None:
-    import emostore.cli  # noqa: F401  (what re-running the command line's main module imported)
+    import emostore.cli  # what re-running the command line's main module imported
     import emostore.extract.runner  # noqa: F401
 
     worker.start(BUILD)
