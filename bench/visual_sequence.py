@@ -56,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    load = Path("/proc/loadavg").read_text().split()[0]
     work = Path(tempfile.mkdtemp(prefix="emostore-visual-seq-"))
     n = segments_csv(work / "faces.csv")
     store = work / "store"
@@ -76,7 +77,8 @@ def main() -> None:
     top = ", ".join(f"{k} {v:.2f}" for k, v in pred["probabilities"].items())
     lines = [
         TITLE, "",
-        (f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, no GPU, shared with other jobs. "
+        (f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, no GPU, shared with other jobs (load "
+         f"average {load} at the start). "
          "`python bench/visual_sequence.py`: a functional check, not an accuracy claim (no labelled video corpus "
          f"here). {', '.join(TRAIN_VIDEOS)} cut into {n} utterances of 1.5 s, labelled with their video; every "
          "fifth is dev, the next test."), "",
