@@ -10,24 +10,27 @@ until both have built their openSMILE encoder, and the imports a worker makes.
 
 Each is measured ``--repeats`` times in turn; the load average is printed before and after.
 
-    python bench/worker_start.py [--repeats 5]
+    python bench/worker_start.py [--repeats 5] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import date
 from pathlib import Path
 
 from emostore.extract import worker
 from emostore.extract.runner import start_workers
 
 BUILD = ("audio", "opensmile", {"feature_set": "egemaps"}, {}, None)
+TITLE = "## Extraction workers: start-up (issue 10)"
 
 
 def _before_init() -> None:
@@ -65,6 +68,7 @@ def import_seconds(modules: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     args = ap.parse_args()
     load = Path("/proc/loadavg").read_text().split()[0]
     now, before, imp_now, imp_before = [], [], [], []
@@ -75,9 +79,20 @@ def main() -> None:
         imp_before.append(import_seconds("emostore.cli, emostore.extract.runner, emostore.extract.encoders.opensmile"))
     after = Path("/proc/loadavg").read_text().split()[0]
     med = statistics.median
-    print(f"load average before {load}, after {after}; medians of {args.repeats}")
-    print(f"two workers ready (encoder built): now {med(now):.2f} s, before {med(before):.2f} s")
-    print(f"a worker's imports: now {med(imp_now):.2f} s, before {med(imp_before):.2f} s")
+    lines = [TITLE, "",
+             (f"Date {date.today().isoformat()}; {os.cpu_count()} cores, shared with other jobs (load average {load} "
+              f"before, {after} after). `python bench/worker_start.py --repeats {args.repeats}`: medians of "
+              f"{args.repeats}, the two ways measured in turn."), "",
+             "| | now | before |", "|---|---|---|",
+             f"| two spawned workers ready, openSMILE encoder built | {med(now):.2f} s | {med(before):.2f} s |",
+             f"| a worker's imports | {med(imp_now):.2f} s | {med(imp_before):.2f} s |", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import benchlib
+
+        benchlib.write_section(TITLE, text)
 
 
 if __name__ == "__main__":
