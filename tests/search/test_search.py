@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from emostore.cli import app
 from emostore.errors import UserError
-from emostore.search import NearestIndex, StaleIndex, neighbours
+from emostore.search import NearestIndex, StaleIndex
 from emostore.search.index import normalise, store_vectors
 from emostore.search.run import build_index, search
 from emostore.store import Store
@@ -154,6 +154,20 @@ def test_cli_search_json_and_errors(store):
     assert r.exit_code == 1 and "no split" in r.output
 
 
+def test_search_by_id_shows_the_utterance_itself(store):
+    """A query by utterance id reports (and prints) that utterance's words, not only its id again."""
+    build_index(store, ["text/minilm"])
+    t = store.table
+    row = t[t["id"] == "d001_u01"].iloc[0]
+    out = search(store, "d001_u01", k=3)
+    assert out["query_utterance"]["text"] == row["text"] and out["query_utterance"]["speaker"] == row["speaker"]
+    assert search(store, "I am furious with you", k=3)["query_utterance"] is None
+    r = CliRunner().invoke(app, ["search", str(store.path), "d001_u01", "-k", "3"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    title = " ".join(r.output.split("┏")[0].split())  # the table's title, unwrapped
+    assert row["text"] in title and "d001_u01" in title and row["speaker"] in title, r.output
+
+
 def test_checkpoint_embedding_index(store, tmp_path):
     """Index a trained head's penultimate layer; staleness follows the checkpoint's weights."""
     from emostore.heads import checkpoint as ckpt_io
@@ -180,6 +194,7 @@ def test_multimodal_store_audio_and_media_queries(tmp_path):
     wav file or a video's soundtrack is a query encoded like the store."""
     pytest.importorskip("opensmile", reason="the audio extra is not installed")
     from conftest import shared_data
+
     from emostore.extract.audio import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
