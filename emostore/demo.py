@@ -32,7 +32,7 @@ def sample_with_media(directory: Path) -> Path:
 def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
     """Build a store from the sample conversations in ``directory`` (a new temporary one by default)."""
     from emostore.extract.runner import run_extraction
-    from emostore.extract.text import text_encoder
+    from emostore.extract.encoders.text import text_encoder
     from emostore.heads.run import demo_heads
     from emostore.ingest.run import ingest
 
@@ -82,13 +82,13 @@ def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
 
 
 def _audio_encoder():  # type: ignore[no-untyped-def]
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
 
-    return OpenSmileEncoder("egemaps")
+    return OpenSmileEncoder.create(feature_set="egemaps")
 
 
 def _visual_encoder():  # type: ignore[no-untyped-def]
-    from emostore.extract.visual import visual_encoder
+    from emostore.extract.encoders.face import visual_encoder
 
     return visual_encoder("landmarks", fps=5.0)
 

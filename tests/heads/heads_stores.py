@@ -58,7 +58,7 @@ def partial_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Any
     if "partial" not in _cache:
         import shutil
 
-        from emostore.extract.text import text_encoder
+        from emostore.extract.encoders.text import text_encoder
         from emostore.store import Store
 
         src = meld_store(tmp_path_factory, encoder)
@@ -66,7 +66,7 @@ def partial_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Any
         shutil.copytree(src.path, path)
         store = Store.open(path)
         ctx = text_encoder("minilm", device="cpu", batch_size=64, max_length=16)
-        fs = store.create_feature_set("text/partial", dim=ctx.dim, config={**ctx.config, "dropped": "1/3"},
+        fs = store.create_feature_set("text/partial", dim=ctx.dim, config={**ctx.stored_config, "dropped": "1/3"},
                                       encoder=ctx.kind, version=ctx.version())
         missing = np.random.default_rng(0).random(len(store)) < 1 / 3
         for chunk in range(fs.n_chunks):

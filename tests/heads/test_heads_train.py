@@ -6,8 +6,9 @@ import heads_stores
 import numpy as np
 import pytest
 import torch
+import typer
 
-from emostore.cli import HeadName
+from emostore.cli import _head_name
 from emostore.heads.base import head_names
 from emostore.heads.data import load_data
 from emostore.heads.evaluate import evaluate_data
@@ -22,8 +23,11 @@ def meld(tmp_path_factory, minilm_encoder):
 
 
 def test_registry_lists_every_head_and_the_cli_offers_them() -> None:
-    assert head_names() == ["linear", "mlp", "late", "gated", "attention", "context", "knn"]
-    assert [h.value for h in HeadName] == head_names()
+    names = head_names()
+    assert names[:7] == ["linear", "mlp", "late", "gated", "attention", "context", "knn"]
+    assert [_head_name(n) for n in names] == names  # the CLI accepts exactly what the registry has
+    with pytest.raises(typer.BadParameter, match="choose from linear, mlp"):
+        _head_name("no-such-head")
 
 
 def test_meld_subset_data(meld) -> None:

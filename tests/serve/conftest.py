@@ -27,14 +27,14 @@ def text_audio(tmp_path_factory, minilm_encoder):
     """An ``mlp`` on text/minilm + audio/egemaps of the sample with its media clips (speech + face video)."""
     pytest.importorskip("opensmile", reason="the audio extra is not installed")
     from emostore.demo import sample_with_media
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
 
     work = tmp_path_factory.mktemp("av")
     store, _ = ingest("csv", [sample_with_media(work)], work / "store", dataset="sample")
     run_extraction(store, minilm_encoder, progress=False)
-    run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
     data = load_data(store, ["text/minilm", "audio/egemaps"], "emotion")
     result = fit(data, "mlp", {}, TrainConfig(epochs=5, modality_dropout=0.3, device="cpu"))
     path = ckpt_io.save(result, data, work / "ckpt", store=store)
