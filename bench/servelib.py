@@ -33,8 +33,8 @@ def build(work: Path) -> tuple[Path, Path]:
 
     from emostore.demo import sample_with_media
     from emostore.extract.encoders.opensmile import OpenSmileEncoder
-    from emostore.extract.runner import run_extraction
     from emostore.extract.encoders.text import text_encoder
+    from emostore.extract.runner import run_extraction
     from emostore.heads.run import train
     from emostore.ingest.run import ingest
 

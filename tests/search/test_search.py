@@ -80,8 +80,8 @@ def test_ivf_and_hnsw_recall_against_flat(store, kind, params):
 def test_concatenated_features(store):
     idx = build_index(store, ["text/minilm", "text/minilm-ctx2"]) if store.has_feature_set("text/minilm-ctx2") else None
     if idx is None:
-        from emostore.extract.runner import run_extraction
         from emostore.extract.encoders.text import text_encoder
+        from emostore.extract.runner import run_extraction
 
         run_extraction(store, text_encoder("minilm", device="cpu", context=2), progress=False)
         idx = build_index(store, ["text/minilm", "text/minilm-ctx2"])
@@ -91,8 +91,8 @@ def test_concatenated_features(store):
 
 
 def test_staleness_detected_and_rebuilt(store):
-    from emostore.extract.runner import run_extraction
     from emostore.extract.encoders.text import text_encoder
+    from emostore.extract.runner import run_extraction
 
     build_index(store, ["text/minilm"])
     run_extraction(store, text_encoder("minilm", device="cpu", max_length=8, name="minilm"), overwrite=True,

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
 import httpx
+import serve_helpers as helpers
 from serve_helpers import free_port, serve_in_thread
 
 from emostore.errors import UserError
@@ -29,6 +30,22 @@ from emostore.serve.predictor import Conversation, Inputs, Predictor
 TEXTS = ["I can't believe you did that!", "Okay, see you tomorrow then.", "This is the worst day of my life.",
          "We won! We actually won!", "Please don't leave me here alone.", "Hi, how was the trip?",
          "Terrible, they lost my luggage.", "We won! We actually won!"]  # the last one twice
+
+
+@pytest.fixture(scope="module")
+def mlp(sample_store, tmp_path_factory):
+    return helpers.mlp(sample_store, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def causal(sample_store, tmp_path_factory):
+    return helpers.causal(sample_store, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def text_audio(tmp_path_factory, minilm_encoder):
+    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    return helpers.text_audio(tmp_path_factory, minilm_encoder)
 
 
 def same_answer(got: dict, ref: dict) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
+import serve_helpers as helpers
 from fastapi.testclient import TestClient
 from serve_helpers import serve_in_thread, train
 
@@ -18,6 +19,22 @@ from emostore.serve.app import Limits, create_app
 from emostore.serve.predictor import Conversation, Predictor
 
 LIMITS = Limits(max_text_chars=300, max_upload_bytes=64 * 1024, max_turns=4, max_conversations=3)
+
+
+@pytest.fixture(scope="module")
+def mlp(sample_store, tmp_path_factory):
+    return helpers.mlp(sample_store, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def causal(sample_store, tmp_path_factory):
+    return helpers.causal(sample_store, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def text_audio(tmp_path_factory, minilm_encoder):
+    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    return helpers.text_audio(tmp_path_factory, minilm_encoder)
 
 
 def test_predict_equals_the_head_on_stored_features(mlp, sample_store):
