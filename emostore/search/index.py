@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from emostore.errors import UserError
+from emostore.search import settings
 from emostore.store import Store
 from emostore.store.feature_set import now
 
@@ -39,11 +40,7 @@ class StaleIndex(UserError):
 
 
 def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise UserError("search needs FAISS: pip install 'emostore[search]' (faiss-cpu)") from None
-    return faiss
+    return settings.faiss()
 
 
 def ids_hash(ids: np.ndarray) -> str:
@@ -114,6 +111,7 @@ class NearestIndex:
             raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
         p = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
         n, d = vectors.shape
+        settings.configure(d)
         t0 = time.perf_counter()
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
@@ -132,9 +130,7 @@ class NearestIndex:
             else:
                 index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = int(p["nprobe"])
-        gpu = None
-        if faiss.get_num_gpus() > 0 and kind != "hnsw":  # FAISS has no GPU HNSW; the saved index is CPU either way
-            gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        gpu = settings.to_gpu(index, kind)  # built on the GPU when there is one; the saved index is CPU either way
         target = gpu if gpu is not None else index
         if kind == "ivf":
             target.train(vectors)
@@ -201,10 +197,7 @@ class NearestIndex:
             raise UserError(f"{directory / 'index.faiss'} is corrupt or unreadable ({first}); {rebuild}") from None
         if index.ntotal != len(rows):
             raise UserError(f"{directory}: index holds {index.ntotal} vectors but rows.npy {len(rows)}; {rebuild}")
-        gpu = None
-        if faiss.get_num_gpus() > 0 and meta.get("kind") != "hnsw":
-            gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        return cls(index, rows, meta, directory, _gpu=gpu)
+        return cls(index, rows, meta, directory, _gpu=settings.to_gpu(index, meta.get("kind", "flat")))
 
     # ----- staleness ---------------------------------------------------------------------
     def stale_reasons(self, store: Store) -> list[str]:
@@ -257,6 +250,7 @@ class NearestIndex:
         q = normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
         if q.shape[1] != self.index.d:
             raise UserError(f"query has {q.shape[1]} dimensions, the index {self.index.d}")
+        settings.configure(self.index.d)
         kind = self.meta.get("kind", "flat")
         p = {**self.meta.get("params", {}), **{k2: v for k2, v in params.items() if v is not None}}
         sel = None

@@ -233,3 +233,40 @@ def test_knn_head_uses_faiss_and_agrees_with_exact_search(sample_store):
     model.params.backend = "torch"
     exact = predict_rows(model, data, rows)
     torch.testing.assert_close(with_faiss, exact, atol=1e-4, rtol=1e-4)
+
+
+def test_faiss_settings_blas_path_and_threads_give_exact_answers(monkeypatch):
+    """Batches below and above the BLAS switch, with 1 and 2 threads, find what brute force finds."""
+    from emostore.search import settings
+
+    rng = np.random.default_rng(3)
+    X = normalise(rng.standard_normal((20_000, 96)).astype(np.float32))
+    idx = NearestIndex.build(X, np.arange(len(X)))
+    assert faiss.cvar.distance_compute_blas_threshold == settings.BLAS_MIN_QUERIES * 96
+    for threads in ("1", "2"):
+        monkeypatch.setenv("EMOSTORE_FAISS_THREADS", threads)
+        assert settings.threads() == int(threads)
+        for nq in (1, settings.BLAS_MIN_QUERIES - 1, settings.BLAS_MIN_QUERIES, 100):
+            q = normalise(X[:nq] + 0.05 * rng.standard_normal((nq, 96)).astype(np.float32))
+            sims, rows = idx.search(q, 10)
+            brute = np.argsort(-(q @ X.T), axis=1)[:, :10]
+            np.testing.assert_array_equal(rows, brute)
+            np.testing.assert_allclose(sims, np.take_along_axis(q @ X.T, brute, 1), atol=1e-5)
+    monkeypatch.setenv("EMOSTORE_FAISS_THREADS", "many")
+    with pytest.raises(UserError, match="EMOSTORE_FAISS_THREADS"):
+        idx.search(X[:1], 3)
+    monkeypatch.delenv("EMOSTORE_FAISS_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert 1 <= settings.threads() == settings.free_cores() <= settings.cores()
+
+
+@pytest.mark.skipif(not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0,
+                    reason="no GPU: FAISS on the GPU is measured by `bench/search_speed.py --gpu`")
+@pytest.mark.parametrize("kind,params", [("flat", {}), ("ivf", {"nlist": 16, "nprobe": 16})])
+def test_gpu_index_answers_like_the_cpu(store, kind, params):
+    rows, X, _ = store_vectors(store, ["text/minilm"])
+    idx = NearestIndex.build(X, rows, kind=kind, **params)
+    assert idx._gpu is not None
+    gpu_rows = idx.search(X[:20], 10)[1]
+    idx._gpu = None
+    np.testing.assert_array_equal(gpu_rows[:, :5], idx.search(X[:20], 10)[1][:, :5])
