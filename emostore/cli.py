@@ -418,7 +418,11 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", h
               max_conversations: Annotated[int, typer.Option(help="Conversations kept (least recent dropped).")] = 1000) -> None:
     """HTTP API: POST /predict, POST /conversations/{id}/turns, GET /health, /openapi.json."""
     import logging
+    import os
 
+    # Before PyTorch (and its OpenMP) loads: threads that wait sleep instead of spinning. On a machine
+    # whose cores are busy, spinning made each text request 50x slower (see README, serve).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
     from emostore.serve.app import Limits, create_app

@@ -250,7 +250,7 @@ class NearestIndex:
         q = normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
         if q.shape[1] != self.index.d:
             raise UserError(f"query has {q.shape[1]} dimensions, the index {self.index.d}")
-        settings.configure(self.index.d)
+        threads = settings.configure(self.index.d)
         kind = self.meta.get("kind", "flat")
         p = {**self.meta.get("params", {}), **{k2: v for k2, v in params.items() if v is not None}}
         sel = None
@@ -266,7 +266,11 @@ class NearestIndex:
         else:
             sp = faiss.SearchParameters(sel=sel) if sel is not None else None
         index = self._gpu if (self._gpu is not None and sel is None) else self.index
-        sims, ids = index.search(q, k, params=sp) if sp is not None else index.search(q, k)
+        if kind == "flat" and index is self.index and sel is None and len(q) == 1 and threads > 1 \
+                and hasattr(index, "get_xb"):
+            sims, ids = settings.sliced_flat_search(index, q, k, threads)  # FAISS gives one query one thread
+        else:
+            sims, ids = index.search(q, k, params=sp) if sp is not None else index.search(q, k)
         rows = np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1)
         return sims, rows
 

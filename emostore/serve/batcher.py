@@ -128,8 +128,8 @@ class Batcher:
         if self._closed:
             raise RuntimeError("this batcher is closed")
         item = _Item(job, Future())
-        if job.kind not in ("predict", "turn", "forget"):
-            item.future.set_exception(ValueError(f"unknown job kind {job.kind!r}"))
+        if job.kind not in ("predict", "turn", "forget") or (job.kind != "predict") == (job.conversation is None):
+            item.future.set_exception(ValueError(f"bad job: {job.kind!r} (conversation {job.conversation!r})"))
             return item.future
         if job.kind != "forget":
             try:
