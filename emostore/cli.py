@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -201,6 +202,11 @@ def _extract(store: Path, modality: str, kind: str, options: dict[str, Any], run
     with build_encoder(modality, kind, {**options, **_key_values(param)}, runtime, name=name) as enc:
         report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
                                 progress=not quiet and not as_json and sys.stderr.isatty())
+    if report.rows_run and report.complete and not st.feature_set(report.feature_set).mask().any():
+        reasons = Counter(r for _, r in report.failures).most_common(1)
+        raise UserError(f"{store}: none of its {len(st)} utterances could be encoded into {report.feature_set} "
+                        f"(e.g. {reasons[0][0] if reasons else 'no input'}); `emostore info {store}` shows "
+                        "what the store holds")
     out = {"feature_set": report.feature_set, "encoder": enc.kind, "config_hash": report.config_hash,
            "dim": enc.dim, "seq_dim": enc.seq_dim, "device": getattr(enc, "device", "cpu"), "workers": workers,
            "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,

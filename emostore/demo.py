@@ -73,8 +73,9 @@ def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
     console.rule("[bold]5. predict a new utterance")
     from emostore.serve.predictor import Predictor
 
-    show_prediction(Predictor(ckpts / "mlp", device=device).predict(
-        text="We won the final! This is the best day of my life!"))
+    sentence = "We won the final! This is the best day of my life!"
+    console.print(f"mlp checkpoint, text only: [italic]{sentence}[/italic]")
+    show_prediction(Predictor(ckpts / "mlp", device=device).predict(text=sentence))
     console.print(f"\nstore: [bold]{store_path}[/bold]; checkpoints: {ckpts}. Try `emostore info {store_path}`, "
                   f"`emostore evaluate {ckpts / 'context'} --store {store_path} --report {root / 'report'}`, "
                   f"`emostore serve {ckpts / 'context'}`.")

@@ -260,4 +260,5 @@ def test_cli(tmp_path, emodb):
     assert out["feature_set"] == "audio/egemaps" and out["dim"] == 88 and out["rows_run"] == 3
     assert out["rows_failed"] == 1 and out["failures"][0]["reason"].startswith("missing file")
     r = CliRunner().invoke(app, ["extract", "audio", str(tmp_path / "s"), "--feature-set", "nope"])
-    assert r.exit_code != 0
+    assert r.exit_code == 1 and "unknown audio feature set 'nope'; choose from egemaps, compare" in r.output
+    assert "Traceback" not in r.output
