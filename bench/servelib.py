@@ -57,10 +57,10 @@ def free_port() -> int:
 class Server:
     """`emostore serve CKPT ...` in a subprocess on a free loopback port (``source``: another checkout's code)."""
 
-    def __init__(self, ckpt: Path, *args: str, source: Path | None = None):
+    def __init__(self, ckpt: Path, *args: str, source: Path | None = None, drop_env: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(source or ROOT)}
+        env = {**{k: v for k, v in os.environ.items() if k not in drop_env}, "PYTHONPATH": str(source or ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-m", "emostore.cli", "serve", str(ckpt), "--port",
                                       str(self.port), "--device", "cpu", *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(source or ROOT))
