@@ -339,6 +339,9 @@ def index_build(store: StoreArg,
                 ef_search: Annotated[Optional[int], typer.Option(help="hnsw: search breadth.")] = None,
                 as_json: Json = False) -> None:
     """Build a cosine-similarity index over stored features, saved beside the store."""
+    from emostore.search.settings import quiet_openmp
+
+    quiet_openmp()
     from emostore.search.run import build_index
 
     idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
@@ -367,6 +370,9 @@ def search_cmd(store: StoreArg,
                as_id: Annotated[bool, typer.Option("--id", help="QUERY is an utterance id (never a text).")] = False,
                as_json: Json = False) -> None:
     """Which stored utterances are most like this one, and how did those speakers feel?"""
+    from emostore.search.settings import quiet_openmp
+
+    quiet_openmp()
     from emostore.display import show_neighbours
     from emostore.search.run import search
 
@@ -424,11 +430,12 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", h
               max_conversations: Annotated[int, typer.Option(help="Conversations kept (least recent dropped).")] = 1000) -> None:
     """HTTP API: POST /predict, POST /conversations/{id}/turns, GET /health, /openapi.json."""
     import logging
-    import os
+
+    from emostore.search.settings import quiet_openmp
 
     # Before PyTorch (and its OpenMP) loads: threads that wait sleep instead of spinning. On a machine
     # whose cores are busy, spinning made each text request 50x slower (see README, serve).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_openmp()
     import uvicorn
 
     from emostore.serve.app import Limits, create_app

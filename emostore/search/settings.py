@@ -1,23 +1,22 @@
 """How FAISS runs here: matrix products for batches of queries, OpenMP threads that fit the free cores,
 and the GPU when there is one.
 
-Two defaults of faiss-cpu 1.15 made exact search slower than a NumPy matrix product on this kind of
-machine (2 cores, shared with other work):
+Three things made exact search slower than a NumPy matrix product on this kind of machine (2 cores,
+shared with other work):
 
 - ``faiss.cvar.distance_compute_blas_threshold`` is 128000 and FAISS compares it with
   ``n_queries * dim``: below it, every query is scored against every vector in a SIMD loop, one
   query per thread, instead of one BLAS matrix product per block of vectors. At 384 dimensions any
   batch under 334 queries took the slow loop (100 queries against 1M vectors: 12.6 s instead of
-  about 1.5 s). We switch to BLAS from :data:`BLAS_MIN_QUERIES` queries on; fewer queries keep the
+  about 3 s). We switch to BLAS from :data:`BLAS_MIN_QUERIES` queries on; fewer queries keep the
   loop, which for one query reads each vector once and keeps no score matrix.
 - FAISS (and the OpenBLAS inside faiss-cpu, an OpenMP build) starts one OpenMP thread per core,
   and each parallel region waits for its slowest thread. When other processes keep the cores
   busy, a thread that the kernel has put aside holds up every region, and waiting threads spin.
   We give FAISS the cores that are free (the cores this process may use, less the 1-minute load
-  average, at least one), and ask OpenMP to sleep rather than spin while it waits
-  (``OMP_WAIT_POLICY=PASSIVE``, unless already set, before FAISS is first imported).
+  average, at least one), and the commands ask OpenMP to sleep rather than spin while it waits
+  (:func:`quiet_openmp`: ``OMP_WAIT_POLICY=PASSIVE``, unless already set, before FAISS loads).
   ``EMOSTORE_FAISS_THREADS`` (or ``OMP_NUM_THREADS``) fixes the number instead.
-
 - One query is scored by one thread: FAISS splits its work by query. A matrix product by NumPy
   reads the vectors with every core; so for a single query against a flat index we split the
   vectors into one slice per free core and search the slices in parallel (FAISS releases the GIL),
@@ -48,9 +47,14 @@ BLAS_MIN_QUERIES = 2
 BLAS_QUERY_BLOCK, BLAS_VECTOR_BLOCK = 256, 16384
 
 
-def faiss() -> Any:
-    """The ``faiss`` module (imported on first use, with OpenMP told not to spin)."""
+def quiet_openmp() -> None:
+    """OpenMP threads sleep while they wait, instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set).
+    OpenMP reads it once, when its library loads: the commands call this before FAISS or PyTorch load."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def faiss() -> Any:
+    """The ``faiss`` module, imported on first use."""
     try:
         import faiss as module
     except ImportError:
