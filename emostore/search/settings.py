@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,8 +50,10 @@ BLAS_QUERY_BLOCK, BLAS_VECTOR_BLOCK = 256, 16384
 
 def quiet_openmp() -> None:
     """OpenMP threads sleep while they wait, instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set).
-    OpenMP reads it once, when its library loads: the commands call this before FAISS or PyTorch load."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    OpenMP reads it once, when its library loads: the commands call this before FAISS or PyTorch load.
+    Once either is loaded it could only change child processes, so it does nothing then."""
+    if "torch" not in sys.modules and "faiss" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def faiss() -> Any:
