@@ -111,6 +111,7 @@ class NearestIndex:
             raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
         p = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
         n, d = vectors.shape
+        before = settings.openmp_threads()
         settings.configure(d)
         t0 = time.perf_counter()
         if kind == "flat":
@@ -137,6 +138,7 @@ class NearestIndex:
         target.add(vectors)
         if gpu is not None:
             index = faiss.index_gpu_to_cpu(gpu)
+        settings.restore(before)
         meta = {**(meta or {}), "kind": kind, "params": p, "dim": int(d), "n_vectors": int(n),
                 "build_seconds": round(time.perf_counter() - t0, 3), "created": now(),
                 "faiss": faiss.__version__}
@@ -246,11 +248,18 @@ class NearestIndex:
 
         ``allowed_rows`` restricts the answer to those store rows (split or label filters).
         """
-        faiss = _faiss()
         q = normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
         if q.shape[1] != self.index.d:
             raise UserError(f"query has {q.shape[1]} dimensions, the index {self.index.d}")
-        threads = settings.configure(self.index.d)
+        before = settings.openmp_threads()
+        try:
+            return self._search(q, k, allowed_rows, settings.configure(self.index.d), **params)
+        finally:
+            settings.restore(before)
+
+    def _search(self, q: np.ndarray, k: int, allowed_rows: np.ndarray | None, threads: int,
+                **params: Any) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
         kind = self.meta.get("kind", "flat")
         p = {**self.meta.get("params", {}), **{k2: v for k2, v in params.items() if v is not None}}
         sel = None

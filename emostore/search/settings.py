@@ -97,9 +97,20 @@ def threads() -> int:
     return free_cores()
 
 
+def openmp_threads() -> int:
+    """This thread's OpenMP thread count. FAISS and PyTorch share one OpenMP runtime here, so a FAISS
+    call must give back the count it found (:func:`restore`), or PyTorch runs with FAISS's afterwards."""
+    return int(faiss().omp_get_max_threads())
+
+
+def restore(n: int) -> None:
+    faiss().omp_set_num_threads(n)
+
+
 def configure(dim: int, n_threads: int | None = None) -> int:
     """Set FAISS up for a build or search over ``dim``-dimensional vectors in this thread; returns
-    the number of OpenMP threads it will use."""
+    the number of OpenMP threads it will use (call :func:`restore` with :func:`openmp_threads`'s
+    value from before, afterwards)."""
     f = faiss()
     f.cvar.distance_compute_blas_threshold = BLAS_MIN_QUERIES * int(dim)
     f.cvar.distance_compute_blas_query_bs = BLAS_QUERY_BLOCK

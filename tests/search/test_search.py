@@ -257,6 +257,13 @@ def test_faiss_settings_blas_path_and_threads_give_exact_answers(monkeypatch):
     monkeypatch.setenv("EMOSTORE_FAISS_THREADS", "many")
     with pytest.raises(UserError, match="EMOSTORE_FAISS_THREADS"):
         idx.search(X[:1], 3)
+    import torch
+
+    torch.set_num_threads(2)
+    monkeypatch.setenv("EMOSTORE_FAISS_THREADS", "1")
+    idx.search(X[:3], 3)  # FAISS and PyTorch share one OpenMP runtime: a search gives back the count it found
+    NearestIndex.build(X[:100], np.arange(100))
+    assert torch.get_num_threads() == 2
     monkeypatch.delenv("EMOSTORE_FAISS_THREADS")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert 1 <= settings.threads() == settings.free_cores() <= settings.cores()
