@@ -1,142 +1,109 @@
-"""Latency and throughput of `emostore serve` on loopback against calling the Predictor directly.
+"""Latency and throughput of `emostore serve` on loopback, 1 and 4 clients, with and without batching.
 
 Builds the sample store (text + eGeMAPS audio from its speech clips), trains an ``mlp`` on both,
-starts ``emostore serve`` on 127.0.0.1, and sends text-only requests and text + a 3-second wav,
-with 1 and 4 concurrent clients. Writes a section of BENCHMARKS.md with ``--write``.
+then starts `emostore serve` on 127.0.0.1 once per configuration: micro-batching off
+(``--max-batch 1``: inference still off the event loop, one request per pass), batching with the
+defaults, and, with ``--compare-with DIR``, the server of another checkout (e.g. the code before
+batching) under the same load. Each client keeps one connection and sends its requests one after
+another: text only, and text + a 3-second wav. The direct call is ``Predictor.predict`` in one
+process, the same work without HTTP. Writes a section of BENCHMARKS.md with ``--write``.
 
-    python bench/serve_latency.py [--requests 100] [--write]
+    python bench/serve_latency.py [--requests 200] [--compare-with /path/to/other/checkout] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
-import httpx
 import benchlib
 import numpy as np
-import soundfile as sf
+from servelib import TEXTS, Server, build, closed_loop, uptime
 
-ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["I can't believe you did that!", "Okay, see you tomorrow then.", "This is the worst day of my life.",
-         "We won! We actually won!", "Please don't leave me here alone."]
-
-
-def build(work: Path) -> tuple[Path, Path]:
-    from emostore.demo import sample_with_media
-    from emostore.extract.encoders.opensmile import OpenSmileEncoder
-    from emostore.extract.runner import run_extraction
-    from emostore.extract.encoders.text import text_encoder
-    from emostore.heads.run import train
-
-    from emostore.ingest.run import ingest
-
-    store, _ = ingest("csv", [sample_with_media(work)], work / "store", dataset="sample")
-    run_extraction(store, text_encoder("minilm", device="cpu"), progress=False)
-    run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
-    _, ckpt = train(store.path, ["text/minilm", "audio/egemaps"], "mlp", work / "ckpt")
-    signal, rate = sf.read(str(ROOT / "emostore" / "sample" / "media" / "d001_u00.flac"), dtype="float32")
-    wav = work / "three_seconds.wav"
-    sf.write(str(wav), np.resize(signal, 3 * rate), rate)  # exactly 3.0 s
-    return ckpt, wav
+#: The direct calls run as `emostore serve` runs them: OpenMP threads sleep while they wait (set before
+#: PyTorch loads). The server of another checkout (--compare-with) gets the environment it would have.
+OWN_POLICY = "OMP_WAIT_POLICY" not in os.environ
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+SECTION = "## Serving: latency, 1 and 4 clients (issue 12)"
+TARGET_RATIO, TARGET_RPS = 2.0, 38.0  # 4-client text p50 <= 2x 1-client p50; >= 2x the 19 requests/s before
 
 
-def stats(latencies: list[float], wall: float) -> tuple[float, float, float]:
-    ms = np.asarray(latencies) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), len(latencies) / wall
-
-
-def run_clients(url: str, clients: int, n: int, wav: Path | None) -> tuple[float, float, float]:
-    payload = wav.read_bytes() if wav else None
-
-    def one(i: int) -> float:
-        with httpx.Client(timeout=60) as client:
-            t = time.perf_counter()
-            if payload is None:
-                r = client.post(f"{url}/predict", json={"text": TEXTS[i % len(TEXTS)]})
-            else:
-                r = client.post(f"{url}/predict", data={"text": TEXTS[i % len(TEXTS)]},
-                                files={"file": ("clip.wav", payload, "audio/wav")})
-            r.raise_for_status()
-            return time.perf_counter() - t
-
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(min(n, 5))))  # warm up
-        t = time.perf_counter()
-        lat = list(pool.map(one, range(n)))
-        wall = time.perf_counter() - t
-    return stats(lat, wall)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=100)
-    ap.add_argument("--write", action="store_true")
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="emostore-serve-bench-"))
-    ckpt, wav = build(work)
-
+def direct(ckpt: Path, wav: Path, n: int) -> dict[str, float]:
     from emostore.serve.predictor import Predictor
 
     pred = Predictor(ckpt, device="cpu")
     pred.load_encoders()
-    direct = {}
+    out = {}
     for label, kwargs in (("text", {}), ("text + 3 s wav", {"audio": wav})):
         for i in range(3):
             pred.predict(text=TEXTS[i], **kwargs)
         lat = []
-        t = time.perf_counter()
-        for i in range(args.requests):
-            s = time.perf_counter()
+        for i in range(n):
+            t = time.perf_counter()
             pred.predict(text=TEXTS[i % len(TEXTS)], **kwargs)
-            lat.append(time.perf_counter() - s)
-        direct[label] = stats(lat, time.perf_counter() - t)
+            lat.append(time.perf_counter() - t)
+        out[label] = 1000 * float(np.median(lat))
+    return out
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "emostore.cli", "serve", str(ckpt), "--port", str(port),
-                               "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ})
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        rows = ["| request | clients | p50 | p95 | requests/s | direct call p50 (1 process) | p50 minus direct (HTTP + queueing) |",
-                "|---|---|---|---|---|---|---|"]
-        for label, file in (("text", None), ("text + 3 s wav", wav)):
-            for clients in (1, 4):
-                p50, p95, rps = run_clients(url, clients, args.requests, file)
-                d50 = direct[label][0]
-                rows.append(f"| {label} | {clients} | {p50:.1f} ms | {p95:.1f} ms | {rps:.1f} | {d50:.1f} ms | "
-                            f"{p50 - d50:+.1f} ms |")
-                print(rows[-1], flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200, help="requests per client count and kind")
+    ap.add_argument("--compare-with", type=Path, default=None, help="another checkout whose server to measure too")
+    ap.add_argument("--batch-wait-ms", type=float, default=None, help="passed to the batching server")
+    ap.add_argument("--max-batch", type=int, default=None, help="passed to the batching server")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    load_before = uptime()
+    work = Path(tempfile.mkdtemp(prefix="emostore-serve-bench-"))
+    ckpt, wav = build(work)
+    wav_bytes = wav.read_bytes()
+    base = direct(ckpt, wav, min(args.requests, 100))
+    batching = [*(["--batch-wait-ms", str(args.batch_wait_ms)] if args.batch_wait_ms is not None else []),
+                *(["--max-batch", str(args.max_batch)] if args.max_batch is not None else [])]
+    configs = [("batching off (`--max-batch 1`)", ["--max-batch", "1"], None),
+               (f"batching (`{' '.join(batching) or 'defaults'}`)", batching, None)]
+    if args.compare_with:
+        configs.insert(0, (f"before: {args.compare_with.name} checkout", [], args.compare_with))
+    rows = ["| server | request | clients | p50 | p95 | p99 | requests/s | direct call p50 |",
+            "|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for name, flags, source in configs:
+        with Server(ckpt, *flags, source=source, drop_env=("OMP_WAIT_POLICY",) if source and OWN_POLICY else ()) \
+                as server:
+            for kind in ("text", "text + 3 s wav"):
+                for clients in (1, 4):
+                    r = closed_loop(server.url, clients, [kind], wav_bytes, requests=args.requests)
+                    assert not r["errors"], r["errors"][:3]
+                    k = r["kinds"][kind]
+                    summary[(name, kind, clients)] = k
+                    rows.append(f"| {name} | {kind} | {clients} | {k['p50']:.1f} ms | {k['p95']:.1f} ms | "
+                                f"{k['p99']:.1f} ms | {k['rps']:.1f} | {base[kind]:.1f} ms |")
+                    print(rows[-1], flush=True)
+    name = configs[-1][0]
+    one, four = summary[(name, "text", 1)], summary[(name, "text", 4)]
+    ratio = four["p50"] / one["p50"]
+    load_after = uptime()
     text = "\n".join([
-        "## Serving (issue 6)", "",
-        f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, no GPU. "
-        f"`python bench/serve_latency.py --requests {args.requests}`: an `mlp` checkpoint on text/minilm + "
-        "audio/egemaps of the sample, `emostore serve` (uvicorn, one process) on 127.0.0.1; each client sends "
-        "its requests one after another; requests run one at a time inside the server (encoders are not "
-        "shared across threads), so 4 clients queue. The direct call is `Predictor.predict` in one process "
-        "(encoding + head), the same work without HTTP.", "", *rows, ""])
+        SECTION, "",
+        (f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, no GPU; shared with other jobs "
+        f"({load_before} before, {load_after} after). `python bench/serve_latency.py --requests {args.requests}"
+        f"{' --compare-with ' + str(args.compare_with) if args.compare_with else ''}`: an `mlp` checkpoint on "
+        "text/minilm + audio/egemaps of the sample, `emostore serve` (one process) on 127.0.0.1; each client keeps "
+        f"one connection and sends its requests one after another; each row is {args.requests} requests, all "
+        "clients together."), "", *rows, "",
+        (f"- Target: with 4 clients, text p50 <= {TARGET_RATIO:g}x the 1-client p50: **{ratio:.2f}x "
+        f"({four['p50']:.1f} / {one['p50']:.1f} ms), {'met' if ratio <= TARGET_RATIO else 'missed'}**."),
+        (f"- Target: text throughput with 4 clients >= {TARGET_RPS:g} requests/s (2x the 19 before): "
+        f"**{four['rps']:.1f}, {'met' if four['rps'] >= TARGET_RPS else 'missed'}**."), ""])
     print(text)
     if args.write:
-        benchlib.write_section("## Serving (issue 6)", text)
+        benchlib.write_section(SECTION, text)
+
 
 if __name__ == "__main__":
     main()

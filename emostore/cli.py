@@ -371,6 +371,9 @@ def index_build(store: StoreArg,
                 ef_search: Annotated[Optional[int], typer.Option(help="hnsw: search breadth.")] = None,
                 as_json: Json = False) -> None:
     """Build a cosine-similarity index over stored features, saved beside the store."""
+    from emostore.search.settings import quiet_openmp
+
+    quiet_openmp()
     from emostore.search.run import build_index
 
     idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
@@ -399,6 +402,9 @@ def search_cmd(store: StoreArg,
                as_id: Annotated[bool, typer.Option("--id", help="QUERY is an utterance id (never a text).")] = False,
                as_json: Json = False) -> None:
     """Which stored utterances are most like this one, and how did those speakers feel?"""
+    from emostore.search.settings import quiet_openmp
+
+    quiet_openmp()
     from emostore.display import show_neighbours
     from emostore.search.run import search
 
@@ -430,6 +436,8 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
         text=text, audio=audio, video=video, image=image)
     if as_json:
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        for name, why in result.get("unused_inputs", {}).items():
+            typer.echo(f"warning: --{name} {why}", err=True)
     else:
         show_prediction(result)
 
@@ -441,20 +449,46 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", h
               port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
               store: Annotated[Optional[Path], typer.Option(help="Store whose index gives evidence.")] = None,
+              workers: Annotated[int, typer.Option(min=1, help="Inference processes (each loads the models; "
+                                                   "see the README for when more than 1 helps).")] = 1,
+              max_batch: Annotated[int, typer.Option(min=1, help="Most requests encoded in one batch.")] = 32,
+              batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for more "
+                                                           "requests after its first, in ms.")] = 2.0,
+              max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting before new ones get "
+                                                     "503.")] = 1024,
               max_text: Annotated[int, typer.Option(help="Longest accepted text, in characters.")] = 2000,
               max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 20.0,
               max_turns: Annotated[int, typer.Option(help="Turns kept per conversation.")] = 50,
               max_conversations: Annotated[int, typer.Option(help="Conversations kept (least recent dropped).")] = 1000) -> None:
     """HTTP API: POST /predict, POST /conversations/{id}/turns, GET /health, /openapi.json."""
+    import logging
+
+    from emostore.search.settings import quiet_openmp
+
+    # Before PyTorch (and its OpenMP) loads: threads that wait sleep instead of spinning. On a machine
+    # whose cores are busy, spinning made each text request 50x slower (see README, serve).
+    quiet_openmp()
     import uvicorn
 
     from emostore.serve.app import Limits, create_app
-    from emostore.serve.predictor import Predictor
 
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    logging.getLogger("emostore").addHandler(handler)
+    logging.getLogger("emostore").setLevel(logging.INFO)
     limits = Limits(max_text_chars=max_text, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                    max_turns=max_turns, max_conversations=max_conversations)
-    app_ = create_app(Predictor(checkpoint, device=device, evidence_store=store), limits)
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+                    max_turns=max_turns, max_conversations=max_conversations, max_queue=max_queue)
+    batching = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue}
+    if workers > 1:
+        from emostore.serve.workers import WorkerPool
+
+        engine: Any = WorkerPool(workers, checkpoint=checkpoint, device=device, evidence_store=store, **batching)
+    else:
+        from emostore.serve.batcher import Batcher
+        from emostore.serve.predictor import Predictor
+
+        engine = Batcher(Predictor(checkpoint, device=device, evidence_store=store), **batching)
+    uvicorn.run(create_app(engine, limits), host=host, port=port, log_level="info")
 
 
 @app.command("info", cls=Command)

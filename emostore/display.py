@@ -80,7 +80,15 @@ def show_ingest(result: IngestResult, path: str, limit: int = 10) -> None:
 
 
 def show_neighbours(result: dict[str, Any]) -> None:
-    t = Table(title=f"{result['k']} nearest to {result['query_kind']}: {result['query'][:60]!r}")
+    u = result.get("query_utterance")
+    if u is not None:  # the utterance's own words, speaker and label, beside its id
+        who = f" ({u['speaker']})" if u.get("speaker") else ""
+        said = repr(u["text"][:60]) if u.get("text") else "(no text)"
+        label = f" [{u['label']}]" if u.get("label") else ""
+        title = f"{result['k']} nearest to utterance {u['id']}{who}{label}: {said}"
+    else:
+        title = f"{result['k']} nearest to {result['query_kind']}: {result['query'][:60]!r}"
+    t = Table(title=escape(title))
     for col in ("#", "sim", "id", "speaker", "label", "text"):
         t.add_column(col, overflow="fold")
     for i, h in enumerate(result["neighbours"], 1):
@@ -101,9 +109,11 @@ def show_prediction(result: dict[str, Any]) -> None:
         console.print(f"{result['target']}: [bold]{result['label']}[/bold]")
         t = Table(show_header=False, box=None)
         for label, p in result["probabilities"].items():
-            t.add_row(label, f"{p:.3f}", "█" * int(round(p * 30)))
+            t.add_row(label, f"{p:.3f}", "█" * round(p * 30))
         console.print(t)
     console.print(f"from {', '.join(present)} with the {result['head']} head"
                   + "".join(f"; {n} masked ({why})" for n, why in missing.items()))
+    for name, why in result.get("unused_inputs", {}).items():  # given, but this checkpoint cannot use it
+        console.print(escape(f"--{name} {why}"), style="yellow")
     for e in result.get("evidence", []):
         console.print(escape(f"  similar: {e['similarity']:.3f} ({e['label']}) {e['id']}: {e['text']}"))

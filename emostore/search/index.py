@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from emostore.errors import UserError
+from emostore.search import settings
 from emostore.store import Store
 from emostore.store.feature_set import now
 
@@ -39,11 +40,7 @@ class StaleIndex(UserError):
 
 
 def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise UserError("search needs FAISS: pip install 'emostore[search]' (faiss-cpu)") from None
-    return faiss
+    return settings.faiss()
 
 
 def ids_hash(ids: np.ndarray) -> str:
@@ -114,6 +111,8 @@ class NearestIndex:
             raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
         p = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
         n, d = vectors.shape
+        before = settings.openmp_threads()
+        settings.configure(d)
         t0 = time.perf_counter()
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
@@ -132,15 +131,14 @@ class NearestIndex:
             else:
                 index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = int(p["nprobe"])
-        gpu = None
-        if faiss.get_num_gpus() > 0 and kind != "hnsw":  # FAISS has no GPU HNSW; the saved index is CPU either way
-            gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        gpu = settings.to_gpu(index, kind)  # built on the GPU when there is one; the saved index is CPU either way
         target = gpu if gpu is not None else index
         if kind == "ivf":
             target.train(vectors)
         target.add(vectors)
         if gpu is not None:
             index = faiss.index_gpu_to_cpu(gpu)
+        settings.restore(before)
         meta = {**(meta or {}), "kind": kind, "params": p, "dim": int(d), "n_vectors": int(n),
                 "build_seconds": round(time.perf_counter() - t0, 3), "created": now(),
                 "faiss": faiss.__version__}
@@ -201,10 +199,7 @@ class NearestIndex:
             raise UserError(f"{directory / 'index.faiss'} is corrupt or unreadable ({first}); {rebuild}") from None
         if index.ntotal != len(rows):
             raise UserError(f"{directory}: index holds {index.ntotal} vectors but rows.npy {len(rows)}; {rebuild}")
-        gpu = None
-        if faiss.get_num_gpus() > 0 and meta.get("kind") != "hnsw":
-            gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        return cls(index, rows, meta, directory, _gpu=gpu)
+        return cls(index, rows, meta, directory, _gpu=settings.to_gpu(index, meta.get("kind", "flat")))
 
     # ----- staleness ---------------------------------------------------------------------
     def stale_reasons(self, store: Store) -> list[str]:
@@ -253,10 +248,18 @@ class NearestIndex:
 
         ``allowed_rows`` restricts the answer to those store rows (split or label filters).
         """
-        faiss = _faiss()
         q = normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
         if q.shape[1] != self.index.d:
             raise UserError(f"query has {q.shape[1]} dimensions, the index {self.index.d}")
+        before = settings.openmp_threads()
+        try:
+            return self._search(q, k, allowed_rows, settings.configure(self.index.d), **params)
+        finally:
+            settings.restore(before)
+
+    def _search(self, q: np.ndarray, k: int, allowed_rows: np.ndarray | None, threads: int,
+                **params: Any) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
         kind = self.meta.get("kind", "flat")
         p = {**self.meta.get("params", {}), **{k2: v for k2, v in params.items() if v is not None}}
         sel = None
@@ -272,7 +275,11 @@ class NearestIndex:
         else:
             sp = faiss.SearchParameters(sel=sel) if sel is not None else None
         index = self._gpu if (self._gpu is not None and sel is None) else self.index
-        sims, ids = index.search(q, k, params=sp) if sp is not None else index.search(q, k)
+        if kind == "flat" and index is self.index and sel is None and len(q) == 1 and threads > 1 \
+                and hasattr(index, "get_xb"):
+            sims, ids = settings.sliced_flat_search(index, q, k, threads)  # FAISS gives one query one thread
+        else:
+            sims, ids = index.search(q, k, params=sp) if sp is not None else index.search(q, k)
         rows = np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1)
         return sims, rows
 

@@ -134,6 +134,12 @@ def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, sp
     total = sum(weights.values()) or 1.0
     distribution = {lab: {"count": counts[lab], "share": round(weights[lab] / total, 4)}
                     for lab in sorted(counts, key=lambda lab: -weights[lab])}
-    return {"query": query, "query_kind": what, "index": index.path.name if index.path else None,
+    utterance = None
+    if self_row is not None:  # a query by id: show the utterance itself, not only its id
+        r = table.iloc[self_row]
+        utterance = {"id": r["id"], "dialogue": r["dialogue"], "speaker": r["speaker"], "text": r["text"],
+                     "label": r[label_column], "split": r["split"]}
+    return {"query": query, "query_kind": what, "query_utterance": utterance,
+            "index": index.path.name if index.path else None,
             "features": index.meta["features"], "k": k, "neighbours": hits, "labels": distribution,
             "nearest_emotion": next(iter(distribution), None)}

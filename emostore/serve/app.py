@@ -1,20 +1,25 @@
-"""The HTTP API: FastAPI over one :class:`Predictor`, loaded once at start-up.
+"""The HTTP API: FastAPI in front of a :class:`Batcher` (or, with ``--workers N``, a :class:`WorkerPool`).
 
-Every request outside the limits gets a 4xx with a message; malformed requests a 422. Encoders
-and the head are not assumed thread-safe: one request at a time runs them.
+The event loop only parses requests, saves uploads and waits: encoders and the head run in the
+batcher's threads (or worker processes), so ``/health`` answers while predictions run, and
+requests that arrive together are encoded in one batch. Every request outside the limits gets a
+4xx with a message; malformed requests a 422; a full queue a 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tempfile
-import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from emostore import __version__
 from emostore.errors import UserError
 from emostore.search.query import AUDIO, IMAGE, VIDEO
-from emostore.serve.predictor import Conversation, Predictor
+from emostore.serve.batcher import Batcher, Busy, Job
+from emostore.serve.predictor import Inputs, Predictor
 
 CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -33,6 +39,7 @@ class Limits:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_turns: int = 50
     max_conversations: int = 1000
+    max_queue: int = 1024
     media_suffixes: tuple[str, ...] = tuple(sorted(AUDIO | VIDEO | IMAGE))
 
 
@@ -63,13 +70,23 @@ def _body_schema(model: type[BaseModel], file_help: str) -> dict[str, Any]:
     }}}
 
 
-def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
+def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, *, max_batch: int = 32,
+               batch_wait_ms: float = 2.0) -> FastAPI:
+    """The app over ``engine``: a :class:`Predictor` (batched here with ``max_batch`` and ``batch_wait_ms``),
+    or a ready :class:`Batcher` or :class:`~emostore.serve.workers.WorkerPool`, which the app closes at shutdown."""
     limits = limits or Limits()
-    app = FastAPI(title="emostore", version=__version__,
+    if isinstance(engine, Predictor):
+        engine = Batcher(engine, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=limits.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(engine.close)
+
+    app = FastAPI(title="emostore", version=__version__, lifespan=lifespan,
                   description="Emotion of utterances and conversation turns from text, voice and face.")
-    lock = threading.Lock()
-    conversations: OrderedDict[str, Conversation] = OrderedDict()
-    predictor.load_encoders()  # everything heavy happens once, before the first request
+    app.state.engine = engine
+    conversations: OrderedDict[str, None] = OrderedDict()  # ids, least recently used first
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -111,11 +128,9 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
             raise HTTPException(413, f"upload larger than {limits.max_upload_bytes} bytes")
         if not data:
             raise HTTPException(422, "the uploaded file is empty")
-        tmp = tempfile.NamedTemporaryFile(suffix=suffix, delete=False)
-        tmp.write(data)
-        tmp.close()
+        path = await run_in_threadpool(write_temp, data, suffix)
         kind = "audio" if suffix in AUDIO else ("video" if suffix in VIDEO else "image")
-        return Path(tmp.name), kind
+        return path, kind
 
     def check_text(text: str | None, required: bool) -> None:
         if text is not None and len(text) > limits.max_text_chars:
@@ -123,20 +138,27 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         if required and (text is None or not text.strip()):
             raise HTTPException(422, "give a non-empty text or a media file")
 
-    def run(fn: Any, **kwargs: Any) -> dict[str, Any]:
+    async def run(job: Job) -> dict[str, Any]:
         try:
-            with lock:
-                return fn(**kwargs)
+            future = engine.submit(job)
+        except Busy as exc:
+            raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wrap_future(future)
         except UserError as exc:
             raise HTTPException(422, str(exc)) from None
+        except Busy as exc:
+            raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
+
+    def forget(conversation_id: str) -> None:
+        conversations.pop(conversation_id, None)
+        engine.submit(Job("forget", conversation=conversation_id))  # after its pending turns, in order
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness and what this server predicts with."""
-        m = predictor.meta
-        return {"status": "ok", "version": __version__, "head": m["head"], "target": m["target"]["name"],
-                "labels": m["target"]["labels"], "feature_sets": predictor.feature_sets,
-                "limits": asdict(limits), "conversations": len(conversations)}
+    async def health() -> dict[str, Any]:
+        """Liveness, what this server predicts with, and how its batches go."""
+        return {"status": "ok", "version": __version__, **engine.info, "limits": asdict(limits),
+                "conversations": len(conversations), **engine.summary()}
 
     @app.post("/predict", openapi_extra=_body_schema(TextRequest, "An audio, video or image file."))
     async def predict(request: Request) -> dict[str, Any]:
@@ -145,7 +167,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         text = getattr(body, "text", None)
         check_text(text, required=path is None)
         try:
-            return run(predictor.predict, text=text, **({kind: path} if path else {}))
+            return await run(Job("predict", Inputs(text=text, **({kind: path} if path else {}))))
         finally:
             if path:
                 path.unlink(missing_ok=True)
@@ -160,12 +182,13 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         text = getattr(body, "text", None)
         check_text(text, required=path is None)
         try:
-            conv = conversations.pop(conversation_id, None) or Conversation()
-            conversations[conversation_id] = conv  # most recent last
+            conversations.pop(conversation_id, None)
+            conversations[conversation_id] = None  # most recent last
             while len(conversations) > limits.max_conversations:
-                conversations.popitem(last=False)
-            out = run(predictor.add_turn, conversation=conv, max_turns=limits.max_turns, text=text,
-                      speaker=getattr(body, "speaker", None), **({kind: path} if path else {}))
+                forget(next(iter(conversations)))
+            out = await run(Job("turn", Inputs(text=text, speaker=getattr(body, "speaker", None),
+                                               **({kind: path} if path else {})),
+                                conversation=conversation_id, max_turns=limits.max_turns))
             out["conversation"] = conversation_id
             return out
         finally:
@@ -173,13 +196,20 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
                 path.unlink(missing_ok=True)
 
     @app.delete("/conversations/{conversation_id}")
-    def forget(conversation_id: str) -> dict[str, Any]:
+    async def delete_conversation(conversation_id: str) -> dict[str, Any]:
         """Forget a conversation's turns."""
-        if conversations.pop(conversation_id, None) is None:
+        if conversation_id not in conversations:
             raise HTTPException(404, f"no conversation {conversation_id!r}")
+        forget(conversation_id)
         return {"deleted": conversation_id}
 
     return app
+
+
+def write_temp(data: bytes, suffix: str) -> Path:
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as tmp:
+        tmp.write(data)
+    return Path(tmp.name)
 
 
 def _plain(errors: Any) -> Any:

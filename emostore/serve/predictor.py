@@ -3,11 +3,17 @@
 The encoders are rebuilt from the feature-set configurations saved in the checkpoint, so a new
 utterance is encoded exactly as the training rows were. A modality without input is masked, as
 in training. Conversations keep their encoded turns, so each new turn costs one encoding.
+
+Everything works on lists of requests, so that the server can batch them: :meth:`Predictor.encode_many`
+makes one ``encode_rows`` call per feature set for the whole list (one forward pass of a text
+model), and :meth:`Predictor.predict_many` one forward pass of the head. A single prediction is
+a list of one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +25,40 @@ from emostore.errors import UserError
 from emostore.extract.base import Encoder, rebuild_encoder, resolve_device
 from emostore.heads import checkpoint as ckpt_io
 
-#: Which inputs can feed which modality.
+log = logging.getLogger("emostore.serve")
+
+#: Which inputs can feed which modality, in order of preference.
 SOURCES = {"text": ("text",), "audio": ("audio", "video"), "visual": ("video", "image")}
+INPUTS = ("text", "audio", "video", "image")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one request gives: a text and/or media files, and who spoke."""
+
+    text: str | None = None
+    audio: Path | None = None
+    video: Path | None = None
+    image: Path | None = None
+    speaker: str | None = None
+
+    def get(self, key: str) -> Any:
+        return getattr(self, key)
+
+    @property
+    def media(self) -> bool:
+        return any(self.get(k) is not None for k in ("audio", "video", "image"))
 
 
 @dataclass
 class Encoded:
     """One utterance, encoded: raw vectors per feature set, and which are present."""
 
-    raw: dict[str, np.ndarray]
-    present: dict[str, bool]
-    reasons: dict[str, str]
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    present: dict[str, bool] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
     speaker: str | None = None
+    text: str | None = None
     #: Frame sequences, for the feature sets a frame head reads as frames.
     frames: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -41,7 +69,10 @@ class Conversation:
 
 
 class Predictor:
-    """Load once, predict many times (the CLI's ``predict`` and the HTTP server share it)."""
+    """Load once, predict many times (the CLI's ``predict`` and the HTTP server share it).
+
+    Not thread-safe: the server gives each encoder to one thread (see :mod:`emostore.serve.batcher`).
+    """
 
     def __init__(self, checkpoint: Path, *, device: str = "auto", evidence_store: Path | None = None):
         self.checkpoint = ckpt_io.load(Path(checkpoint))
@@ -53,20 +84,82 @@ class Predictor:
                             "each speaker's own statistics; evaluate it on a store, or retrain without "
                             "--speaker-norm for prediction")
         self.feature_sets = self.checkpoint.feature_sets
-        #: Feature sets the head reads as frame sequences (frame heads only).
-        self.frame_sets = [f["name"] for f in self.meta["feature_sets"] if self.model.frames and f.get("frame_dim")]
         self._encoders: dict[str, Encoder] = {}
         for f in self.meta["feature_sets"]:
             if not f.get("config"):
                 raise UserError(f"checkpoint {checkpoint} does not record how {f['name']} was computed; "
                                 "retrain it with this emostore version")
-        self.evidence = self._open_evidence(evidence_store)
+        self._norm = {name: (np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32))
+                      for name, s in self.checkpoint.norm.items()}
+        #: Feature sets the head reads as frame sequences (frame heads only).
+        self.frame_sets = [f["name"] for f in self.meta["feature_sets"] if self.model.frames and f.get("frame_dim")]
+        self.evidence = self._open_evidence(evidence_store, explicit=evidence_store is not None)
 
-    # ----- encoders ----------------------------------------------------------------------
+    # ----- inputs ------------------------------------------------------------------------
     @property
     def modalities(self) -> list[str]:
         return [f.split("/", 1)[0] for f in self.feature_sets]
 
+    @property
+    def text_feature_sets(self) -> list[str]:
+        return [f for f in self.feature_sets if f.startswith("text/")]
+
+    @property
+    def media_feature_sets(self) -> list[str]:
+        return [f for f in self.feature_sets if not f.startswith("text/")]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What this predictor predicts with (for ``/health``)."""
+        m = self.meta
+        return {"head": m["head"], "target": m["target"]["name"], "labels": m["target"]["labels"],
+                "feature_sets": self.feature_sets, "sequence": bool(self.model.sequence),
+                "causal": self.causal}
+
+    @property
+    def causal(self) -> bool:
+        """A turn's prediction never changes once made (per-utterance heads are trivially causal)."""
+        return bool(getattr(self.model.params, "causal", not self.model.sequence))
+
+    def check(self, inputs: Inputs) -> Inputs:
+        """The inputs with a blank text dropped; a :class:`UserError` when nothing usable is given."""
+        text = inputs.text if inputs.text and inputs.text.strip() else None
+        if text is not None:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise UserError(f"the text is not valid Unicode (a lone surrogate at character {exc.start})") from None
+        inputs = replace(inputs, text=text)
+        if not any(inputs.get(k) is not None for k in INPUTS):
+            raise UserError("nothing to predict from: give a text and/or an audio, video or image file")
+        for key in ("audio", "video", "image"):
+            if inputs.get(key) is not None and not Path(inputs.get(key)).exists():
+                raise UserError(f"{key} file {inputs.get(key)} does not exist")
+        return inputs
+
+    def source(self, inputs: Inputs, modality: str) -> str | None:
+        """Which input feeds ``modality`` (an audio file before a video's soundtrack, a video before an image)."""
+        return next((s for s in SOURCES.get(modality, ()) if inputs.get(s) is not None), None)
+
+    def unused_inputs(self, inputs: Inputs) -> dict[str, str]:
+        """Inputs (or the soundtrack or frames of a video) that this checkpoint does not use, and why."""
+        mods = set(self.modalities)
+        fed = {m: self.source(inputs, m) for m in mods}
+        out = {}
+        for key in INPUTS:
+            if inputs.get(key) is None:
+                continue
+            could = [m for m, srcs in SOURCES.items() if key in srcs]
+            why = {m: (f"the {fed[m]} input feeds {m}" if m in mods else f"the checkpoint has no {m} feature set")
+                   for m in could if fed.get(m) != key}
+            if len(why) == len(could):
+                out[key] = "not used: " + "; ".join(why.values())
+            elif why:  # a video used for one modality only
+                (m, reason), = why.items()
+                out[key] = f"its {'soundtrack' if m == 'audio' else 'frames'}: not used ({reason})"
+        return out
+
+    # ----- encoders ----------------------------------------------------------------------
     def encoder(self, name: str) -> Encoder:
         if name not in self._encoders:
             f = next(f for f in self.meta["feature_sets"] if f["name"] == name)
@@ -78,49 +171,84 @@ class Predictor:
         for name in self.feature_sets:
             self.encoder(name)
 
+    def input_table(self, items: list[Inputs], sources: list[str]) -> pd.DataFrame:
+        """The utterance-table rows that ``encode_rows`` reads for these requests (row i: request i,
+        its text and the media file of ``sources[i]``). Each request is its own dialogue, so no
+        encoder reads another request as context."""
+        return pd.DataFrame([{"id": f"input{i}", "dialogue": f"input{i}", "turn": 0, "speaker": it.speaker,
+                              "text": it.text, "media": None if src == "text" else str(it.get(src)),
+                              "start": np.nan, "end": np.nan} for i, (it, src) in enumerate(zip(items, sources))])
+
+    def encode_many(self, items: list[Inputs], feature_sets: list[str] | None = None,
+                    into: list[Encoded] | None = None) -> tuple[list[Encoded], dict[int, Exception]]:
+        """Encode checked ``items`` for ``feature_sets`` (default all) with one ``encode_rows`` call per
+        feature set. Returns the encodings (``into``, filled, when given) and the requests whose encoding
+        raised: when a call over several requests raises, each is retried alone so only the bad one fails."""
+        turns = into if into is not None else [Encoded(speaker=it.speaker, text=it.text) for it in items]
+        failed: dict[int, Exception] = {}
+        for name in feature_sets if feature_sets is not None else self.feature_sets:
+            modality = name.split("/", 1)[0]
+            todo: list[tuple[int, str]] = []
+            for i, it in enumerate(items):
+                src = self.source(it, modality)
+                if src is None:
+                    turns[i].present[name] = False
+                    turns[i].reasons[name] = f"no {' or '.join(SOURCES.get(modality, (modality,)))} given"
+                elif i not in failed:
+                    todo.append((i, src))
+            if not todo:
+                continue
+            try:
+                outs = [(todo, self._encode_rows(name, items, todo))]
+            except Exception as exc:  # noqa: BLE001  (retried one by one below)
+                if len(todo) == 1:
+                    failed[todo[0][0]] = exc
+                    continue
+                log.warning("encoding %d requests for %s failed together (%s); retrying them one by one",
+                            len(todo), name, exc)
+                outs = []
+                for one in todo:
+                    try:
+                        outs.append(([one], self._encode_rows(name, items, [one])))
+                    except Exception as exc1:  # noqa: BLE001  (this request fails alone)
+                        failed[one[0]] = exc1
+            for part, out in outs:
+                for j, (i, _) in enumerate(part):
+                    turns[i].present[name] = bool(out.ok[j])
+                    turns[i].reasons[name] = "" if out.ok[j] else out.reasons[j]
+                    if out.ok[j]:
+                        turns[i].raw[name] = np.asarray(out.values[j], dtype=np.float32)
+                    if out.ok[j] and name in self.frame_sets:
+                        seq = None if out.sequences is None else out.sequences[j]
+                        if seq is None or not len(seq):
+                            turns[i].present[name], turns[i].reasons[name] = False, "no frames"
+                        else:
+                            turns[i].frames[name] = np.asarray(seq, dtype=np.float32)
+        return turns, failed
+
+    def _encode_rows(self, name: str, items: list[Inputs], todo: list[tuple[int, str]]) -> Any:
+        table = self.input_table([items[i] for i, _ in todo], [s for _, s in todo])
+        return self.encoder(name).encode_rows(table, np.arange(len(todo)))
+
     def encode(self, *, text: str | None = None, audio: Path | None = None, video: Path | None = None,
                image: Path | None = None, speaker: str | None = None) -> Encoded:
-        given = {"text": text if text and text.strip() else None, "audio": audio, "video": video, "image": image}
-        if not any(given.values()):
-            raise UserError("nothing to predict from: give a text and/or an audio, video or image file")
-        for key in ("audio", "video", "image"):
-            if given[key] is not None and not Path(given[key]).exists():
-                raise UserError(f"{key} file {given[key]} does not exist")
-        raw, present, reasons, frames = {}, {}, {}, {}
-        for name in self.feature_sets:
-            modality = name.split("/", 1)[0]
-            source = next((s for s in SOURCES.get(modality, ()) if given[s] is not None), None)
-            if source is None:
-                present[name], reasons[name] = False, f"no {' or '.join(SOURCES.get(modality, (modality,)))} given"
-                continue
-            row = pd.DataFrame([{"id": "input", "dialogue": "input", "turn": 0, "speaker": speaker,
-                                 "text": given["text"], "media": None if source == "text" else str(given[source]),
-                                 "start": np.nan, "end": np.nan}])
-            out = self.encoder(name).encode_rows(row, np.array([0]))
-            present[name] = bool(out.ok[0])
-            reasons[name] = "" if out.ok[0] else out.reasons[0]
-            if out.ok[0]:
-                raw[name] = np.asarray(out.values[0], dtype=np.float32)
-            if out.ok[0] and name in self.frame_sets:
-                seq = None if out.sequences is None else out.sequences[0]
-                if seq is None or not len(seq):
-                    present[name], reasons[name] = False, "no frames"
-                else:
-                    frames[name] = np.asarray(seq, dtype=np.float32)
-        return Encoded(raw, present, reasons, speaker, frames)
+        """One utterance through every feature set of the checkpoint."""
+        turns, failed = self.encode_many([self.check(Inputs(text, audio, video, image, speaker))])
+        if failed:
+            raise failed[0]
+        return turns[0]
 
     # ----- the head ----------------------------------------------------------------------
     def _tensors(self, turns: list[Encoded]) -> tuple[list[torch.Tensor], torch.Tensor]:
         xs, masks = [], []
         for f in self.meta["feature_sets"]:
             name, dim = f["name"], f["dim"]
-            stats = self.checkpoint.norm[name]
-            mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+            mean, std = self._norm[name]
             rows = [((t.raw[name] - mean) / std) if t.present.get(name) else np.zeros(dim, np.float32)
                     for t in turns]
-            xs.append(torch.from_numpy(np.stack(rows).astype(np.float32)))
+            xs.append(torch.from_numpy(np.stack(rows).astype(np.float32)).to(self.device))
             masks.append([bool(t.present.get(name)) for t in turns])
-        return xs, torch.tensor(masks, dtype=torch.bool).T
+        return xs, torch.tensor(masks, dtype=torch.bool, device=self.device).T
 
     def _frames(self, turns: list[Encoded]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per feature set: the turns' standardised frames, padded (cropped in the middle like in
@@ -147,11 +275,9 @@ class Predictor:
 
     @torch.no_grad()
     def _outputs(self, turns: list[Encoded]) -> torch.Tensor:
-        """Head outputs for every turn (a conversation for sequence heads)."""
+        """Head outputs for every turn of one conversation (in order; sequence heads see them all)."""
         xs, mask = self._tensors(turns)
-        xs = [x.to(self.device) for x in xs]
-        mask = mask.to(self.device)
-        if self.model.frames:
+        if self.model.frames:  # per utterance: each turn with its own frames
             return self.model(xs, mask, self._frames(turns)).cpu()
         if self.model.sequence:
             seen: dict[str, int] = {}
@@ -161,12 +287,29 @@ class Predictor:
             return self.model([x.unsqueeze(0) for x in xs], mask.unsqueeze(0), valid, speakers)[0].cpu()
         return self.model(xs, mask).cpu()
 
-    def describe(self, output: torch.Tensor, turn: Encoded) -> dict[str, Any]:
+    @torch.no_grad()
+    def _outputs_alone(self, turns: list[Encoded]) -> torch.Tensor:
+        """Head outputs for independent utterances in one forward pass (for a sequence head, a
+        batch of dialogues of one turn each)."""
+        xs, mask = self._tensors(turns)
+        if self.model.frames:
+            return self.model(xs, mask, self._frames(turns)).cpu()
+        if self.model.sequence:
+            n = len(turns)
+            speakers = torch.tensor([[0 if t.speaker else -1] for t in turns], device=self.device)
+            valid = torch.ones(n, 1, dtype=torch.bool, device=self.device)
+            return self.model([x.unsqueeze(1) for x in xs], mask.unsqueeze(1), valid, speakers)[:, 0].cpu()
+        return self.model(xs, mask).cpu()
+
+    def describe(self, output: torch.Tensor, turn: Encoded, unused: dict[str, str] | None = None,
+                 evidence: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         target = self.checkpoint.target
         result: dict[str, Any] = {"target": target.name, "head": self.checkpoint.head,
                                   "modalities": {n: {"present": turn.present[n], **({"reason": turn.reasons[n]}
                                                                                    if not turn.present[n] else {})}
                                                  for n in self.feature_sets}}
+        if unused:
+            result["unused_inputs"] = unused
         if target.regression:
             result["score"] = round(float(output[0]), 4)
         else:
@@ -175,34 +318,91 @@ class Predictor:
             order = np.argsort(-probs)
             result["label"] = labels[int(order[0])]
             result["probabilities"] = {labels[int(i)]: round(float(probs[i]), 4) for i in order}
-        if self.evidence is not None:
-            result["evidence"] = self._evidence(turn)
+        if evidence is not None:
+            result["evidence"] = evidence
         return result
 
-    def predict(self, **inputs: Any) -> dict[str, Any]:
-        """One utterance on its own (a dialogue of one turn for context heads)."""
-        turn = self.encode(**inputs)
+    @staticmethod
+    def require_some(turn: Encoded) -> None:
         if not any(turn.present.values()):
             why = "; ".join(f"{n}: {r}" for n, r in turn.reasons.items())
             raise UserError(f"no modality of this checkpoint could be encoded ({why})")
-        return self.describe(self._outputs([turn])[-1], turn)
 
-    def add_turn(self, conversation: Conversation, max_turns: int, **inputs: Any) -> dict[str, Any]:
-        """Append a turn and predict it from the turns so far (a causal context head sees no future)."""
-        turn = self.encode(**inputs)
-        conversation.turns.append(turn)
-        del conversation.turns[:-max_turns]
-        out = self.describe(self._outputs(conversation.turns)[-1], turn)
-        out["turn"] = len(conversation.turns) - 1
-        out["causal"] = bool(getattr(self.model.params, "causal", not self.model.sequence))
+    def predict_encoded(self, items: list[Inputs], turns: list[Encoded]) -> list[dict[str, Any] | Exception]:
+        """Results for independent, encoded utterances: one head forward pass and one evidence search for all."""
+        out: list[dict[str, Any] | Exception] = [UserError("not predicted")] * len(turns)
+        ok = []
+        for i, t in enumerate(turns):
+            try:
+                self.require_some(t)
+                ok.append(i)
+            except UserError as exc:
+                out[i] = exc
+        if ok:
+            outputs = self._outputs_alone([turns[i] for i in ok])
+            evidence = self._evidence_many([turns[i] for i in ok])
+            for j, i in enumerate(ok):
+                out[i] = self.describe(outputs[j], turns[i], self.unused_inputs(items[i]),
+                                       evidence[j] if evidence is not None else None)
         return out
 
+    def predict_many(self, items: list[Inputs]) -> list[dict[str, Any] | Exception]:
+        """Each request on its own, all encoded and predicted together; a bad one gets its error alone."""
+        checked: list[Inputs | None] = []
+        out: list[dict[str, Any] | Exception] = [UserError("not predicted")] * len(items)
+        for i, it in enumerate(items):
+            try:
+                checked.append(self.check(it))
+            except UserError as exc:
+                checked.append(None)
+                out[i] = exc
+        good = [i for i, c in enumerate(checked) if c is not None]
+        goods = [checked[i] for i in good]
+        turns, failed = self.encode_many(goods)  # type: ignore[arg-type]
+        keep = [j for j in range(len(good)) if j not in failed]
+        for j, exc in failed.items():
+            out[good[j]] = exc
+        for j, res in zip(keep, self.predict_encoded([goods[j] for j in keep], [turns[j] for j in keep])):  # type: ignore[misc]
+            out[good[j]] = res
+        return out
+
+    def predict(self, **inputs: Any) -> dict[str, Any]:
+        """One utterance on its own (a dialogue of one turn for context heads)."""
+        result = self.predict_many([Inputs(**inputs)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def add_encoded_turn(self, conversation: Conversation, max_turns: int, turn: Encoded,
+                         inputs: Inputs) -> dict[str, Any]:
+        """Append an encoded turn and predict it from the turns so far (a causal context head sees no future)."""
+        self.require_some(turn)
+        conversation.turns.append(turn)
+        del conversation.turns[:-max_turns]
+        ev = self._evidence_many([turn])
+        out = self.describe(self._outputs(conversation.turns)[-1], turn, self.unused_inputs(inputs),
+                            ev[0] if ev is not None else None)
+        out["turn"] = len(conversation.turns) - 1
+        out["causal"] = self.causal
+        return out
+
+    def add_turn(self, conversation: Conversation, max_turns: int, **inputs: Any) -> dict[str, Any]:
+        """Encode a turn, append it and predict it from the turns so far."""
+        checked = self.check(Inputs(**inputs))
+        return self.add_encoded_turn(conversation, max_turns, self.encode(**vars(checked)), checked)
+
     # ----- evidence ----------------------------------------------------------------------
-    def _open_evidence(self, store_path: Path | None) -> Any:
+    def _open_evidence(self, store_path: Path | None, explicit: bool) -> Any:
+        """The first up-to-date index of the training store (or ``store_path``) over this checkpoint's
+        feature sets; ``None`` (with a log line saying why) when there is none."""
         if store_path is None:
             recorded = (self.meta.get("store") or {}).get("path")
             store_path = Path(recorded) if recorded else None
-        if store_path is None or not (Path(store_path) / "indexes").exists():
+        say = log.warning if explicit else log.info
+        if store_path is None:
+            return None
+        if not (Path(store_path) / "indexes").exists():
+            say("no evidence: %s has no search index (build one with `emostore index build`)", store_path)
             return None
         try:
             from emostore.search.index import NearestIndex, index_dir, list_indexes
@@ -212,23 +412,39 @@ class Predictor:
             for name in list_indexes(store):
                 idx = NearestIndex.load(index_dir(store, name))
                 feats = idx.meta.get("features", [])
-                if "checkpoint" not in idx.meta and feats and set(feats) <= set(self.feature_sets) \
-                        and not idx.stale_reasons(store):
-                    return store, idx
-        except Exception:  # noqa: BLE001  (evidence is optional: a broken index never stops prediction)
-            return None
+                if "checkpoint" in idx.meta or not feats or not set(feats) <= set(self.feature_sets):
+                    continue
+                stale = idx.stale_reasons(store)
+                if stale:
+                    say("evidence: index %s of %s skipped, it is stale (%s)", name, store_path, "; ".join(stale))
+                    continue
+                return store, idx
+            say("no evidence: no up-to-date index of %s covers only %s", store_path, ", ".join(self.feature_sets))
+        except Exception as exc:  # noqa: BLE001  (evidence is optional: a broken index never stops prediction)
+            log.warning("no evidence: opening the indexes of %s failed: %s", store_path, exc)
         return None
 
-    def _evidence(self, turn: Encoded, k: int = 5) -> list[dict[str, Any]]:
+    def _evidence_many(self, turns: list[Encoded], k: int = 5) -> list[list[dict[str, Any]]] | None:
+        """The ``k`` most similar stored utterances of each turn, in one search (``None`` without an index)."""
+        if self.evidence is None:
+            return None
         from emostore.search.index import combine
 
         store, idx = self.evidence
         feats = idx.meta["features"]
-        if not all(turn.present.get(f) for f in feats):
-            return []
-        sims, rows = idx.search(combine([turn.raw[f][None, :] for f in feats], feats,
-                                        idx.meta.get("standardisation")), k)
-        table = store.table
-        return [{"id": table["id"].iat[int(r)], "text": table["text"].iat[int(r)],
-                 "label": table["emotion"].iat[int(r)], "similarity": round(float(s), 4)}
-                for s, r in zip(sims[0], rows[0]) if r >= 0]
+        out: list[list[dict[str, Any]]] = [[] for _ in turns]
+        ready = [i for i, t in enumerate(turns) if all(t.present.get(f) for f in feats)]
+        if not ready:
+            return out
+        try:
+            queries = combine([np.stack([turns[i].raw[f] for i in ready]) for f in feats], feats,
+                              idx.meta.get("standardisation"))
+            sims, rows = idx.search(queries, k)
+            table = store.table
+            for j, i in enumerate(ready):
+                out[i] = [{"id": table["id"].iat[int(r)], "text": table["text"].iat[int(r)],
+                           "label": table["emotion"].iat[int(r)], "similarity": round(float(s), 4)}
+                          for s, r in zip(sims[j], rows[j]) if r >= 0]
+        except Exception as exc:  # noqa: BLE001  (evidence is optional; the prediction stands)
+            log.warning("evidence lookup failed (%s: %s); answering without evidence", type(exc).__name__, exc)
+        return out

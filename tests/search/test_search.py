@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from emostore.cli import app
 from emostore.errors import UserError
-from emostore.search import NearestIndex, StaleIndex, neighbours
+from emostore.search import NearestIndex, StaleIndex
 from emostore.search.index import normalise, store_vectors
 from emostore.search.run import build_index, search
 from emostore.store import Store
@@ -80,8 +80,8 @@ def test_ivf_and_hnsw_recall_against_flat(store, kind, params):
 def test_concatenated_features(store):
     idx = build_index(store, ["text/minilm", "text/minilm-ctx2"]) if store.has_feature_set("text/minilm-ctx2") else None
     if idx is None:
-        from emostore.extract.runner import run_extraction
         from emostore.extract.encoders.text import text_encoder
+        from emostore.extract.runner import run_extraction
 
         run_extraction(store, text_encoder("minilm", device="cpu", context=2), progress=False)
         idx = build_index(store, ["text/minilm", "text/minilm-ctx2"])
@@ -91,8 +91,8 @@ def test_concatenated_features(store):
 
 
 def test_staleness_detected_and_rebuilt(store):
-    from emostore.extract.runner import run_extraction
     from emostore.extract.encoders.text import text_encoder
+    from emostore.extract.runner import run_extraction
 
     build_index(store, ["text/minilm"])
     run_extraction(store, text_encoder("minilm", device="cpu", max_length=8, name="minilm"), overwrite=True,
@@ -154,6 +154,20 @@ def test_cli_search_json_and_errors(store):
     assert r.exit_code == 1 and "no split" in r.output
 
 
+def test_search_by_id_shows_the_utterance_itself(store):
+    """A query by utterance id reports (and prints) that utterance's words, not only its id again."""
+    build_index(store, ["text/minilm"])
+    t = store.table
+    row = t[t["id"] == "d001_u01"].iloc[0]
+    out = search(store, "d001_u01", k=3)
+    assert out["query_utterance"]["text"] == row["text"] and out["query_utterance"]["speaker"] == row["speaker"]
+    assert search(store, "I am furious with you", k=3)["query_utterance"] is None
+    r = CliRunner().invoke(app, ["search", str(store.path), "d001_u01", "-k", "3"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    title = " ".join(r.output.split("┏")[0].split())  # the table's title, unwrapped
+    assert row["text"] in title and "d001_u01" in title and row["speaker"] in title, r.output
+
+
 def test_checkpoint_embedding_index(store, tmp_path):
     """Index a trained head's penultimate layer; staleness follows the checkpoint's weights."""
     from emostore.heads import checkpoint as ckpt_io
@@ -180,6 +194,7 @@ def test_multimodal_store_audio_and_media_queries(tmp_path):
     wav file or a video's soundtrack is a query encoded like the store."""
     pytest.importorskip("opensmile", reason="the audio extra is not installed")
     from conftest import shared_data
+
     from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
@@ -218,3 +233,49 @@ def test_knn_head_uses_faiss_and_agrees_with_exact_search(sample_store):
     model.params.backend = "torch"
     exact = predict_rows(model, data, rows)
     torch.testing.assert_close(with_faiss, exact, atol=1e-4, rtol=1e-4)
+
+
+def test_faiss_settings_blas_path_and_threads_give_exact_answers(monkeypatch):
+    """Batches below and above the BLAS switch, with 1 and 2 threads, find what brute force finds."""
+    from emostore.search import settings
+
+    rng = np.random.default_rng(3)
+    X = normalise(rng.standard_normal((20_000, 96)).astype(np.float32))
+    idx = NearestIndex.build(X, np.arange(len(X)))
+    assert faiss.cvar.distance_compute_blas_threshold == settings.BLAS_MIN_QUERIES * 96
+    for threads in ("1", "2"):
+        monkeypatch.setenv("EMOSTORE_FAISS_THREADS", threads)
+        assert settings.threads() == int(threads)
+        for nq in (1, settings.BLAS_MIN_QUERIES, 7, 100):  # one query: sliced over the threads; more: BLAS
+            q = normalise(X[:nq] + 0.05 * rng.standard_normal((nq, 96)).astype(np.float32))
+            sims, rows = idx.search(q, 10)
+            brute = np.argsort(-(q @ X.T), axis=1)[:, :10]
+            np.testing.assert_array_equal(rows, brute)
+            np.testing.assert_allclose(sims, np.take_along_axis(q @ X.T, brute, 1), atol=1e-5)
+    small = NearestIndex.build(X[:15], np.arange(15))  # slices of 7 and 8 vectors for k = 10
+    np.testing.assert_array_equal(small.search(X[:1], 10)[1][0], np.argsort(-(X[:15] @ X[0]))[:10])
+    monkeypatch.setenv("EMOSTORE_FAISS_THREADS", "many")
+    with pytest.raises(UserError, match="EMOSTORE_FAISS_THREADS"):
+        idx.search(X[:1], 3)
+    import torch
+
+    torch.set_num_threads(2)
+    monkeypatch.setenv("EMOSTORE_FAISS_THREADS", "1")
+    idx.search(X[:3], 3)  # FAISS and PyTorch share one OpenMP runtime: a search gives back the count it found
+    NearestIndex.build(X[:100], np.arange(100))
+    assert torch.get_num_threads() == 2
+    monkeypatch.delenv("EMOSTORE_FAISS_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert 1 <= settings.threads() == settings.free_cores() <= settings.cores()
+
+
+@pytest.mark.skipif(not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0,
+                    reason="no GPU: FAISS on the GPU is measured by `bench/search_speed.py --gpu`")
+@pytest.mark.parametrize("kind,params", [("flat", {}), ("ivf", {"nlist": 16, "nprobe": 16})])
+def test_gpu_index_answers_like_the_cpu(store, kind, params):
+    rows, X, _ = store_vectors(store, ["text/minilm"])
+    idx = NearestIndex.build(X, rows, kind=kind, **params)
+    assert idx._gpu is not None
+    gpu_rows = idx.search(X[:20], 10)[1]
+    idx._gpu = None
+    np.testing.assert_array_equal(gpu_rows[:, :5], idx.search(X[:20], 10)[1][:, :5])

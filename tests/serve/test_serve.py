@@ -3,41 +3,38 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
-from fastapi.testclient import TestClient  # noqa: E402
+import serve_helpers as helpers
+from fastapi.testclient import TestClient
+from serve_helpers import serve_in_thread, train
 
-from emostore.errors import UserError  # noqa: E402
-from emostore.heads import checkpoint as ckpt_io  # noqa: E402
-from emostore.heads.data import load_data  # noqa: E402
-from emostore.heads.train import TrainConfig, fit, predict_rows  # noqa: E402
-from emostore.serve.app import Limits, create_app  # noqa: E402
-from emostore.serve.predictor import Conversation, Predictor  # noqa: E402
+from emostore.errors import UserError
+from emostore.heads.train import predict_rows
+from emostore.serve.app import Limits, create_app
+from emostore.serve.predictor import Conversation, Predictor
 
 LIMITS = Limits(max_text_chars=300, max_upload_bytes=64 * 1024, max_turns=4, max_conversations=3)
 
 
-def train(store, head: str, out, **params):
-    data = load_data(store, ["text/minilm"], "emotion")
-    result = fit(data, head, params, TrainConfig(epochs=8, patience=3, device="cpu"))
-    return ckpt_io.save(result, data, out, store=store), data, result
-
-
 @pytest.fixture(scope="module")
 def mlp(sample_store, tmp_path_factory):
-    return train(sample_store, "mlp", tmp_path_factory.mktemp("ck") / "mlp")
+    return helpers.mlp(sample_store, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def causal(sample_store, tmp_path_factory):
-    return train(sample_store, "context", tmp_path_factory.mktemp("ck") / "ctx", causal=True, hidden=64)
+    return helpers.causal(sample_store, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def text_audio(tmp_path_factory, minilm_encoder):
+    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    return helpers.text_audio(tmp_path_factory, minilm_encoder)
 
 
 def test_predict_equals_the_head_on_stored_features(mlp, sample_store):
@@ -67,16 +64,32 @@ def test_missing_modality_masked_and_bad_input(mlp, tmp_path):
 
 
 def test_causal_conversation_turns_do_not_change_the_past(causal):
+    """A causal context head's answer for a turn, whole distribution, stays the same once later turns come."""
     pred = Predictor(causal[0], device="cpu")
+    labels = causal[1].target.labels
     conv = Conversation()
-    a = pred.add_turn(conv, 10, text="I got the job!", speaker="Ann")
-    b = pred.add_turn(conv, 10, text="That's amazing, congratulations!", speaker="Ben")
-    assert a["turn"] == 0 and b["turn"] == 1 and a["causal"] is True
-    again = pred._outputs(conv.turns)[0].softmax(-1).numpy()
-    assert max(again) == pytest.approx(max(a["probabilities"].values()), abs=1e-3)
+    said = [("I got the job!", "Ann"), ("That's amazing, congratulations!", "Ben"), ("Thanks, I'm so relieved.", "Ann")]
+    answers = [pred.add_turn(conv, 10, text=t, speaker=who) for t, who in said]
+    assert [a["turn"] for a in answers] == [0, 1, 2] and answers[0]["causal"] is True
+    again = pred._outputs(conv.turns).softmax(-1).numpy()  # every turn, recomputed with all three present
+    for i, a in enumerate(answers):
+        np.testing.assert_allclose([a["probabilities"][lab] for lab in labels], again[i], atol=1e-3)
     for _ in range(5):
         pred.add_turn(conv, 3, text="Okay.", speaker="Ann")
     assert len(conv.turns) == 3
+
+
+def test_non_causal_context_head_revises_the_past(sample_store, tmp_path):
+    """The check above can fail: a bidirectional context head's answer for turn 0 moves once turn 1 exists."""
+    path, data, _ = train(sample_store, "context", tmp_path / "bi", causal=False, hidden=64)
+    pred = Predictor(path, device="cpu")
+    conv = Conversation()
+    first = pred.add_turn(conv, 10, text="I got the job!", speaker="Ann")
+    assert first["causal"] is False
+    pred.add_turn(conv, 10, text="No way, that's awful news.", speaker="Ben")
+    again = pred._outputs(conv.turns).softmax(-1).numpy()[0]
+    before = np.array([first["probabilities"][lab] for lab in data.target.labels])
+    assert np.abs(again - before).max() > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +121,8 @@ def test_http_endpoints_and_limits(client, tmp_path):
         (client.post("/predict", files={"file": ("empty.wav", b"", "audio/wav")}), 422),
         (client.post("/predict", files={"file": ("broken.wav", b"RIFF1234garbage", "audio/wav")}), 422),
         (client.post("/conversations/bad id!/turns", json={"text": "hi"}), 422),
+        (client.post("/predict", content=b'{"text": "half a pair \\ud800"}',
+                     headers={"content-type": "application/json"}), 422),
     ]
     for response, status in cases:
         assert response.status_code == status, response.text
@@ -120,22 +135,8 @@ def test_http_endpoints_and_limits(client, tmp_path):
 @pytest.fixture(scope="module")
 def server(causal):
     """The app served by uvicorn on 127.0.0.1 (a free port), stopped after the module."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(Predictor(causal[0], device="cpu"), LIMITS), host="127.0.0.1",
-                            port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(Predictor(causal[0], device="cpu"), LIMITS)) as url:
+        yield url
 
 
 def test_schemathesis_finds_no_server_error(server):
@@ -169,7 +170,14 @@ def test_openapi_documents_both_bodies(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
-    assert json.dumps(spec)  # serialisable
+    assert body["application/json"]["schema"]["properties"]["text"]["type"] == "string"
+    multipart = body["multipart/form-data"]["schema"]["properties"]
+    assert multipart["file"] == {"type": "string", "format": "binary", "description": "An audio, video or image file."}
+    turns = spec["paths"]["/conversations/{conversation_id}/turns"]["post"]["requestBody"]["content"]
+    assert {"text", "speaker", "file"} <= set(turns["multipart/form-data"]["schema"]["properties"])
+    assert set(spec["paths"]) == {"/health", "/predict", "/conversations/{conversation_id}/turns",
+                                  "/conversations/{conversation_id}"}
+    assert json.loads(json.dumps(spec)) == spec  # plain JSON: no bytes or exceptions inside
 
 
 def test_predict_on_real_meld_text(tmp_path_factory, minilm_encoder):
@@ -188,35 +196,53 @@ def test_predict_on_real_meld_text(tmp_path_factory, minilm_encoder):
     assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_predict_with_text_and_audio(tmp_path):
+def test_predict_with_text_and_audio(text_audio):
     """A text + audio checkpoint (the sample's speech clips): audio from a file or a video's
     soundtrack is encoded like the store; without audio that modality is masked."""
-    pytest.importorskip("opensmile", reason="the audio extra is not installed")
-    from emostore.demo import sample_with_media
-    from emostore.extract.encoders.opensmile import OpenSmileEncoder
-    from emostore.extract.runner import run_extraction
-    from emostore.extract.encoders.text import text_encoder
-    from emostore.ingest.run import ingest
     from emostore.sample.clips import HERE
 
-    store, _ = ingest("csv", [sample_with_media(tmp_path)], tmp_path / "store", dataset="sample")
-    run_extraction(store, text_encoder("minilm", device="cpu"), progress=False)
-    run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
-    data = load_data(store, ["text/minilm", "audio/egemaps"], "emotion")
-    result = fit(data, "mlp", {}, TrainConfig(epochs=5, modality_dropout=0.3, device="cpu"))
-    path = ckpt_io.save(result, data, tmp_path / "ckpt", store=store)
-    pred = Predictor(path, device="cpu")
+    pred = Predictor(text_audio.path, device="cpu")
+    store = text_audio.store
     both = pred.predict(text="I can't believe it!", audio=HERE / "media" / "d001_u00.flac")
     assert both["modalities"] == {"text/minilm": {"present": True}, "audio/egemaps": {"present": True}}
-    clip = tmp_path / "media" / "d001_u00.mp4"
+    assert "unused_inputs" not in both
+    clip = text_audio.media / "d001_u00.mp4"
     video = pred.predict(text="I can't believe it!", video=clip)
     assert video["modalities"]["audio/egemaps"]["present"]
+    assert video["unused_inputs"] == {"video": "its frames: not used (the checkpoint has no visual feature set)"}
     np.testing.assert_allclose(  # the clip's soundtrack is the same speech (AAC-coded)
         pred.encode(video=clip).raw["audio/egemaps"][:5],
         store.read("audio/egemaps")[1][list(store.ids).index("d001_u00")][:5], rtol=1e-3, atol=1e-3)
     text_only = pred.predict(text="I can't believe it!")
     assert text_only["modalities"]["audio/egemaps"] == {"present": False, "reason": "no audio or video given"}
     assert text_only["probabilities"] != both["probabilities"]
+    two = pred.predict(text="I can't believe it!", audio=HERE / "media" / "d001_u00.flac", video=clip)
+    assert two["unused_inputs"] == {"video": "not used: the audio input feeds audio; "
+                                             "the checkpoint has no visual feature set"}
+    assert two["probabilities"] == both["probabilities"]
+
+
+def test_inputs_a_checkpoint_does_not_use_are_reported(mlp):
+    """`predict` on a text-only checkpoint with --audio says the audio is not used (result and CLI)."""
+    from typer.testing import CliRunner
+
+    from emostore.cli import app
+    from emostore.sample.clips import HERE
+
+    flac = HERE / "media" / "d001_u00.flac"
+    out = Predictor(mlp[0], device="cpu").predict(text="I can't believe it!", audio=flac)
+    assert out["unused_inputs"] == {"audio": "not used: the checkpoint has no audio feature set"}
+    assert out["modalities"] == {"text/minilm": {"present": True}}
+    runner = CliRunner()
+    r = runner.invoke(app, ["predict", str(mlp[0]), "--text", "I can't believe it!", "--audio", str(flac),
+                            "--device", "cpu"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "--audio not used: the checkpoint has no audio feature set" in r.output
+    r = runner.invoke(app, ["predict", str(mlp[0]), "--text", "I can't believe it!", "--audio", str(flac),
+                            "--device", "cpu", "--json"])
+    assert r.exit_code == 0
+    assert "warning: --audio not used" in r.stderr
+    assert json.loads(r.stdout)["unused_inputs"] == {"audio": "not used: the checkpoint has no audio feature set"}
 
 
 @pytest.mark.parametrize("head", ["sequence", "svm"])
