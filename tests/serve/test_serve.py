@@ -252,7 +252,9 @@ def test_frame_and_classical_heads_from_audio_video_and_http(audio_sample_store,
     audio file, from a video's soundtrack and through the HTTP API."""
     import torch
 
-    from emostore.heads.train import predict_rows as rows_out
+    from emostore.heads import checkpoint as ckpt_io
+    from emostore.heads.data import load_data
+    from emostore.heads.train import TrainConfig, fit
     from emostore.sample.clips import photo, write_clip
 
     store = audio_sample_store
@@ -264,7 +266,7 @@ def test_frame_and_classical_heads_from_audio_video_and_http(audio_sample_store,
     table = store.table
     row = int(np.flatnonzero(table["media"].notna().to_numpy() & (table["split"] == "test").to_numpy())[0])
     audio, text = table["media"].iat[row], table["text"].iat[row]
-    ref = torch.softmax(rows_out(result.model, data, np.array([row]))[0], 0).numpy()
+    ref = torch.softmax(predict_rows(result.model, data, np.array([row]))[0], 0).numpy()
     labels = data.target.labels
     pred = Predictor(path, device="cpu")
     out = pred.predict(text=text, audio=audio)
