@@ -33,9 +33,9 @@ class RunReport:
 _WORKER: Encoder | None = None
 
 
-def _start_worker(cls: type[Encoder], options: dict[str, Any]) -> None:
+def _start_worker(cls: type[Encoder], config: dict[str, Any], name: str, runtime: dict[str, Any]) -> None:
     global _WORKER
-    _WORKER = cls(**options)
+    _WORKER = cls.from_config(config, name=name, **runtime)
 
 
 def _encode_block(block: pd.DataFrame) -> Encoded:
@@ -53,9 +53,9 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
 
     Killing the process at any point loses at most the chunks in flight; running again resumes.
     With ``workers > 1``, blocks of rows go to that many processes, each with its own encoder
-    (rebuilt from ``encoder.options``); the main process alone writes.
+    (rebuilt from its stored configuration); the main process alone writes.
     """
-    fs = store.create_feature_set(encoder.feature_set, dim=encoder.dim, config=encoder.config,
+    fs = store.create_feature_set(encoder.feature_set, dim=encoder.dim, config=encoder.stored_config,
                                   encoder=encoder.kind, version=encoder.version(),
                                   chunk_rows=chunk_rows or encoder.chunk_rows,
                                   seq_dim=encoder.seq_dim, overwrite=overwrite)
@@ -68,7 +68,7 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
     pool = None
     if workers > 1 and pending:
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
-                                   initargs=(type(encoder), encoder.options))
+                                   initargs=(type(encoder), encoder.stored_config, encoder.name, encoder.runtime))
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task(f"{encoder.feature_set}", total=total_rows)

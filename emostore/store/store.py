@@ -38,6 +38,10 @@ class ConfigMismatch(UserError):
     pass
 
 
+class StoreDamaged(UserError):
+    pass
+
+
 class Store:
     """Open with :meth:`open`, create with :meth:`create`."""
 
@@ -73,7 +77,24 @@ class Store:
         if not (path / "zarr.json").exists() or not (path / "table").exists():
             raise StoreNotFound(f"{path} is not an emostore store (no zarr.json/table); "
                                 "create one with `emostore ingest ...`")
-        return cls(path, zarr.open_group(str(path), mode=mode))
+        store = cls(path, zarr.open_group(str(path), mode=mode))
+        store.check_layout()
+        return store
+
+    def check_layout(self) -> None:
+        """Refuse, in one line, a store whose groups or table columns were removed or damaged."""
+        for group in ("table", "features"):
+            if not isinstance(self.root.get(group), zarr.Group):
+                raise StoreDamaged(f"{self.path} is damaged: its {group} group is missing; re-create the store "
+                                   "with `emostore ingest ... --overwrite`")
+        table = self.root["table"]
+        columns = table.attrs.get("columns")
+        if not isinstance(columns, list):
+            raise StoreDamaged(f"{self.path} is damaged: the table's attributes do not list its columns")
+        have = set(table.array_keys())
+        for col in columns:
+            if col not in have:
+                raise StoreDamaged(f"{self.path} is damaged: table column {col!r} is missing")
 
     @contextmanager
     def lock(self) -> Iterator[None]:
