@@ -677,11 +677,16 @@ def finetune_text(
         save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N optimiser "
                                                             "steps (it is saved after every epoch).")] = 200,
         threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: torch's).")] = None,
+        extract: Annotated[bool, typer.Option("--extract", help="Then write the model's vectors into the store "
+                                                                "(text/<name>, and text/<name>-xfit<K> with "
+                                                                "--folds).")] = False,
+        name: Annotated[Optional[str], typer.Option(help="Feature set name for --extract [the folder's name].")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace the run --out holds and start over.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
         as_json: Json = False) -> None:
     """Fine-tune a text transformer on the store's train split (best epoch on dev), resumable."""
     from emostore.finetune.run import FinetuneOptions, finetune, summary_line
+    from emostore.finetune.run import extract as extract_features
 
     options = FinetuneOptions(model=model, target=target.value, past=past, future=future, speaker=speaker,
                               epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
@@ -693,11 +698,17 @@ def finetune_text(
         if not quiet:
             typer.echo(line, err=True)
 
-    meta = finetune(store, out, options, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), log=log)
+    progress = not quiet and not as_json and sys.stderr.isatty()
+    meta = finetune(store, out, options, overwrite=overwrite, progress=progress, log=log)
+    if extract:
+        meta = {**meta, "extracted": extract_features(store, out, name=name, device=device, progress=progress)}
     if as_json:
         typer.echo(json.dumps(meta, indent=2))
         return
     typer.echo(f"{out}: {summary_line(meta)}")
+    for report in meta.get("extracted", []):
+        typer.echo(f"  {report['feature_set']} (config {report['config_hash']}): {report['rows_run']} rows, "
+                   f"{report['rows_failed']} failed, {'complete' if report['complete'] else 'incomplete'}")
 
 
 def main() -> None:

@@ -227,7 +227,17 @@ class TurnTokenizer:
         return batch
 
 
+#: The batch entries a Hugging Face encoder takes.
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 def pool(hidden: Any, utterance_mask: Any) -> Any:
     """Mean of ``hidden`` [B, T, H] over the utterance positions [B, T]."""
     m = utterance_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def embed(backbone: Any, batch: dict[str, Any]) -> Any:
+    """The pooled vector of each input of a :meth:`TurnTokenizer.collate` batch."""
+    hidden = backbone(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).last_hidden_state
+    return pool(hidden, batch["utterance_mask"])

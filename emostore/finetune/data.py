@@ -3,8 +3,6 @@ tokenized inputs, length-bucketed batches and the cross-fitting folds."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,19 +13,17 @@ from emostore.errors import UserError
 from emostore.extract.dialogue_input import DialogueFormat, TokenizedTurn, TurnTokenizer, dialogue_order, dialogue_turns
 from emostore.heads.data import TARGETS, Target, resolve_target
 from emostore.store import Store
+from emostore.store.table import columns_hash
 
+#: The columns of the table that fine-tuning reads (besides the target).
+READ_COLUMNS = ("id", "dialogue", "turn", "speaker", "text", "split")
 #: Batches drawn together and sorted by length, so a batch holds inputs of similar length.
 POOL_BATCHES = 50
 
 
 def table_hash(table: pd.DataFrame, column: str) -> str:
-    """A hash of what fine-tuning reads from the table: ids, dialogues, turns, speakers, texts,
-    splits and the target column."""
-    h = hashlib.sha256()
-    for col in ("id", "dialogue", "turn", "speaker", "text", "split", column):
-        values = table[col].tolist() if col in table else []
-        h.update(json.dumps([col, values], default=str, ensure_ascii=False).encode("utf-8"))
-    return h.hexdigest()[:16]
+    """A hash of what fine-tuning reads from the table (:data:`READ_COLUMNS` and the target column)."""
+    return columns_hash(table, [*READ_COLUMNS, column])
 
 
 def target_of(store: Store, name: str) -> Target:

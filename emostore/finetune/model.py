@@ -11,11 +11,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from emostore.extract.dialogue_input import pool
+from emostore.extract.dialogue_input import embed
 from emostore.finetune.state import save_tensors
 
 CLASSIFIER = "classifier.safetensors"
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class TextClassifier(nn.Module):
@@ -28,8 +27,7 @@ class TextClassifier(nn.Module):
         self.classifier = nn.Linear(int(backbone.config.hidden_size), n_out)
 
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
-        hidden = self.backbone(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).last_hidden_state
-        return pool(hidden, batch["utterance_mask"])
+        return embed(self.backbone, batch)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.classifier(self.dropout(self.embed(batch)))

@@ -25,7 +25,7 @@ from emostore.errors import UserError
 from emostore.extract.base import resolve_device
 from emostore.extract.dialogue_input import POOLING, DialogueFormat, TurnTokenizer
 from emostore.extract.finetuned import META, content_hash, load_transformer, model_max_length, read_meta
-from emostore.finetune.data import FinetuneData, build_data, describe_rows, fold_of_rows, target_of
+from emostore.finetune.data import READ_COLUMNS, FinetuneData, build_data, describe_rows, fold_of_rows, target_of
 from emostore.finetune.model import TextClassifier, export
 from emostore.finetune.state import RUN, cleanup, read_json, write_json
 from emostore.finetune.train import FinetuneConfig, Log, TrainResult, metrics_of, predict, train_model
@@ -242,7 +242,7 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
         "format": FORMAT, "format_version": 1, "emostore_version": __version__, "created": now(),
         "spec": spec, "base_model": base,
         "store": {"path": str(Path(store.path).resolve()), "dataset": store.dataset, "table_hash": data.table_hash,
-                  **describe_rows(data)},
+                  "columns": [*READ_COLUMNS, target.column], **describe_rows(data)},
         "input": spec["input"], "target": target.to_dict(), "labels": target.labels,
         "training": {**config.to_dict(), "device": device, "optimizer": "AdamW, linear warm-up and decay",
                      "selection": "dev MAE" if target.regression else "dev weighted F1"},
@@ -257,6 +257,27 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
     for k in range(options.folds):
         shutil.rmtree(out / FOLDS / str(k) / TRAINING, ignore_errors=True)
     return meta
+
+
+def extract(store_path: Path, out: Path, *, name: str | None = None, device: str = "auto",
+            batch_size: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Write the fine-tuned model's vectors into the store: ``text/<name>`` from the model, and
+    with cross-fitting models also ``text/<name>-xfit<K>``. Resumable like any extraction."""
+    from emostore.extract.base import build_encoder
+    from emostore.extract.runner import run_extraction
+
+    store = Store.open(store_path)
+    meta = read_meta(out)
+    folds = (meta.get("cross_fit") or {}).get("folds", 0)
+    reports = []
+    for cross_fit in ([False, True] if folds else [False]):
+        feature_name = None if name is None else name + (f"-xfit{folds}" if cross_fit else "")
+        with build_encoder("text", "finetuned", {"model": str(out), "cross_fit": cross_fit},
+                           {"device": device, "batch_size": batch_size}, name=feature_name) as enc:
+            report = run_extraction(store, enc, progress=progress)
+        reports.append({"feature_set": report.feature_set, "config_hash": report.config_hash,
+                        "rows_run": report.rows_run, "rows_failed": report.rows_failed, "complete": report.complete})
+    return reports
 
 
 def summary_line(meta: dict[str, Any]) -> str:

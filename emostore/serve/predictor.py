@@ -31,6 +31,8 @@ class Encoded:
     present: dict[str, bool]
     reasons: dict[str, str]
     speaker: str | None = None
+    #: What was said (context for the turns after it).
+    text: str | None = None
 
 
 @dataclass
@@ -75,7 +77,10 @@ class Predictor:
             self.encoder(name)
 
     def encode(self, *, text: str | None = None, audio: Path | None = None, video: Path | None = None,
-               image: Path | None = None, speaker: str | None = None) -> Encoded:
+               image: Path | None = None, speaker: str | None = None,
+               history: list[Encoded] | None = None) -> Encoded:
+        """Encode one utterance; ``history`` (the earlier turns of its conversation) is the context
+        of encoders that read surrounding turns, which see it exactly as a stored dialogue."""
         given = {"text": text if text and text.strip() else None, "audio": audio, "video": video, "image": image}
         if not any(given.values()):
             raise UserError("nothing to predict from: give a text and/or an audio, video or image file")
@@ -89,15 +94,17 @@ class Predictor:
             if source is None:
                 present[name], reasons[name] = False, f"no {' or '.join(SOURCES.get(modality, (modality,)))} given"
                 continue
-            row = pd.DataFrame([{"id": "input", "dialogue": "input", "turn": 0, "speaker": speaker,
-                                 "text": given["text"], "media": None if source == "text" else str(given[source]),
-                                 "start": np.nan, "end": np.nan}])
-            out = self.encoder(name).encode_rows(row, np.array([0]))
+            past = [{"id": f"turn-{i}", "dialogue": "input", "turn": i, "speaker": t.speaker, "text": t.text,
+                     "media": None, "start": np.nan, "end": np.nan, "split": None} for i, t in enumerate(history or [])]
+            rows = pd.DataFrame([*past, {"id": "input", "dialogue": "input", "turn": len(past), "speaker": speaker,
+                                         "text": given["text"], "media": None if source == "text" else str(given[source]),
+                                         "start": np.nan, "end": np.nan, "split": None}])
+            out = self.encoder(name).encode_rows(rows, np.array([len(past)]))
             present[name] = bool(out.ok[0])
             reasons[name] = "" if out.ok[0] else out.reasons[0]
             if out.ok[0]:
                 raw[name] = np.asarray(out.values[0], dtype=np.float32)
-        return Encoded(raw, present, reasons, speaker)
+        return Encoded(raw, present, reasons, speaker, given["text"])
 
     # ----- the head ----------------------------------------------------------------------
     def _tensors(self, turns: list[Encoded]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -153,8 +160,9 @@ class Predictor:
         return self.describe(self._outputs([turn])[-1], turn)
 
     def add_turn(self, conversation: Conversation, max_turns: int, **inputs: Any) -> dict[str, Any]:
-        """Append a turn and predict it from the turns so far (a causal context head sees no future)."""
-        turn = self.encode(**inputs)
+        """Append a turn and predict it from the turns so far (a causal context head sees no future;
+        text encoders that read past turns get this conversation's, and no future turns)."""
+        turn = self.encode(**inputs, history=conversation.turns[-(max_turns - 1):] if max_turns > 1 else [])
         conversation.turns.append(turn)
         del conversation.turns[:-max_turns]
         out = self.describe(self._outputs(conversation.turns)[-1], turn)
