@@ -645,14 +645,15 @@ finetune_app = typer.Typer(help="Fine-tune encoders on a store's labels (heavy: 
 app.add_typer(finetune_app, name="finetune")
 
 
-@finetune_app.command("text")
+@finetune_app.command("text", cls=Command)
 @user_errors
 def finetune_text(
-        store: Annotated[Path, typer.Argument(help="Store directory (its train split is trained on).")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write (rerun the same command "
-                                                              "to resume it).")],
-        model: Annotated[str, typer.Option(help="Base model: the bundled MiniLM (minilm), bert, roberta, "
-                                                "distilbert, or a Hugging Face name or local folder.")] = "minilm",
+        store: StoreArg,
+        out: Annotated[Path, typer.Option("--out", "-o", metavar="MODEL_DIR", help="Model folder to write (rerun "
+                                                                                   "the same command to resume).")],
+        model: Annotated[str, typer.Option(metavar="NAME|PATH", help="Base model: the bundled MiniLM (minilm), "
+                                                                     "bert, roberta, distilbert, or a Hugging Face "
+                                                                     "name or local folder.")] = "minilm",
         target: TargetOpt = TargetName.emotion,
         past: Annotated[int, typer.Option(min=0, help="Earlier turns of the dialogue in the input.")] = 0,
         future: Annotated[int, typer.Option(min=0, help="Later turns of the dialogue in the input.")] = 0,

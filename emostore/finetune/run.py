@@ -106,16 +106,19 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 
 def claim_out(out: Path, spec: dict[str, Any], overwrite: bool) -> str:
-    """``new``, ``resume`` or ``finished`` for ``out`` and this run; refuse another run's folder
-    (``overwrite``: delete the run it holds and start over)."""
+    """``new``, ``resume``, ``finished`` or ``extend`` (the same model without ``--folds``) for ``out``
+    and this run; refuse another run's folder (``overwrite``: delete the run it holds, start over)."""
     if is_empty(out):
         return "new"
     if overwrite:
         shutil.rmtree(out)
         return "new"
-    recorded = read_meta(out).get("spec") if (out / META).is_file() else read_json(out / TRAINING / RUN)
+    finished = (out / META).is_file()
+    recorded = read_meta(out).get("spec") if finished else read_json(out / TRAINING / RUN)
     if recorded == spec:
-        return "finished" if (out / META).is_file() else "resume"
+        return "finished" if finished else "resume"
+    if finished and recorded and not recorded.get("folds") and spec["folds"] and {**recorded, "folds": spec["folds"]} == spec:
+        return "extend"  # the same model, now with cross-fitting models
     diff = "; ".join(_differences(spec, recorded or {})[:4])
     raise UserError(f"--out {out} holds another run ({diff}); choose another --out, or pass --overwrite "
                     "to replace it")
@@ -135,6 +138,7 @@ def train_one(out: Path, *, backbone_loader: Any, data: FinetuneData, tokenizer:
     """Train (or resume, or reuse) one model into ``out``; returns its summary (``done.json``)."""
     done = out / TRAINING / DONE
     if done.is_file():
+        log(f"{label}{out} is already trained; going on")
         return read_json(done)
     torch.manual_seed(config.seed)  # the classifier's initial weights, then dropout
     backbone = backbone_loader()
@@ -201,8 +205,15 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
         return read_meta(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / TRAINING).mkdir(exist_ok=True)
-    if state == "new":
+    if state in ("new", "extend"):
         write_json(out / TRAINING / RUN, spec)
+    if state == "extend":
+        log(f"{out} holds this model without cross-fitting models: adding {options.folds} (the model is kept)")
+        old = read_meta(out)
+        write_json(out / TRAINING / DONE, {"history": old["history"], "best_epoch": old["best_epoch"],
+                                           "dev": old["dev_metrics"], "test_metrics": old["test_metrics"],
+                                           "minutes_per_epoch": old["minutes_per_epoch"], "notes": old["notes"],
+                                           "model_hash": old["model_hash"]})
     started = time.perf_counter()
     source = backbone
 

@@ -144,7 +144,7 @@ def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokeni
             f"{total_steps})")
     else:
         counters = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "best": None, "best_epoch": 0,
-                    "best_file": None, "loss_sum": 0.0, "loss_n": 0, "epoch_seconds": 0.0, "seconds": 0.0}
+                    "best_file": None, "loss_sum": 0.0, "loss_n": 0, "epoch_seconds": 0.0, "epoch_cpu": 0.0, "seconds": 0.0}
     notes = [] if len(dev_rows) else [f"no labelled dev rows: the last of {config.epochs} epochs is kept"]
 
     def checkpoint() -> None:
@@ -162,7 +162,7 @@ def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokeni
             task = bar.add_task(f"{label}epoch {epoch + 1}/{config.epochs}", total=len(batches),
                                 completed=counters["batch"])
             model.train()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for b in range(counters["batch"], len(batches)):
                 rows = batches[b]
                 batch = {k: v.to(device) for k, v in tokenizer.collate([data.inputs[r] for r in rows]).items()}
@@ -189,14 +189,18 @@ def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokeni
                     counters["batch"] = b + 1
                     if save_every and counters["global_step"] % save_every == 0 and not last:
                         counters["epoch_seconds"] += time.perf_counter() - started
-                        started = time.perf_counter()
+                        counters["epoch_cpu"] = counters.get("epoch_cpu", 0.0) + time.process_time() - cpu
+                        started, cpu = time.perf_counter(), time.process_time()
                         checkpoint()
                 bar.update(task, advance=1, description=f"{label}epoch {epoch + 1}/{config.epochs} loss "
                                                         f"{counters['loss_sum'] / max(counters['loss_n'], 1):.4f}")
             bar.remove_task(task)
             seconds = counters["epoch_seconds"] + time.perf_counter() - started
+            cpu_seconds = counters.get("epoch_cpu", 0.0) + time.process_time() - cpu
+            # wall time, and CPU time of this process (all its threads): on a shared machine the second
+            # says what the epoch costs, the first how long it took
             entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": counters["loss_sum"] / max(counters["loss_n"], 1),
-                                     "train_seconds": round(seconds, 2)}
+                                     "train_seconds": round(seconds, 2), "train_cpu_seconds": round(cpu_seconds, 2)}
             mark = ""
             if len(dev_rows):
                 dev = short_metrics(metrics_of(data, dev_rows, predict(model, data, tokenizer, dev_rows,
@@ -214,13 +218,13 @@ def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokeni
                 old = None
             counters["history"].append(entry)
             counters.update({"epoch": epoch + 1, "batch": 0, "loss_sum": 0.0, "loss_n": 0, "epoch_seconds": 0.0,
-                             "seconds": counters["seconds"] + seconds})
+                             "epoch_cpu": 0.0, "seconds": counters["seconds"] + seconds})
             checkpoint()
             if old and old != counters["best_file"]:
                 (state_dir / old).unlink(missing_ok=True)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in entry.get("dev", {}).items())
             log(f"{label}epoch {epoch + 1}/{config.epochs}: train loss {entry['train_loss']:.4f}"
-                f"{', dev ' + shown if shown else ''}; {seconds / 60:.1f} min{mark}")
+                f"{', dev ' + shown if shown else ''}; {seconds / 60:.1f} min ({cpu_seconds / 60:.1f} min CPU){mark}")
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(state_dir / counters["best_file"])))

@@ -147,13 +147,21 @@ def test_cross_fitting_gives_train_rows_the_fold_model_that_did_not_see_them(tmp
     store, _ = ingest("csv", [SAMPLE], tmp_path / "store", dataset="sample")
     model = build("distilbert", tmp_path / "tiny")
     out = tmp_path / "xfit"
-    r = run("finetune", "text", store.path, "--out", out, "--model", model, "--folds", "3", "--past", "1",
-            "--epochs", "1", "--lr", "1e-3", "--max-length", "64", "--extract", "--name", "ft", *FAST, "--json")
+    args = ["finetune", "text", store.path, "--out", out, "--model", model, "--past", "1", "--epochs", "1",
+            "--lr", "1e-3", "--max-length", "64", "--extract", "--name", "ft", "--device", "cpu", "--threads", "1"]
+    r = run(*args, "--quiet")
     assert r.exit_code == 0, r.output
+    weights = (out / "model.safetensors").read_bytes()
+    # the same run with --folds keeps the model and adds the fold models
+    r = run(*args, "--folds", "3", "--json")
+    assert r.exit_code == 0, r.output
+    assert "holds this model without cross-fitting models: adding 3" in r.stderr
+    assert (out / "model.safetensors").read_bytes() == weights
     meta = json.loads(r.stdout)
     cf = meta["cross_fit"]
     assert cf["folds"] == 3 and len(cf["models"]) == 3 and sorted(set(cf["fold_of"].values())) == [0, 1, 2]
     assert [e["feature_set"] for e in meta["extracted"]] == ["text/ft", "text/ft-xfit3"]
+    assert [e["rows_run"] for e in meta["extracted"]] == [0, 385]  # text/ft was already there
     st = Store.open(store.path)
     t = st.table
     # folds are whole dialogues of the train split
