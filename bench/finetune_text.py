@@ -160,7 +160,8 @@ def report() -> str:
                "(Intel Xeon), no GPU, torch 2.13.0+cpu, 1 torch thread per run, runs under `nice -n 10`, two at a "
                f"time, on a machine shared with other jobs (load average {min(loads, default=0):.1f}–"
                f"{max(loads, default=0):.1f} on 2 cores at the runs' starts and ends).")
-    lines = [machine, "`nice -n 10 python bench/finetune_text.py run --jobs 2`, then `python bench/finetune_text.py report`."]
+    command = "`nice -n 10 python bench/finetune_text.py run --jobs 2`, then `python bench/finetune_text.py report`."
+    lines = [machine, command]
     meld = [g for g in GROUPS if g.startswith("meld") and g in by]
     if meld:
         lines += ["", "### MELD (7 emotions; train 9,989 / dev 1,109 / test 2,610)", "",
@@ -169,7 +170,7 @@ def report() -> str:
         for g in meld:
             r0 = by[g][0]
             inp = r0["finetune"]["input"]
-            ctx = (f"past {inp['past']}" if inp["past"] else "") + (f", future {inp['future']}" if inp["future"] else "")
+            ctx = ", ".join(f"{k} {inp[k]}" for k in ("past", "future") if inp[k])
             lines.append(
                 f"| MiniLM fine-tuned ({g}) | {ctx or 'utterance only'}, speakers {'on' if inp['speaker'] else 'off'}, "
                 f"≤{inp['max_length']} tokens | {len(by[g])} | "
@@ -178,7 +179,8 @@ def report() -> str:
                 f"{mean_std([r['finetune']['test_metrics']['macro_f1'] for r in by[g]])} | "
                 f"{', '.join(str(r['finetune']['best_epoch']) for r in by[g])} | {epoch_minutes(by[g])} |")
         lines += ["", ("Heads on the fine-tuned vectors (the default `emostore train` settings; one head seed per "
-                       "model seed):"), "", "| vectors | head | runs | test weighted F1 | test accuracy | test macro F1 |",
+                       "model seed):"), "",
+                  "| vectors | head | runs | test weighted F1 | test accuracy | test macro F1 |",
                   "|---|---|---|---|---|---|"]
         for g in meld:
             for xfit in (False, True):

@@ -117,7 +117,8 @@ def claim_out(out: Path, spec: dict[str, Any], overwrite: bool) -> str:
     recorded = read_meta(out).get("spec") if finished else read_json(out / TRAINING / RUN)
     if recorded == spec:
         return "finished" if finished else "resume"
-    if finished and recorded and not recorded.get("folds") and spec["folds"] and {**recorded, "folds": spec["folds"]} == spec:
+    same_model = bool(recorded) and {**recorded, "folds": spec["folds"]} == spec
+    if finished and same_model and not recorded.get("folds") and spec["folds"]:
         return "extend"  # the same model, now with cross-fitting models
     diff = "; ".join(_differences(spec, recorded or {})[:4])
     raise UserError(f"--out {out} holds another run ({diff}); choose another --out, or pass --overwrite "

@@ -144,7 +144,8 @@ def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokeni
             f"{total_steps})")
     else:
         counters = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "best": None, "best_epoch": 0,
-                    "best_file": None, "loss_sum": 0.0, "loss_n": 0, "epoch_seconds": 0.0, "epoch_cpu": 0.0, "seconds": 0.0}
+                    "best_file": None, "loss_sum": 0.0, "loss_n": 0, "epoch_seconds": 0.0, "epoch_cpu": 0.0,
+                    "seconds": 0.0}
     notes = [] if len(dev_rows) else [f"no labelled dev rows: the last of {config.epochs} epochs is kept"]
 
     def checkpoint() -> None:
@@ -199,7 +200,8 @@ def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokeni
             cpu_seconds = counters.get("epoch_cpu", 0.0) + time.process_time() - cpu
             # wall time, and CPU time of this process (all its threads): on a shared machine the second
             # says what the epoch costs, the first how long it took
-            entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": counters["loss_sum"] / max(counters["loss_n"], 1),
+            entry: dict[str, Any] = {"epoch": epoch + 1,
+                                     "train_loss": counters["loss_sum"] / max(counters["loss_n"], 1),
                                      "train_seconds": round(seconds, 2), "train_cpu_seconds": round(cpu_seconds, 2)}
             mark = ""
             if len(dev_rows):

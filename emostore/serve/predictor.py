@@ -96,9 +96,10 @@ class Predictor:
                 continue
             past = [{"id": f"turn-{i}", "dialogue": "input", "turn": i, "speaker": t.speaker, "text": t.text,
                      "media": None, "start": np.nan, "end": np.nan, "split": None} for i, t in enumerate(history or [])]
+            media = None if source == "text" else str(given[source])
             rows = pd.DataFrame([*past, {"id": "input", "dialogue": "input", "turn": len(past), "speaker": speaker,
-                                         "text": given["text"], "media": None if source == "text" else str(given[source]),
-                                         "start": np.nan, "end": np.nan, "split": None}])
+                                         "text": given["text"], "media": media, "start": np.nan, "end": np.nan,
+                                         "split": None}])
             out = self.encoder(name).encode_rows(rows, np.array([len(past)]))
             present[name] = bool(out.ok[0])
             reasons[name] = "" if out.ok[0] else out.reasons[0]

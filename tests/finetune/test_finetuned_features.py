@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE
 from tiny_models import build
 from typer.testing import CliRunner
 
-from conftest import SAMPLE
 from emostore.cli import app
 from emostore.errors import UserError
-from emostore.extract.base import rebuild_encoder
 from emostore.ingest.run import ingest
 from emostore.store import Store
 
@@ -54,14 +52,15 @@ def test_training_loss_falls_and_the_folder_reloads_everywhere(minilm_run):
     t = store.table
     rows = [0, 5, 200]
     texts = [f"{t['speaker'].iat[r]}: {t['text'].iat[r]}" for r in rows]
-    _, X, mask = store.feature_set("text/sample-minilm").read(np.array(rows))
+    _, X, _ = store.feature_set("text/sample-minilm").read(np.array(rows))
     np.testing.assert_allclose(X, st.encode(texts, convert_to_numpy=True), atol=2e-5)
 
 
 def test_extract_fills_a_complete_feature_set_with_the_model_hash(minilm_run):
     store, out, meta = minilm_run
-    assert meta["extracted"] == [{"feature_set": "text/sample-minilm", "config_hash": meta["extracted"][0]["config_hash"],
-                                  "rows_run": 385, "rows_failed": 0, "complete": True}]
+    (report,) = meta["extracted"]
+    assert report == {"feature_set": "text/sample-minilm", "config_hash": report["config_hash"], "rows_run": 385,
+                      "rows_failed": 0, "complete": True}
     fs = store.feature_set("text/sample-minilm")
     assert fs.is_complete() and fs.mask().all() and fs.dim == 384
     cfg = fs.config
@@ -114,7 +113,7 @@ def test_predictor_turns_see_the_conversation_like_stored_rows(context_model, tm
     from emostore.serve.app import create_app
     from emostore.serve.predictor import Conversation, Predictor
 
-    store, out = context_model
+    store, _ = context_model
     data = load_data(store, ["text/ctx-bert"], "emotion")
     path = ckpt_io.save(fit(data, "mlp", None, TrainConfig(epochs=2, device="cpu")), data, tmp_path / "ck",
                         store=store)

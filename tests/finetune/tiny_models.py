@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from conftest import SAMPLE
 
 FAMILIES = ("bert", "roberta", "distilbert")
