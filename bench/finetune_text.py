@@ -87,7 +87,7 @@ def one(run: str) -> dict[str, Any]:
     from emostore.finetune.run import FinetuneOptions, extract, finetune
     from emostore.heads.data import load_data
     from emostore.heads.evaluate import evaluate_data
-    from emostore.heads.train import TrainConfig, fit
+    from emostore.heads.train import TrainConfig, cpu_threads, fit
     from emostore.store import Store
 
     group, dataset, options, seed = parse(run)
@@ -98,7 +98,8 @@ def one(run: str) -> dict[str, Any]:
     load_before, started = uptime(), time.time()
     opts = FinetuneOptions(**{**options, "seed": seed, "device": "cpu"})
     meta = finetune(store, out, opts, log=lambda line: print(f"[{run}] {line}", flush=True))
-    extracted = extract(store, out, name=model_run, device="cpu")
+    with cpu_threads(1):  # one thread is the fastest on this busy machine (as for the training)
+        extracted = extract(store, out, name=model_run, device="cpu")
     st = Store.open(store, mode="r")
     heads = []
     for report in extracted:

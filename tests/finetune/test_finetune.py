@@ -62,14 +62,21 @@ def finetune_json(out: Path) -> dict:
     return json.loads((out / "finetune.json").read_text())
 
 
+#: Each family also runs some of the training options.
+OPTIONS = {"bert": (), "roberta": ("--class-weights",), "distilbert": ("--grad-accum", "2", "--label-smoothing", "0.1")}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_fine_tunes_from_a_local_folder(store, tiny, tmp_path, family):
     out = tmp_path / family
     r = run("finetune", "text", store, "--out", out, "--model", tiny[family], "--past", "1", "--future", "1",
-            "--lr", "1e-3", *TINY, "--json")
+            "--lr", "1e-3", *TINY, *OPTIONS[family], "--json")
     assert r.exit_code == 0, r.output
     meta = json.loads(r.stdout)
     assert meta == finetune_json(out)
+    training = meta["training"]
+    assert (training["class_weights"], training["grad_accum"], training["label_smoothing"]) == {
+        "bert": (False, 1, 0.0), "roberta": (True, 1, 0.0), "distilbert": (False, 2, 0.1)}[family]
     assert meta["base_model"] == str(tiny[family].resolve())
     assert meta["input"] == {"format": "utterance-first-v1", "past": 1, "future": 1, "speaker": True,
                              "max_length": 64, "pooling": "utterance-mean"}
