@@ -55,6 +55,13 @@ GROUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "mosi-pastfuture": ("mosi", {**MOSI, "past": 2, "future": 1}),
 }
 HEADS = ("mlp", "context")
+#: Today's frozen-MiniLM numbers on CMU-MOSI (Heads section of BENCHMARKS.md, 5 seeds), for comparison.
+FROZEN_MOSI = [
+    ("| frozen MiniLM, `mlp` head (Heads section) | 5 | 0.9346 ± 0.0159 | 0.6964 ± 0.0059 | 0.7905 ± 0.0142 | "
+     "0.7917 ± 0.0141 | 0.3172 ± 0.0167 | |"),
+    ("| frozen MiniLM, `context` head (Heads section) | 5 | 0.8109 ± 0.0083 | 0.7509 ± 0.0028 | 0.8296 ± 0.0057 | "
+     "0.8293 ± 0.0055 | 0.3694 ± 0.0092 | |"),
+]
 
 
 def store_path(dataset: str) -> Path:
@@ -174,8 +181,8 @@ def report() -> str:
         by.setdefault(r["group"], []).append(r)
     loads = [float(r[k]) for r in rs for k in ("load_before", "load_after")]
     machine = (f"Date {max((r['date'] for r in rs), default=date.today().isoformat())}; machine: 2-core CPU "
-               "(Intel Xeon), no GPU, torch 2.13.0+cpu, 1 torch thread per run, runs under `nice -n 10`, two at a "
-               f"time, on a machine shared with other jobs (load average {min(loads, default=0):.1f}–"
+               "(Intel Xeon), no GPU, torch 2.13.0+cpu, 1 torch thread per run, runs under `nice -n 10`, up to five "
+               f"at a time, on a machine shared with other jobs (load average {min(loads, default=0):.1f}–"
                f"{max(loads, default=0):.1f} on 2 cores at the runs' starts and ends).")
     command = "`nice -n 10 python bench/finetune_text.py run --jobs 2`, then `python bench/finetune_text.py report`."
     lines = [machine, command]
@@ -213,7 +220,7 @@ def report() -> str:
     if mosi:
         lines += ["", "### CMU-MOSI (text, regression on the sentiment score; train 1,284 / valid 229 / test 686)", "",
                   "| model | runs | MAE | corr | Acc-2 | F1 | Acc-7 | minutes per epoch (wall / CPU) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|", *FROZEN_MOSI]
         for g in mosi:
             tm = [r["finetune"]["test_metrics"] for r in by[g]]
             lines.append(f"| MiniLM fine-tuned ({g}) | {len(tm)} | {mean_std([m['mae'] for m in tm])} | "
