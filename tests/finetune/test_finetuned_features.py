@@ -210,3 +210,12 @@ def test_a_retrained_model_is_another_configuration(context_model, tmp_path):
     with pytest.raises(UserError, match="changed since this feature set's configuration was recorded"):
         Predictor(ck, device="cpu").predict(text="Hello again.")
 
+
+
+def test_search_encodes_a_text_query_with_the_fine_tuned_model(minilm_run):
+    store, _, _ = minilm_run
+    assert run("index", "build", store.path, "--features", "text/sample-minilm").exit_code == 0
+    r = run("search", store.path, "Why would you do that to me?", "-k", "3", "--json")
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.stdout)["neighbours"]
+    assert len(hits) == 3 and all(h["id"] in set(store.table["id"]) for h in hits)

@@ -152,7 +152,7 @@ class FinetunedTextEncoder(Encoder):
     def _fold_rows(self, table: pd.DataFrame) -> bool:
         """Whether this table is the store the model was trained on (then its train rows are
         cross-fitted); a table with those ids but other content is refused."""
-        if not self.fold_of:
+        if not self.fold_of or "id" not in table or "split" not in table:
             return False
         if self._checked is None or self._checked[0] != id(table):
             same = columns_hash(table, self.table_columns) == self.table_hash
@@ -173,11 +173,12 @@ class FinetunedTextEncoder(Encoder):
         if progress and (~ok).any():
             progress(int((~ok).sum()))
         groups: dict[int | None, list[int]] = {}
-        folds = self._fold_rows(table)
-        ids, split = table["id"].to_numpy(), table["split"].to_numpy()
+        folds = self._fold_rows(table)  # else every row gets the full model
+        ids = table["id"].to_numpy() if folds else None
+        split = table["split"].to_numpy() if folds else None
         for i in np.flatnonzero(ok):
             r = rows[i]
-            key = self.fold_of.get(str(ids[r])) if folds and split[r] == "train" else None
+            key = self.fold_of.get(str(ids[r])) if folds and split[r] == "train" else None  # type: ignore[index]
             groups.setdefault(key, []).append(int(i))
         for key, members in groups.items():
             members.sort(key=lambda i: len(items[i].input_ids))  # type: ignore[union-attr]
