@@ -709,6 +709,78 @@ def sweep(store: StoreArg,
         show_sweep(result)
 
 
+finetune_app = typer.Typer(help="Fine-tune encoders on a store's labels (heavy: run once, then extract).",
+                           no_args_is_help=True)
+app.add_typer(finetune_app, name="finetune")
+
+
+@finetune_app.command("text", cls=Command)
+@user_errors
+def finetune_text(
+        store: StoreArg,
+        out: Annotated[Path, typer.Option("--out", "-o", metavar="MODEL_DIR", help="Model folder to write (rerun "
+                                                                                   "the same command to resume).")],
+        model: Annotated[str, typer.Option(metavar="NAME|PATH", help="Base model: the bundled MiniLM (minilm), "
+                                                                     "bert, roberta, distilbert, or a Hugging Face "
+                                                                     "name or local folder.")] = "minilm",
+        target: TargetOpt = TargetName.emotion,
+        past: Annotated[int, typer.Option(min=0, help="Earlier turns of the dialogue in the input.")] = 0,
+        future: Annotated[int, typer.Option(min=0, help="Later turns of the dialogue in the input.")] = 0,
+        speaker: Annotated[bool, typer.Option(help="Write turns as 'Speaker: text'.")] = True,
+        epochs: Annotated[int, typer.Option(min=1, help="Epochs (the best one on dev is kept).")] = 4,
+        lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-5,
+        batch_size: Annotated[int, typer.Option(min=1, help="Utterances per batch.")] = 32,
+        grad_accum: Annotated[int, typer.Option(min=1, help="Batches per optimiser step.")] = 1,
+        max_length: Annotated[Optional[int], typer.Option(min=8, help="Token limit of an input (default: the "
+                                                                     "model's, at most 512).")] = None,
+        class_weights: ClassWeights = False,
+        label_smoothing: LabelSmoothing = 0.0,
+        warmup: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of steps warming the learning "
+                                                                     "rate up.")] = 0.1,
+        weight_decay: WeightDecay = 0.01,
+        seed: Annotated[int, typer.Option(help="Random seed (runs are reproducible on the CPU).")] = 0,
+        folds: Annotated[int, typer.Option(min=0, help="Cross-fitting: also train K models, each without one "
+                                                       "fold of the train dialogues (0: none).")] = 0,
+        device: Device = "auto",
+        precision: Annotated[Precision, typer.Option(help="auto: bfloat16/float16 autocast on CUDA, float32 "
+                                                          "elsewhere.")] = Precision.auto,
+        save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N optimiser "
+                                                            "steps (it is saved after every epoch).")] = 200,
+        threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: torch's).")] = None,
+        extract: Annotated[bool, typer.Option("--extract", help="Then write the model's vectors into the store "
+                                                                "(text/<name>, and text/<name>-xfit<K> with "
+                                                                "--folds).")] = False,
+        name: Annotated[Optional[str], typer.Option(help="Feature set name for --extract [the folder's name].")] = None,
+        overwrite: Annotated[bool, typer.Option(help="Replace the run --out holds and start over.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
+        as_json: Json = False) -> None:
+    """Fine-tune a text transformer on the store's train split (best epoch on dev), resumable."""
+    from emostore.finetune.run import FinetuneOptions, finetune, summary_line
+    from emostore.finetune.run import extract as extract_features
+
+    options = FinetuneOptions(model=model, target=target.value, past=past, future=future, speaker=speaker,
+                              epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                              max_length=max_length, class_weights=class_weights, label_smoothing=label_smoothing,
+                              warmup=warmup, weight_decay=weight_decay, seed=seed, folds=folds, device=device,
+                              precision=precision.value, save_every=save_every, threads=threads)
+
+    def log(line: str) -> None:
+        if not quiet:
+            typer.echo(line, err=True)
+
+    progress = not quiet and not as_json and sys.stderr.isatty()
+    meta = finetune(store, out, options, overwrite=overwrite, progress=progress, log=log)
+    if extract:
+        meta = {**meta, "extracted": extract_features(store, out, name=name, device=device, progress=progress)}
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+        return
+    typer.echo(f"{out}: {summary_line(meta)}")
+    for report in meta.get("extracted", []):
+        typer.echo(f"  {report['feature_set']} (config {report['config_hash']}): {report['rows_run']} rows, "
+                   f"{report['rows_failed']} failed, {'complete' if report['complete'] else 'incomplete'}")
+
+
 def main() -> None:
     app()
 

@@ -226,8 +226,13 @@ class Batcher:
                                        into=[it.encoded for it in plain])  # type: ignore[misc]
         if work and texts:
             self.stats.text_passes += 1
+            # a turn is encoded after its conversation's earlier turns (one turn per conversation is in flight)
+            histories = [[] if it.job.kind == "predict" else
+                         self.predictor.history(self.conversations.get(it.job.conversation), it.job.max_turns)
+                         for it in work]
             _, failed = self.predictor.encode_many([it.inputs for it in work], texts,  # type: ignore[misc]
-                                                   into=[it.encoded for it in work])  # type: ignore[misc]
+                                                   into=[it.encoded for it in work],  # type: ignore[misc]
+                                                   histories=histories)
             for j, exc in failed.items():
                 self._fail(work[j], exc)
         single = [it for it in work if it.job.kind == "predict" and not it.done]

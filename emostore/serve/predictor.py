@@ -171,19 +171,32 @@ class Predictor:
         for name in self.feature_sets:
             self.encoder(name)
 
-    def input_table(self, items: list[Inputs], sources: list[str]) -> pd.DataFrame:
-        """The utterance-table rows that ``encode_rows`` reads for these requests (row i: request i,
-        its text and the media file of ``sources[i]``). Each request is its own dialogue, so no
-        encoder reads another request as context."""
-        return pd.DataFrame([{"id": f"input{i}", "dialogue": f"input{i}", "turn": 0, "speaker": it.speaker,
-                              "text": it.text, "media": None if src == "text" else str(it.get(src)),
-                              "start": np.nan, "end": np.nan} for i, (it, src) in enumerate(zip(items, sources))])
+    def input_table(self, items: list[Inputs], sources: list[str],
+                    histories: list[list[Encoded]] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+        """The utterance-table rows that ``encode_rows`` reads for these requests, and the row of each
+        request (request i: its text and the media file of ``sources[i]``). Each request is its own
+        dialogue, after the earlier turns of its conversation (``histories[i]``, text only), so an
+        encoder that reads surrounding turns sees a live turn exactly as a stored one, with no future."""
+        rows: list[dict[str, Any]] = []
+        where = []
+        for i, (it, src) in enumerate(zip(items, sources)):
+            past = histories[i] if histories is not None else []
+            for t, h in enumerate(past):
+                rows.append({"id": f"input{i}-turn{t}", "dialogue": f"input{i}", "turn": t, "speaker": h.speaker,
+                             "text": h.text, "media": None, "start": np.nan, "end": np.nan, "split": None})
+            where.append(len(rows))
+            rows.append({"id": f"input{i}", "dialogue": f"input{i}", "turn": len(past), "speaker": it.speaker,
+                         "text": it.text, "media": None if src == "text" else str(it.get(src)),
+                         "start": np.nan, "end": np.nan, "split": None})
+        return pd.DataFrame(rows), np.asarray(where, dtype=np.int64)
 
     def encode_many(self, items: list[Inputs], feature_sets: list[str] | None = None,
-                    into: list[Encoded] | None = None) -> tuple[list[Encoded], dict[int, Exception]]:
+                    into: list[Encoded] | None = None, histories: list[list[Encoded]] | None = None,
+                    ) -> tuple[list[Encoded], dict[int, Exception]]:
         """Encode checked ``items`` for ``feature_sets`` (default all) with one ``encode_rows`` call per
         feature set. Returns the encodings (``into``, filled, when given) and the requests whose encoding
-        raised: when a call over several requests raises, each is retried alone so only the bad one fails."""
+        raised: when a call over several requests raises, each is retried alone so only the bad one fails.
+        ``histories[i]``: the earlier turns of request i's conversation (see :meth:`input_table`)."""
         turns = into if into is not None else [Encoded(speaker=it.speaker, text=it.text) for it in items]
         failed: dict[int, Exception] = {}
         for name in feature_sets if feature_sets is not None else self.feature_sets:
@@ -199,7 +212,7 @@ class Predictor:
             if not todo:
                 continue
             try:
-                outs = [(todo, self._encode_rows(name, items, todo))]
+                outs = [(todo, self._encode_rows(name, items, todo, histories))]
             except Exception as exc:  # noqa: BLE001  (retried one by one below)
                 if len(todo) == 1:
                     failed[todo[0][0]] = exc
@@ -209,7 +222,7 @@ class Predictor:
                 outs = []
                 for one in todo:
                     try:
-                        outs.append(([one], self._encode_rows(name, items, [one])))
+                        outs.append(([one], self._encode_rows(name, items, [one], histories)))
                     except Exception as exc1:  # noqa: BLE001  (this request fails alone)
                         failed[one[0]] = exc1
             for part, out in outs:
@@ -226,14 +239,19 @@ class Predictor:
                             turns[i].frames[name] = np.asarray(seq, dtype=np.float32)
         return turns, failed
 
-    def _encode_rows(self, name: str, items: list[Inputs], todo: list[tuple[int, str]]) -> Any:
-        table = self.input_table([items[i] for i, _ in todo], [s for _, s in todo])
-        return self.encoder(name).encode_rows(table, np.arange(len(todo)))
+    def _encode_rows(self, name: str, items: list[Inputs], todo: list[tuple[int, str]],
+                     histories: list[list[Encoded]] | None) -> Any:
+        table, where = self.input_table([items[i] for i, _ in todo], [s for _, s in todo],
+                                        None if histories is None else [histories[i] for i, _ in todo])
+        return self.encoder(name).encode_rows(table, where)
 
     def encode(self, *, text: str | None = None, audio: Path | None = None, video: Path | None = None,
-               image: Path | None = None, speaker: str | None = None) -> Encoded:
-        """One utterance through every feature set of the checkpoint."""
-        turns, failed = self.encode_many([self.check(Inputs(text, audio, video, image, speaker))])
+               image: Path | None = None, speaker: str | None = None,
+               history: list[Encoded] | None = None) -> Encoded:
+        """One utterance through every feature set of the checkpoint; ``history`` (the earlier turns of
+        its conversation) is the context of encoders that read surrounding turns."""
+        turns, failed = self.encode_many([self.check(Inputs(text, audio, video, image, speaker))],
+                                         histories=[history or []])
         if failed:
             raise failed[0]
         return turns[0]
@@ -386,10 +404,18 @@ class Predictor:
         out["causal"] = self.causal
         return out
 
+    @staticmethod
+    def history(conversation: Conversation | None, max_turns: int) -> list[Encoded]:
+        """The turns a new turn of ``conversation`` is encoded after (text encoders that read past turns)."""
+        if conversation is None or max_turns <= 1:
+            return []
+        return conversation.turns[-(max_turns - 1):]
+
     def add_turn(self, conversation: Conversation, max_turns: int, **inputs: Any) -> dict[str, Any]:
-        """Encode a turn, append it and predict it from the turns so far."""
+        """Encode a turn after the conversation's earlier turns, append it and predict it from the turns so far."""
         checked = self.check(Inputs(**inputs))
-        return self.add_encoded_turn(conversation, max_turns, self.encode(**vars(checked)), checked)
+        turn = self.encode(**vars(checked), history=self.history(conversation, max_turns))
+        return self.add_encoded_turn(conversation, max_turns, turn, checked)
 
     # ----- evidence ----------------------------------------------------------------------
     def _open_evidence(self, store_path: Path | None, explicit: bool) -> Any:

@@ -56,3 +56,15 @@ def read_table(group: zarr.Group) -> pd.DataFrame:
         else:
             data[col] = pd.Series(values)
     return pd.DataFrame(data, columns=columns)
+
+
+def columns_hash(table: pd.DataFrame, columns: list[str]) -> str:
+    """A short content hash of some columns of the table (a missing column hashes as empty), to
+    tell whether something derived from them (a fine-tuned model, say) was made from this table."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for col in columns:
+        values = table[col].tolist() if col in table else []
+        h.update(json.dumps([col, values], default=str, ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()[:16]

@@ -304,7 +304,12 @@ class HuggingFaceEncoder(TextEncoder):
 
 
 def auto_kind(model: str) -> str:
-    """The encoder ``--encoder auto`` picks for ``model``: plain Hugging Face for the aliases."""
+    """The encoder ``--encoder auto`` picks for ``model``: ``finetuned`` for a folder written by
+    ``emostore finetune text``, plain Hugging Face for the aliases, else sentence-transformers."""
+    from emostore.extract.finetuned import is_finetuned
+
+    if is_finetuned(model):
+        return "finetuned"
     return "huggingface" if model in HF_ALIASES else "sentence-transformers"
 
 

@@ -1,0 +1,101 @@
+"""Loading text transformers for fine-tuning and fine-tuned ones for extraction.
+
+A fine-tuned model is a standard Hugging Face folder (``config.json``, ``model.safetensors``,
+tokenizer files, and the sentence-transformers module files) plus ``finetune.json``, which says
+how it was trained and how its inputs are built (:mod:`emostore.extract.dialogue_input`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from emostore.errors import UserError
+from emostore.extract.encoders.text import BUNDLED_MODEL, HF_ALIASES, bundled_model_path
+from emostore.extract.model_files import sha256_file
+
+META = "finetune.json"
+#: ``--model bert|roberta|distilbert``: the Hugging Face models these names stand for.
+ALIASES = HF_ALIASES
+BUNDLED = BUNDLED_MODEL
+
+
+def is_finetuned(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by ``emostore finetune text``."""
+    return (Path(path) / META).is_file()
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / META
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{p}: cannot read it ({exc})") from None
+
+
+def content_hash(path: str | Path) -> str:
+    """A hash of the files that define a model folder's outputs (every top-level file but
+    ``finetune.json``): a retrained model gets a new hash."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.iterdir() if p.is_file() and p.name != META and not p.name.startswith(".")):
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def resolve_source(model: str) -> tuple[str, str]:
+    """``(what to load, what to record)`` for a ``--model`` value: the bundled MiniLM (``minilm`` or
+    its hub name), an alias, a local folder, or a Hugging Face name."""
+    if model in ("", "minilm", BUNDLED):
+        return str(bundled_model_path()), BUNDLED
+    name = ALIASES.get(model, model)
+    local = Path(name).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UserError(f"--model {model}: {local} is not a model folder")
+        return str(_transformer_folder(local)), str(local.resolve())
+    return name, name
+
+
+def _transformer_folder(folder: Path) -> Path:
+    """A sentence-transformers folder may keep its transformer in a module subfolder."""
+    modules = folder / "modules.json"
+    if modules.is_file() and not (folder / "config.json").is_file():
+        try:
+            for m in json.loads(modules.read_text()):
+                if str(m.get("type", "")).endswith("models.Transformer"):
+                    return folder / m.get("path", "")
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    return folder
+
+
+def load_transformer(model: str, *, device: str = "cpu") -> tuple[Any, Any, str]:
+    """``(tokenizer, AutoModel, recorded name)`` of a base or fine-tuned model, or a one-line
+    UserError (an unknown name offline, a folder that is not a model)."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    source, recorded = resolve_source(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        backbone = AutoModel.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001  (hub unreachable, unknown name, not a model folder)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load text model {model!r} ({source}): {first}. Offline, use the bundled "
+                        "MiniLM (the default) or a local model folder") from None
+    return tokenizer, backbone.to(device), recorded
+
+
+def model_max_length(backbone: Any, tokenizer: Any) -> int:
+    """The longest input the model takes (position embeddings; RoBERTa keeps two for padding)."""
+    limit = int(getattr(backbone.config, "max_position_embeddings", 512) or 512)
+    if getattr(backbone.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < limit:
+        limit = tok_limit
+    return limit

@@ -1,0 +1,76 @@
+"""The model being fine-tuned: a Hugging Face encoder, utterance-mean pooling and a linear layer;
+and how it is written out as a standard Hugging Face / sentence-transformers folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from emostore.extract.dialogue_input import embed
+from emostore.finetune.state import save_tensors
+
+CLASSIFIER = "classifier.safetensors"
+
+
+class TextClassifier(nn.Module):
+    """``backbone`` -> mean over the utterance segment -> dropout -> linear (logits or a score)."""
+
+    def __init__(self, backbone: nn.Module, n_out: int, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(int(backbone.config.hidden_size), n_out)
+
+    def embed(self, batch: dict[str, Tensor]) -> Tensor:
+        return embed(self.backbone, batch)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.classifier(self.dropout(self.embed(batch)))
+
+
+def export(model: TextClassifier, tokenizer: Any, out: Path, *, max_length: int) -> None:
+    """Write ``out`` as a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer)
+    that sentence-transformers also loads (Transformer + mean pooling), plus the classifier."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.backbone.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    save_tensors(out / CLASSIFIER, {"weight": model.classifier.weight, "bias": model.classifier.bias})
+    hidden = int(model.backbone.config.hidden_size)
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2) + "\n")
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}], indent=2) + "\n")
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
+                                                               "do_lower_case": False}, indent=2) + "\n")
+
+
+def load_classifier(model_dir: Path, backbone: nn.Module, n_out: int) -> TextClassifier:
+    """The fine-tuned classifier of ``model_dir`` around an already loaded backbone."""
+    model = TextClassifier(backbone, n_out)
+    state = load_file(str(Path(model_dir) / CLASSIFIER))
+    model.classifier.load_state_dict(state)
+    return model
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on biases and normalisation weights)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def autocast(device: str, precision: str) -> Any:
+    """Mixed precision on CUDA (or bfloat16 on the CPU when asked); a no-op for float32."""
+    import contextlib
+
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, precision))

@@ -1,0 +1,300 @@
+"""``emostore finetune text``: check everything, fine-tune (and the cross-fitting fold models),
+write the model folder and ``finetune.json``, optionally extract into the store.
+
+Layout of ``--out``::
+
+    MODEL_DIR/                 Hugging Face folder of the model trained on the whole train split
+      finetune.json            written last: how it was trained, its metrics, the input format
+      training/                while training: run.json (what is being trained), state, best weights
+      folds/<k>/               with --folds K: the model that did not see fold k (same layout)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emostore import __version__
+from emostore.errors import UserError
+from emostore.extract.base import resolve_device
+from emostore.extract.dialogue_input import POOLING, DialogueFormat, TurnTokenizer
+from emostore.extract.finetuned import META, content_hash, load_transformer, model_max_length, read_meta
+from emostore.finetune.data import READ_COLUMNS, FinetuneData, build_data, describe_rows, fold_of_rows, target_of
+from emostore.finetune.model import TextClassifier, export
+from emostore.finetune.state import RUN, cleanup, read_json, write_json
+from emostore.finetune.train import FinetuneConfig, Log, TrainResult, metrics_of, predict, train_model
+from emostore.heads.train import cpu_threads
+from emostore.store import Store
+from emostore.store.feature_set import now
+
+FORMAT = "emostore-finetuned-text"
+TRAINING, FOLDS, DONE = "training", "folds", "done.json"
+
+
+@dataclass
+class FinetuneOptions:
+    """The command's options (see ``emostore finetune text --help``)."""
+
+    model: str = "minilm"
+    target: str = "emotion"
+    past: int = 0
+    future: int = 0
+    speaker: bool = True
+    epochs: int = 4
+    lr: float = 5e-5
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_length: int | None = None
+    class_weights: bool = False
+    label_smoothing: float = 0.0
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 0
+    folds: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    #: Also save the training state every this many optimiser steps (0: once per epoch only).
+    save_every: int = 200
+    #: CPU threads (None: torch's default). On a busy machine one thread can be the fastest.
+    threads: int | None = None
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if precision not in ("float32", "float16", "bfloat16"):
+        raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+    if precision == "float16" and not device.startswith("cuda"):
+        raise UserError("--precision float16 needs a CUDA device; use float32 (or bfloat16) on the CPU")
+    return precision
+
+
+def is_empty(out: Path) -> bool:
+    """No folder, an empty one, or one a run was killed in before it wrote anything."""
+    if not out.is_dir():
+        return True
+    contents = list(out.iterdir())
+    return not contents or (contents == [out / TRAINING] and not any((out / TRAINING).iterdir()))
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds anything but a fine-tuning run (checked before any work)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if not is_empty(out) and not ((out / META).is_file() or (out / TRAINING / RUN).is_file()):
+        raise UserError(f"--out {out} exists and holds something other than a fine-tuned model; "
+                        "choose an empty or new folder")
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k} {y!r} there, {x!r} now")
+    return out
+
+
+def claim_out(out: Path, spec: dict[str, Any], overwrite: bool) -> str:
+    """``new``, ``resume``, ``finished`` or ``extend`` (the same model without ``--folds``) for ``out``
+    and this run; refuse another run's folder (``overwrite``: delete the run it holds, start over)."""
+    if is_empty(out):
+        return "new"
+    if overwrite:
+        shutil.rmtree(out)
+        return "new"
+    finished = (out / META).is_file()
+    recorded = read_meta(out).get("spec") if finished else read_json(out / TRAINING / RUN)
+    if recorded == spec:
+        return "finished" if finished else "resume"
+    same_model = bool(recorded) and {**recorded, "folds": spec["folds"]} == spec
+    if finished and same_model and not recorded.get("folds") and spec["folds"]:
+        return "extend"  # the same model, now with cross-fitting models
+    diff = "; ".join(_differences(spec, recorded or {})[:4])
+    raise UserError(f"--out {out} holds another run ({diff}); choose another --out, or pass --overwrite "
+                    "to replace it")
+
+
+def _evaluation(data: FinetuneData, outputs: np.ndarray, rows: np.ndarray, *, out: Path, store: Store,
+                target: str) -> dict[str, Any]:
+    m = metrics_of(data, rows, outputs)
+    m.update({"split": "test", "checkpoint": str(out), "store": str(store.path), "head": "finetuned-classifier",
+              "feature_sets": [], "target": target})
+    return m
+
+
+def train_one(out: Path, *, backbone_loader: Any, data: FinetuneData, tokenizer: TurnTokenizer, hf_tokenizer: Any,
+              train_rows: np.ndarray, config: FinetuneConfig, device: str, options: FinetuneOptions, store: Store,
+              progress: bool, log: Log, label: str = "") -> dict[str, Any]:
+    """Train (or resume, or reuse) one model into ``out``; returns its summary (``done.json``)."""
+    done = out / TRAINING / DONE
+    if done.is_file():
+        log(f"{label}{out} is already trained; going on")
+        return read_json(done)
+    torch.manual_seed(config.seed)  # the classifier's initial weights, then dropout
+    backbone = backbone_loader()
+    model = TextClassifier(backbone, data.target.n_out, config.dropout)
+    result: TrainResult = train_model(model, data, tokenizer, train_rows, config, state_dir=out / TRAINING,
+                                      device=device, save_every=options.save_every, progress=progress, log=log,
+                                      label=label)
+    export(model, hf_tokenizer, out, max_length=tokenizer.max_length)
+    test_rows = data.rows("test")
+    test = None
+    if len(test_rows):
+        outputs = predict(model, data, tokenizer, test_rows, device=device, precision=config.precision)
+        test = _evaluation(data, outputs, test_rows, out=out, store=store, target=options.target)
+    seconds = [h["train_seconds"] for h in result.history]
+    summary = {"history": result.history, "best_epoch": result.best_epoch, "dev": result.dev,
+               "test_metrics": test, "train_rows": len(train_rows), "seconds": round(result.seconds, 1),
+               "minutes_per_epoch": round(float(np.mean(seconds)) / 60, 2) if seconds else None,
+               "resumed": result.resumed, "notes": result.notes, "model_hash": content_hash(out)}
+    write_json(done, summary)
+    cleanup_weights(out / TRAINING)
+    return summary
+
+
+def cleanup_weights(directory: Path) -> None:
+    for p in directory.glob("*.safetensors"):
+        p.unlink(missing_ok=True)
+
+
+def finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrite: bool = False,
+             progress: bool = False, log: Log = print) -> dict[str, Any]:
+    """Fine-tune ``options.model`` on ``store_path`` into ``out``; returns ``finetune.json``'s content."""
+    with cpu_threads(options.threads):
+        return _finetune(store_path, out, options, overwrite=overwrite, progress=progress, log=log)
+
+
+def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrite: bool, progress: bool,
+              log: Log) -> dict[str, Any]:
+    out = Path(out)
+    store = Store.open(store_path, mode="r")
+    target = target_of(store, options.target)
+    check_out(out)
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    fmt = DialogueFormat(options.past, options.future, options.speaker)
+    if options.folds and options.folds < 2:
+        raise UserError(f"--folds must be 2 or more (or 0 for none), got {options.folds}")
+    hf_tokenizer, backbone, base = load_transformer(options.model, device="cpu")
+    limit = model_max_length(backbone, hf_tokenizer)
+    max_length = options.max_length or min(limit, 512)
+    if max_length > limit:
+        raise UserError(f"--max-length {max_length} is more than {base} takes ({limit} tokens)")
+    tokenizer = TurnTokenizer(hf_tokenizer, max_length)
+    data = build_data(store, target, fmt, tokenizer)
+    config = FinetuneConfig(epochs=options.epochs, lr=options.lr, batch_size=options.batch_size,
+                            grad_accum=options.grad_accum, class_weights=options.class_weights,
+                            label_smoothing=options.label_smoothing, weight_decay=options.weight_decay,
+                            warmup=options.warmup, seed=options.seed, precision=precision)
+    spec = {"base_model": base, "store_table": data.table_hash, "target": target.to_dict(),
+            "input": {**fmt.to_dict(), "max_length": max_length, "pooling": POOLING},
+            "training": config.to_dict(), "folds": options.folds}
+    state = claim_out(out, spec, overwrite)
+    if state == "finished":
+        log(f"{out} already holds this fine-tuned model (finished); nothing to train")
+        return read_meta(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TRAINING).mkdir(exist_ok=True)
+    if state in ("new", "extend"):
+        write_json(out / TRAINING / RUN, spec)
+    if state == "extend":
+        log(f"{out} holds this model without cross-fitting models: adding {options.folds} (the model is kept)")
+        old = read_meta(out)
+        write_json(out / TRAINING / DONE, {"history": old["history"], "best_epoch": old["best_epoch"],
+                                           "dev": old["dev_metrics"], "test_metrics": old["test_metrics"],
+                                           "minutes_per_epoch": old["minutes_per_epoch"], "notes": old["notes"],
+                                           "model_hash": old["model_hash"]})
+    started = time.perf_counter()
+    source = backbone
+
+    def fresh_backbone() -> Any:
+        """The base weights for each model trained (the first one reuses the loaded copy)."""
+        nonlocal source
+        if source is not None:
+            b, source = source, None
+            return b
+        return load_transformer(options.model, device="cpu")[1]
+
+    common: dict[str, Any] = {"backbone_loader": fresh_backbone, "data": data, "tokenizer": tokenizer,
+                              "hf_tokenizer": hf_tokenizer, "config": config, "device": device, "options": options,
+                              "store": store, "progress": progress, "log": log}
+    train_rows = data.rows("train")
+    log(f"fine-tuning {base} on {store.path} ({target.name}; {describe_rows(data)['rows']} labelled rows; "
+        f"past {fmt.past}, future {fmt.future}, speakers {'on' if fmt.speaker else 'off'}; max length "
+        f"{max_length}) on {device}, {precision}")
+    full = train_one(out, train_rows=train_rows, **common)  # type: ignore[arg-type]
+    cross_fit = None
+    if options.folds:
+        assignment = fold_of_rows(store.table, train_rows, options.folds, options.seed)
+        ids = store.table["id"].to_numpy()
+        folds = []
+        for k in range(options.folds):
+            keep = np.array([r for r in train_rows if assignment[int(r)] != k])
+            fold_dir = out / FOLDS / str(k)
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            summary = train_one(fold_dir, train_rows=keep, label=f"fold {k + 1}/{options.folds}: ",
+                                **common)  # type: ignore[arg-type]
+            folds.append({"path": f"{FOLDS}/{k}", "held_out_rows": int(len(train_rows) - len(keep)),
+                          **{key: summary[key] for key in ("best_epoch", "dev", "test_metrics", "history",
+                                                           "minutes_per_epoch", "model_hash")}})
+        cross_fit = {"folds": options.folds, "by": "dialogue",
+                     "fold_of": {str(ids[r]): int(f) for r, f in sorted(assignment.items())}, "models": folds}
+    meta = {
+        "format": FORMAT, "format_version": 1, "emostore_version": __version__, "created": now(),
+        "spec": spec, "base_model": base,
+        "store": {"path": str(Path(store.path).resolve()), "dataset": store.dataset, "table_hash": data.table_hash,
+                  "columns": [*READ_COLUMNS, target.column], **describe_rows(data)},
+        "input": spec["input"], "target": target.to_dict(), "labels": target.labels,
+        "training": {**config.to_dict(), "device": device, "optimizer": "AdamW, linear warm-up and decay",
+                     "selection": "dev MAE" if target.regression else "dev weighted F1"},
+        "history": full["history"], "best_epoch": full["best_epoch"], "dev_metrics": full["dev"],
+        "test_metrics": full["test_metrics"], "minutes_per_epoch": full["minutes_per_epoch"],
+        "model_hash": full["model_hash"], "cross_fit": cross_fit, "notes": full["notes"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / META, meta)
+    cleanup(out / TRAINING)
+    shutil.rmtree(out / TRAINING, ignore_errors=True)
+    for k in range(options.folds):
+        shutil.rmtree(out / FOLDS / str(k) / TRAINING, ignore_errors=True)
+    return meta
+
+
+def extract(store_path: Path, out: Path, *, name: str | None = None, device: str = "auto",
+            batch_size: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Write the fine-tuned model's vectors into the store: ``text/<name>`` from the model, and
+    with cross-fitting models also ``text/<name>-xfit<K>``. Resumable like any extraction."""
+    from emostore.extract.base import build_encoder
+    from emostore.extract.runner import run_extraction
+
+    store = Store.open(store_path)
+    meta = read_meta(out)
+    folds = (meta.get("cross_fit") or {}).get("folds", 0)
+    reports = []
+    for cross_fit in ([False, True] if folds else [False]):
+        feature_name = None if name is None else name + (f"-xfit{folds}" if cross_fit else "")
+        with build_encoder("text", "finetuned", {"model": str(out), "cross_fit": cross_fit},
+                           {"device": device, "batch_size": batch_size}, name=feature_name) as enc:
+            report = run_extraction(store, enc, progress=progress)
+        reports.append({"feature_set": report.feature_set, "config_hash": report.config_hash,
+                        "rows_run": report.rows_run, "rows_failed": report.rows_failed, "complete": report.complete})
+    return reports
+
+
+def summary_line(meta: dict[str, Any]) -> str:
+    t = meta.get("test_metrics") or {}
+    score = (f"test MAE {t['mae']:.4f}, corr {t['corr']:.4f}" if t.get("task") == "regression" else
+             f"test weighted F1 {t['weighted_f1']:.4f}, accuracy {t['accuracy']:.4f}" if t else "no test rows")
+    return f"best epoch {meta['best_epoch']} of {len(meta['history'])}; {score}"
+
