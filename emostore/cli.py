@@ -59,12 +59,17 @@ class Classes(str, Enum):
     four = "4"
 
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="Store directory to create.")]
+Out = Annotated[str, typer.Option("--out", "-o", help="Store to create: a directory, or a URL such as "
+                                                       "s3://bucket/prefix (see Many machines in the README).")]
+STORE_HELP = "Store: a directory, or a URL (s3://bucket/prefix, gs://bucket/prefix, file:///path)."
+StoreArg = Annotated[str, typer.Argument(help=STORE_HELP)]
+Cluster = Annotated[str | None, typer.Option(help="Run on a Dask cluster: a scheduler address (tcp://host:8786) or "
+                                                     "local:N (N worker processes here); one task per chunk.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
-def _finish_ingest(adapter: str, source: Any, out: Path, overwrite: bool, as_json: bool, **options: Any) -> None:
+def _finish_ingest(adapter: str, source: Any, out: str, overwrite: bool, as_json: bool, **options: Any) -> None:
     from emostore.display import show_ingest
     from emostore.ingest.run import ingest
 
@@ -75,7 +80,7 @@ def _finish_ingest(adapter: str, source: Any, out: Path, overwrite: bool, as_jso
         info["problem_list"] = [p.to_dict() for p in result.problems]
         typer.echo(json.dumps(info, indent=2, default=str))
     else:
-        show_ingest(result, str(out))
+        show_ingest(result, out)
 
 
 @ingest_app.command("meld")
@@ -161,7 +166,7 @@ def ingest_images(root: Annotated[Path, typer.Argument(help="Folder <split>/<lab
 
 @extract_app.command("text")
 @user_errors
-def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")],
+def extract_text(store: StoreArg,
                  model: Annotated[str, typer.Option(help="sentence-transformers name or path, or bert, roberta, "
                                                          "distilbert; default: the bundled all-MiniLM-L6-v2.")] = "minilm",
                  backend: Annotated[Backend, typer.Option(help="How to load the model; auto uses mean-pooled "
@@ -177,6 +182,7 @@ def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")]
                  chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for a "
                                                                        "new feature set.")] = None,
                  overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
+                 cluster: Cluster = None,
                  quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
                  as_json: Json = False) -> None:
     """Text embeddings for every utterance; resumable, safe to kill, shardable."""
@@ -188,7 +194,7 @@ def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")]
     sh = Shard.parse(shard)
     enc = text_encoder(model, backend=backend.value, device=device, batch_size=batch_size, context=context,
                        precision=precision.value, name=name, max_length=max_length)
-    report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows,
+    report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, cluster=cluster,
                             progress=not quiet and not as_json and sys.stderr.isatty())
     out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "device": enc.device,
            "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,
@@ -196,6 +202,7 @@ def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")]
            "failures": [{"id": i, "reason": r} for i, r in report.failures]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
+        _chunk_errors(report)
         return
     typer.echo(f"{report.feature_set} (config {report.config_hash}) on {enc.device}: {report.rows_run} rows in "
                f"{report.chunks_run} chunks, {report.rows_failed} failed; "
@@ -204,6 +211,23 @@ def extract_text(store: Annotated[Path, typer.Argument(help="Store directory.")]
         typer.echo(f"  {i}: {r}")
     if len(report.failures) > 10:
         typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+    _chunk_errors(report)
+
+
+def _workers(workers: int, cluster: str | None) -> int:
+    if cluster and workers > 1:
+        raise UserError("--workers and --cluster do not mix: a cluster's workers are its own (local:N for N here)")
+    return workers
+
+
+def _chunk_errors(report: Any) -> None:
+    """Chunks whose cluster task failed stay pending: say which, and exit 1 so scripts notice."""
+    if not report.chunk_errors:
+        return
+    for chunk, why in report.chunk_errors[:10]:
+        typer.echo(f"  chunk {chunk}: {why}", err=True)
+    raise UserError(f"{len(report.chunk_errors)} chunks failed on the cluster and stay pending; "
+                    "run the same command again to retry them")
 
 
 class VisualFeatureSet(str, Enum):
@@ -213,7 +237,7 @@ class VisualFeatureSet(str, Enum):
 
 @extract_app.command("visual")
 @user_errors
-def extract_visual(store: Annotated[Path, typer.Argument(help="Store directory.")],
+def extract_visual(store: StoreArg,
                    feature_set: Annotated[VisualFeatureSet, typer.Option(
                        "--feature-set", help="landmarks: 52 blendshapes + pose-normalised geometry per frame; "
                                              "fer: 7 expression probabilities from a CNN trained on FER2013.")
@@ -235,6 +259,7 @@ def extract_visual(store: Annotated[Path, typer.Argument(help="Store directory."
                    chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for "
                                                                          "a new feature set [128].")] = None,
                    overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
+                   cluster: Cluster = None,
                    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
                    as_json: Json = False) -> None:
     """Face features from each utterance's video (its video column, else its media, cut to
@@ -247,7 +272,8 @@ def extract_visual(store: Annotated[Path, typer.Argument(help="Store directory."
     sh = Shard.parse(shard)
     with visual_encoder(feature_set.value, face_model=face_model, fer_model=fer_model, fps=fps,
                         min_size=min_size, num_faces=num_faces, name=name) as enc:
-        report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
+        report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows,
+                                workers=_workers(workers, cluster), cluster=cluster,
                                 progress=not quiet and not as_json and sys.stderr.isatty())
     out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "dim": enc.dim,
            "seq_dim": enc.seq_dim, "workers": workers, "chunks_run": report.chunks_run,
@@ -255,6 +281,7 @@ def extract_visual(store: Annotated[Path, typer.Argument(help="Store directory."
            "complete": report.complete, "failures": [{"id": i, "reason": r} for i, r in report.failures]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
+        _chunk_errors(report)
         return
     typer.echo(f"{report.feature_set} (config {report.config_hash}, {enc.dim}-d): {report.rows_run} rows in "
                f"{report.chunks_run} chunks, {report.rows_failed} failed; "
@@ -263,6 +290,7 @@ def extract_visual(store: Annotated[Path, typer.Argument(help="Store directory."
         typer.echo(f"  {i}: {r}")
     if len(report.failures) > 10:
         typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+    _chunk_errors(report)
 
 
 class AudioFeatureSet(str, Enum):
@@ -273,7 +301,7 @@ class AudioFeatureSet(str, Enum):
 
 @extract_app.command("audio")
 @user_errors
-def extract_audio(store: Annotated[Path, typer.Argument(help="Store directory.")],
+def extract_audio(store: StoreArg,
                   feature_set: Annotated[AudioFeatureSet, typer.Option(
                       "--feature-set", help="egemaps: eGeMAPSv02 functionals (88-d); compare: ComParE_2016 "
                                             "functionals (6,373-d); egemaps-lld: 25-d frames every 10 ms "
@@ -286,6 +314,7 @@ def extract_audio(store: Annotated[Path, typer.Argument(help="Store directory.")
                   chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for a "
                                                                         "new feature set [256].")] = None,
                   overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
+                  cluster: Cluster = None,
                   quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
                   as_json: Json = False) -> None:
     """openSMILE features from each utterance's audio file or video (its audio column, else its
@@ -297,7 +326,8 @@ def extract_audio(store: Annotated[Path, typer.Argument(help="Store directory.")
     st = Store.open(store)
     sh = Shard.parse(shard)
     enc = OpenSmileEncoder(feature_set.value, sample_rate=sample_rate, name=name)
-    report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
+    report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows,
+                            workers=_workers(workers, cluster), cluster=cluster,
                             progress=not quiet and not as_json and sys.stderr.isatty())
     out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "dim": enc.dim,
            "seq_dim": enc.seq_dim, "workers": workers, "chunks_run": report.chunks_run,
@@ -305,6 +335,7 @@ def extract_audio(store: Annotated[Path, typer.Argument(help="Store directory.")
            "complete": report.complete, "failures": [{"id": i, "reason": r} for i, r in report.failures]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
+        _chunk_errors(report)
         return
     typer.echo(f"{report.feature_set} (config {report.config_hash}, {enc.dim}-d): {report.rows_run} rows in "
                f"{report.chunks_run} chunks, {report.rows_failed} failed; "
@@ -313,6 +344,7 @@ def extract_audio(store: Annotated[Path, typer.Argument(help="Store directory.")
         typer.echo(f"  {i}: {r}")
     if len(report.failures) > 10:
         typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+    _chunk_errors(report)
 
 
 class IndexKind(str, Enum):
@@ -327,7 +359,7 @@ def _features(text: str | None) -> list[str] | None:
 
 @index_app.command("build")
 @user_errors
-def index_build(store: Annotated[Path, typer.Argument(help="Store directory.")],
+def index_build(store: StoreArg,
                 features: Annotated[Optional[str], typer.Option(help="Feature set(s), comma-separated: "
                                                                 "text, text/minilm, text,audio/egemaps ...")] = None,
                 checkpoint: Annotated[Optional[Path], typer.Option(help="Index a trained head's fused "
@@ -340,25 +372,34 @@ def index_build(store: Annotated[Path, typer.Argument(help="Store directory.")],
                 m: Annotated[Optional[int], typer.Option("--M", help="hnsw: links per node.")] = None,
                 ef_construction: Annotated[Optional[int], typer.Option(help="hnsw: build breadth.")] = None,
                 ef_search: Annotated[Optional[int], typer.Option(help="hnsw: search breadth.")] = None,
+                train_size: Annotated[int | None, typer.Option(min=1, help="ivf: vectors sampled to train the "
+                                                                  "quantizer (default 50 per list, 10k-200k).")] = None,
+                shards: Annotated[int, typer.Option(min=1, help="Build N parts (ivf/flat: merged into one; hnsw: "
+                                                    "searched as N shards).")] = 1,
+                cluster: Cluster = None,
+                quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No cluster messages.")] = False,
                 as_json: Json = False) -> None:
-    """Build a cosine-similarity index over stored features, saved beside the store."""
+    """Build a cosine-similarity index over stored features, saved inside the store; vectors are
+    streamed chunk by chunk, so memory holds the index, not all vectors."""
     from emostore.search.run import build_index
 
     idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
+                      shards=shards, cluster=cluster, train_size=train_size, progress=not quiet and not as_json,
                       nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
                       ef_search=ef_search)
-    summary = {"index": str(idx.path), **{k: idx.meta[k] for k in ("features", "kind", "params", "dim",
-                                                                    "n_vectors", "build_seconds")}}
+    summary = {"index": idx.where, **{k: idx.meta[k] for k in ("features", "kind", "params", "dim",
+                                                                "n_vectors", "build_seconds")},
+               "shards": idx.meta.get("shards", 1)}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(f"indexed {idx.meta['n_vectors']} utterances ({idx.meta['dim']}-d {', '.join(idx.meta['features'])}, "
-                   f"{idx.meta['kind']}) in {idx.meta['build_seconds']:.2f} s -> {idx.path}")
+                   f"{idx.meta['kind']}) in {idx.meta['build_seconds']:.2f} s -> {idx.where}")
 
 
 @app.command("search")
 @user_errors
-def search_cmd(store: Annotated[Path, typer.Argument(help="Store directory.")],
+def search_cmd(store: StoreArg,
                query: Annotated[str, typer.Argument(help="A text, an utterance id of the store, or an "
                                                    "audio/video/image file.")],
                k: Annotated[int, typer.Option("-k", min=1, help="Number of neighbours.")] = 10,
@@ -389,7 +430,7 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
                 audio: Annotated[Optional[Path], typer.Option(help="Audio file of the utterance.")] = None,
                 video: Annotated[Optional[Path], typer.Option(help="Video file (its audio track feeds audio features).")] = None,
                 image: Annotated[Optional[Path], typer.Option(help="A still image of the speaker's face.")] = None,
-                store: Annotated[Optional[Path], typer.Option(help="Store whose index gives similar utterances as "
+                store: Annotated[str | None, typer.Option(help="Store (directory or URL) whose index gives similar utterances as "
                                                              "evidence (default: the training store).")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
                 as_json: Json = False) -> None:
@@ -411,7 +452,7 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint direct
               host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
               port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-              store: Annotated[Optional[Path], typer.Option(help="Store whose index gives evidence.")] = None,
+              store: Annotated[str | None, typer.Option(help="Store (directory or URL) whose index gives evidence.")] = None,
               max_text: Annotated[int, typer.Option(help="Longest accepted text, in characters.")] = 2000,
               max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 20.0,
               max_turns: Annotated[int, typer.Option(help="Turns kept per conversation.")] = 50,
@@ -430,7 +471,7 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint direct
 
 @app.command("info")
 @user_errors
-def info(store: Annotated[Path, typer.Argument(help="Store directory.")], as_json: Json = False) -> None:
+def info(store: StoreArg, as_json: Json = False) -> None:
     """Counts per split and label, and each feature set's dims, config and completeness."""
     from emostore.display import show_info
     from emostore.store import Store
@@ -510,7 +551,7 @@ def _key_values(items: Optional[list[str]]) -> dict[str, str]:
 
 @app.command("train")
 @user_errors
-def train(store: Annotated[Path, typer.Argument(help="Store directory.")],
+def train(store: StoreArg,
           features: Features,
           out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
           head: Annotated[HeadName, typer.Option(help="Which head to train.")] = HeadName.mlp,
@@ -550,7 +591,7 @@ def train(store: Annotated[Path, typer.Argument(help="Store directory.")],
 @app.command("evaluate")
 @user_errors
 def evaluate(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (from `emostore train`).")],
-             store: Annotated[Path, typer.Option("--store", "-s", help="Store directory to evaluate on.")],
+             store: Annotated[str, typer.Option("--store", "-s", help="Store to evaluate on (a directory or URL).")],
              split: Annotated[str, typer.Option(help="Split to evaluate: train, dev or test.")] = "test",
              report: Annotated[Optional[Path], typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,
@@ -573,7 +614,7 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directo
 
 @app.command("sweep")
 @user_errors
-def sweep(store: Annotated[Path, typer.Argument(help="Store directory.")],
+def sweep(store: StoreArg,
           heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "mlp,gated,context",
           features: Annotated[Optional[list[str]], typer.Option(
               "--features", "-f", help="Comma-separated feature sets; repeat for several combinations.")] = None,

@@ -1,9 +1,15 @@
-"""The one extraction loop: pending chunks of this shard -> encoder -> write -> mark done."""
+"""The one extraction loop: pending chunks of this shard -> encoder -> write -> mark done.
+
+:func:`extract_chunk` is the unit of work, the same code in a local run and in a task on a Dask
+cluster (:mod:`emostore.extract.cluster`).
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +19,7 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from emostore.extract.base import Encoded, Encoder
-from emostore.store import Shard, Store
+from emostore.store import FeatureSet, Shard, Store
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,32 @@ class RunReport:
     rows_failed: int
     complete: bool
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: Chunks whose task failed on a cluster (after its retries): left pending for a rerun.
+    chunk_errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, done: ChunkDone) -> None:
+        self.chunks_run += 1
+        self.rows_run += done.rows
+        self.rows_failed += len(done.failures)
+        self.failures.extend(done.failures)
+
+
+@dataclass
+class ChunkDone:
+    chunk: int
+    rows: int
+    failures: list[tuple[str, str]]
+
+
+def extract_chunk(fs: FeatureSet, table: pd.DataFrame, chunk: int,
+                  encode: Callable[[np.ndarray], Encoded]) -> ChunkDone:
+    """Encode the rows of ``chunk`` and write them, ``done`` last: the unit of work of every run."""
+    sl = fs.chunk_slice(chunk)
+    rows = np.arange(sl.start, sl.stop)
+    out = encode(rows)
+    fs.write_chunk(chunk, out.values, out.ok, out.reasons, out.sequences)
+    bad = np.flatnonzero(~np.asarray(out.ok, dtype=bool))
+    return ChunkDone(chunk, len(rows), [(str(table["id"].iat[rows[i]]), out.reasons[i]) for i in bad])
 
 
 _WORKER: Encoder | None = None
@@ -48,21 +80,29 @@ def _failed(n: int, dim: int, reason: str) -> Encoded:
 
 
 def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), overwrite: bool = False,
-                   chunk_rows: int | None = None, progress: bool = True, workers: int = 1) -> RunReport:
+                   chunk_rows: int | None = None, progress: bool = True, workers: int = 1,
+                   cluster: Any = None) -> RunReport:
     """Fill ``encoder.feature_set`` in ``store`` for the chunks this shard owns that are not done.
 
     Killing the process at any point loses at most the chunks in flight; running again resumes.
     With ``workers > 1``, blocks of rows go to that many processes, each with its own encoder
-    (rebuilt from ``encoder.options``); the main process alone writes.
+    (rebuilt from ``encoder.options``); the main process alone writes. With ``cluster``
+    (``local:N``, a scheduler address or a ``distributed.Client``), each pending chunk is a task
+    on a Dask cluster whose workers write it themselves.
     """
     fs = store.create_feature_set(encoder.feature_set, dim=encoder.dim, config=encoder.config,
                                   encoder=encoder.kind, version=encoder.version(),
                                   chunk_rows=chunk_rows or encoder.chunk_rows,
                                   seq_dim=encoder.seq_dim, overwrite=overwrite)
-    table = store.table
     pending = fs.pending_chunks(shard)
-    total_rows = sum(fs.chunk_slice(c).stop - fs.chunk_slice(c).start for c in pending)
     report = RunReport(encoder.feature_set, fs.config_hash, fs.n_chunks, 0, 0, 0, False)
+    if cluster is not None:
+        from emostore.extract.cluster import run_on_cluster
+
+        run_on_cluster(cluster, store, encoder, fs, pending, report, progress=progress)
+        return _finish(store, fs, report)
+    table = store.table
+    total_rows = sum(fs.chunk_slice(c).stop - fs.chunk_slice(c).start for c in pending)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]
     pool = None
@@ -74,34 +114,38 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
             task = bar.add_task(f"{encoder.feature_set}", total=total_rows)
             futures = _submit_all(pool, table, fs, pending, encoder.block_rows) if pool else {}
             for chunk in pending:
-                sl = fs.chunk_slice(chunk)
-                rows = np.arange(sl.start, sl.stop)
+                advance = functools.partial(bar.advance, task)
                 if pool is None:
-                    out = encoder.encode_rows(table, rows, progress=lambda n: bar.advance(task, n))
+                    encode = functools.partial(encoder.encode_rows, table, progress=advance)
                 else:
-                    parts = []
-                    for block, fut in futures.pop(chunk):
-                        try:
-                            parts.append(fut.result())
-                        except Exception as exc:  # noqa: BLE001  (an encoder bug must not stop the batch)
-                            if type(exc).__name__ == "BrokenProcessPool":
-                                raise
-                            parts.append(_failed(len(block), encoder.dim, f"encoder error: {exc!r}"))
-                        bar.advance(task, len(block))
-                    out = Encoded.concat(parts)
-                fs.write_chunk(chunk, out.values, out.ok, out.reasons, out.sequences)
-                report.chunks_run += 1
-                report.rows_run += len(rows)
-                bad = np.flatnonzero(~np.asarray(out.ok, dtype=bool))
-                report.rows_failed += len(bad)
-                report.failures.extend((str(table["id"].iat[rows[i]]), out.reasons[i]) for i in bad)
+                    encode = functools.partial(_gather, futures.pop(chunk), encoder.dim, advance)
+                report.add(extract_chunk(fs, table, chunk, encode))
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+    return _finish(store, fs, report)
+
+
+def _finish(store: Store, fs: FeatureSet, report: RunReport) -> RunReport:
     if report.chunks_run:
-        store.touch_feature_set(encoder.feature_set)
+        store.touch_feature_set(fs.name)
     report.complete = fs.is_complete()
     return report
+
+
+def _gather(blocks: list[tuple[np.ndarray, Future[Encoded]]], dim: int, advance: Callable[[int], Any],
+            rows: np.ndarray) -> Encoded:
+    """The encoded rows of one chunk from its blocks' futures; a block whose encoder raised fails alone."""
+    parts = []
+    for block, fut in blocks:
+        try:
+            parts.append(fut.result())
+        except Exception as exc:  # an encoder bug must not stop the batch
+            if type(exc).__name__ == "BrokenProcessPool":
+                raise
+            parts.append(_failed(len(block), dim, f"encoder error: {exc!r}"))
+        advance(len(block))
+    return Encoded.concat(parts)
 
 
 def _submit_all(pool: ProcessPoolExecutor, table: pd.DataFrame, fs: Any, chunks: list[int],

@@ -4,23 +4,37 @@ Vectors are cosine-ready: each feature set is L2-normalised on its own (so modal
 the same), the parts concatenated and normalised again, and searched by inner product. Only rows
 valid in every chosen feature set are indexed.
 
-Saved under ``STORE/indexes/<name>/``: ``index.faiss`` (FAISS's own format, no pickle),
-``rows.npy`` (store rows covered, loaded without pickle) and ``index.json`` (what it was built
-from: feature sets and their config hashes, the store's row count and id hash, the kind and its
-parameters).
+Saved inside the store as Zarr nodes, so that the same code works on a local disk and on object
+storage (which has no rename), and plain ``zarr`` reads it::
+
+    STORE/indexes/<name>/             group; attribute ``current``: the version in use
+    STORE/indexes/<name>/<version>/   group; attributes: what it was built from (feature sets and
+                                      their config hashes, the store's row count and id hash, the
+                                      kind and its parameters); arrays ``rows`` (store row of each
+                                      FAISS id) and ``faiss`` (the bytes of ``faiss.write_index``,
+                                      FAISS's own format, no pickle; ``faiss-<i>`` per shard when
+                                      an HNSW index is served as shards)
+
+A build writes a new version completely, then replaces the group's ``zarr.json`` (one small
+object, replaced whole: a rename on a local disk, a single PUT on an object store) to point at
+it, then deletes versions older than the previous one. A reader reads the pointer first, so it
+loads the old index or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
+import os
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from emostore.errors import UserError
 from emostore.store import Store
@@ -32,6 +46,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ivf": {"nlist": None, "nprobe": 16, "pq_m": 0},  # nlist None: about 4 * sqrt(N); pq_m > 0: IVF-PQ
     "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 64},
 }
+#: Bytes per chunk of a saved FAISS index: one object-store request each.
+BLOB_CHUNK = 16 * 1024 * 1024
+INDEXES = "indexes"
 
 
 class StaleIndex(UserError):
@@ -57,18 +74,13 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Rows valid in every feature set, their cosine-ready concatenated vectors, and the
-    standardisation applied to the feature sets that need it (see :func:`standardisation`)."""
-    parts, valid = [], np.ones(len(store), dtype=bool)
-    for name in features:
-        _, X, mask = store.feature_set(name).read()
-        parts.append(X)
-        valid &= mask
-    rows = np.flatnonzero(valid)
-    if len(rows) == 0:
-        raise UserError(f"{store.path}: no row has valid {' + '.join(features)} features to index")
-    stats = {name: standardisation(X[rows]) for name, X in zip(features, parts)
-             if not name.startswith("text/")}
-    return rows, combine([p[rows] for p in parts], features, stats), stats
+    standardisation applied to the feature sets that need it (see :func:`standardisation`).
+    All in memory: for large stores, :func:`emostore.search.build.build_streaming` streams."""
+    from emostore.search.build import plan
+
+    source, rows = plan(store, features)
+    vectors = np.concatenate([v for _, v in source.blocks(store, 0, len(store))])
+    return rows, vectors, source.stats
 
 
 def standardisation(X: np.ndarray) -> dict[str, list[float]]:
@@ -95,14 +107,46 @@ def default_name(features: list[str], checkpoint: Path | None = None) -> str:
     return f"{Path(checkpoint).name}-embedding" if checkpoint else name
 
 
+def new_index(kind: str, d: int, n: int, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """An empty FAISS index of ``kind`` for ``n`` vectors of ``d`` dimensions, and its parameters."""
+    faiss = _faiss()
+    if kind not in KINDS:
+        raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    p = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(p["M"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(p["ef_construction"])
+        index.hnsw.efSearch = int(p["ef_search"])
+    else:
+        nlist = int(p["nlist"] or max(1, min(n // 39, int(4 * np.sqrt(n)))))
+        p["nlist"] = nlist
+        quantizer = faiss.IndexFlatIP(d)
+        if p["pq_m"]:
+            if d % int(p["pq_m"]):
+                raise UserError(f"--pq-m {p['pq_m']} must divide the dimension {d}")
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["pq_m"]), 8, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = int(p["nprobe"])
+    return index, p
+
+
 @dataclass
 class NearestIndex:
-    """A FAISS index and what it covers. ``rows[i]`` is the store row of FAISS id ``i``."""
+    """A FAISS index and what it covers. ``rows[i]`` is the store row of FAISS id ``i``.
+
+    ``shards`` holds the sub-indexes when ``index`` is a ``faiss.IndexShards`` (HNSW built with
+    ``--shards``): each is an ``IndexIDMap2`` whose ids are positions in ``rows``.
+    """
 
     index: Any
     rows: np.ndarray
     meta: dict[str, Any]
-    path: Path | None = None
+    name: str | None = None
+    where: str | None = None
+    shards: list[Any] = field(default_factory=list, repr=False)
     _gpu: Any = field(default=None, repr=False)
 
     # ----- building ----------------------------------------------------------------------
@@ -110,28 +154,9 @@ class NearestIndex:
     def build(cls, vectors: np.ndarray, rows: np.ndarray, *, kind: str = "flat",
               meta: dict[str, Any] | None = None, **params: Any) -> NearestIndex:
         faiss = _faiss()
-        if kind not in KINDS:
-            raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        p = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
         n, d = vectors.shape
         t0 = time.perf_counter()
-        if kind == "flat":
-            index = faiss.IndexFlatIP(d)
-        elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, int(p["M"]), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(p["ef_construction"])
-            index.hnsw.efSearch = int(p["ef_search"])
-        else:
-            nlist = int(p["nlist"] or max(1, min(n // 39, int(4 * np.sqrt(n)))))
-            p["nlist"] = nlist
-            quantizer = faiss.IndexFlatIP(d)
-            if p["pq_m"]:
-                if d % int(p["pq_m"]):
-                    raise UserError(f"--pq-m {p['pq_m']} must divide the dimension {d}")
-                index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["pq_m"]), 8, faiss.METRIC_INNER_PRODUCT)
-            else:
-                index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.nprobe = int(p["nprobe"])
+        index, p = new_index(kind, d, n, params)
         gpu = None
         if faiss.get_num_gpus() > 0 and kind != "hnsw":  # FAISS has no GPU HNSW; the saved index is CPU either way
             gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
@@ -148,63 +173,75 @@ class NearestIndex:
 
     @classmethod
     def build_for_store(cls, store: Store, features: list[str], *, kind: str = "flat",
-                        checkpoint: Path | None = None, **params: Any) -> NearestIndex:
-        if checkpoint is not None:
-            from emostore.search.embed import checkpoint_vectors
+                        checkpoint: Path | None = None, shards: int = 1, cluster: Any = None,
+                        train_size: int | None = None, progress: bool = False, **params: Any) -> NearestIndex:
+        """Index a store: its feature sets streamed chunk by chunk (see :mod:`emostore.search.build`),
+        or a checkpoint's embeddings (computed in memory, like training)."""
+        if checkpoint is None:
+            from emostore.search.build import build_streaming
 
-            rows, vectors, extra = checkpoint_vectors(store, Path(checkpoint))
-            features = extra["feature_sets"]
-        else:
-            rows, vectors, stats = store_vectors(store, features)
-            extra = {"standardisation": stats}
-        meta = {
-            "features": features,
-            "config_hashes": {f: store.feature_set(f).config_hash for f in features},
-            "store_rows": len(store),
-            "store_ids_hash": ids_hash(store.ids),
-            "valid_rows_hash": ids_hash(rows),
-            **extra,
-        }
-        return cls.build(vectors, rows, kind=kind, meta=meta, **params)
+            return build_streaming(store, features, kind=kind, shards=shards, cluster=cluster,
+                                   train_size=train_size, progress=progress, **params)
+        from emostore.search.embed import checkpoint_vectors
+
+        rows, vectors, extra = checkpoint_vectors(store, Path(checkpoint))
+        features = extra["feature_sets"]
+        return cls.build(vectors, rows, kind=kind, meta={**store_meta(store, features, rows), **extra}, **params)
 
     # ----- persistence -------------------------------------------------------------------
-    def save(self, directory: Path) -> Path:
-        faiss = _faiss()
-        directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        faiss.write_index(self.index, str(tmp / "index.faiss"))
-        np.save(tmp / "rows.npy", self.rows, allow_pickle=False)
-        (tmp / "index.json").write_text(json.dumps(self.meta, indent=2))
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)  # a reader sees the old index or the new one, never half of one
-        self.path = directory
-        return directory
+    def save(self, store: Store, name: str) -> str:
+        """Write a new version of index ``name`` into the store, then point ``name`` at it."""
+        group = _indexes_group(store, create=True).require_group(name)
+        _drop_old_layout(store, name)
+        version = f"v{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        v = group.create_group(version, attributes=self.meta)
+        v.create_array("rows", data=np.asarray(self.rows, dtype=np.int64), chunks=(max(1, min(len(self.rows), 1 << 20)),))
+        if self.shards:
+            for i, sub in enumerate(self.shards):
+                write_blob(v, f"faiss-{i}", sub)
+        else:
+            write_blob(v, "faiss", self.index)
+        previous = group.attrs.get("current")
+        group.attrs.update({"current": version, "updated": now()})  # the switch: one whole object
+        current = _indexes_group(store)[name].attrs.get("current")
+        for old in set(group.group_keys()) - {version, current, previous}:
+            del group[old]
+        self.name, self.where = name, store.location.child(INDEXES, name)
+        return self.where
 
     @classmethod
-    def load(cls, directory: Path) -> NearestIndex:
+    def load(cls, store: Store, name: str) -> NearestIndex:
         faiss = _faiss()
-        directory = Path(directory)
+        where = store.location.child(INDEXES, name)
         rebuild = "rebuild it with `emostore index build`"
+        group = _indexes_group(store)
+        if group is None or name not in set(group.group_keys()) or not group[name].attrs.get("current"):
+            raise UserError(f"{where}: no index here; {rebuild}")
+        version = str(group[name].attrs["current"])
         try:
-            meta = json.loads((directory / "index.json").read_text())
-            rows = np.load(directory / "rows.npy", allow_pickle=False)
-        except FileNotFoundError:
-            raise UserError(f"{directory}: no index here; {rebuild}") from None
-        except (ValueError, OSError) as exc:
-            raise UserError(f"{directory}: index metadata unreadable ({exc}); {rebuild}") from None
+            v = group[name][version]
+            meta = dict(v.attrs)
+            rows = np.asarray(v["rows"][:], dtype=np.int64)
+        except KeyError:
+            raise UserError(f"{where}: version {version} is missing; {rebuild}") from None
+        n_shards = int(meta.get("shards", 1)) if meta.get("sharded") else 0
         try:
-            index = faiss.read_index(str(directory / "index.faiss"))
+            if n_shards:
+                subs = [read_blob(v[f"faiss-{i}"]) for i in range(n_shards)]
+                index = faiss.IndexShards(subs[0].d, False, False)
+                for sub in subs:
+                    index.add_shard(sub)
+            else:
+                subs, index = [], read_blob(v["faiss"])
         except Exception as exc:  # noqa: BLE001  (FAISS raises RuntimeError on a corrupt file)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{directory / 'index.faiss'} is corrupt or unreadable ({first}); {rebuild}") from None
+            raise UserError(f"{where}: the FAISS index is corrupt or unreadable ({first}); {rebuild}") from None
         if index.ntotal != len(rows):
-            raise UserError(f"{directory}: index holds {index.ntotal} vectors but rows.npy {len(rows)}; {rebuild}")
+            raise UserError(f"{where}: index holds {index.ntotal} vectors but rows {len(rows)}; {rebuild}")
         gpu = None
         if faiss.get_num_gpus() > 0 and meta.get("kind") != "hnsw":
             gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        return cls(index, rows, meta, directory, _gpu=gpu)
+        return cls(index, rows, meta, name, where, subs, _gpu=gpu)
 
     # ----- staleness ---------------------------------------------------------------------
     def stale_reasons(self, store: Store) -> list[str]:
@@ -245,6 +282,10 @@ class NearestIndex:
             raise UserError(f"store row {row} is not in this index (its features are missing)")
         if self.meta.get("kind") == "ivf":
             _faiss().extract_index_ivf(self.index).make_direct_map()
+        for sub in self.shards:  # IDMap2 shards: ask the one holding this id
+            ids = _faiss().vector_to_array(sub.id_map)
+            if int(pos[0]) in set(ids.tolist()):
+                return np.asarray(sub.reconstruct(int(pos[0])), dtype=np.float32)
         return np.asarray(self.index.reconstruct(int(pos[0])), dtype=np.float32)
 
     def search(self, queries: np.ndarray, k: int, allowed_rows: np.ndarray | None = None,
@@ -277,10 +318,66 @@ class NearestIndex:
         return sims, rows
 
 
-def index_dir(store: Store, name: str) -> Path:
-    return store.path / "indexes" / name
+def store_meta(store: Store, features: list[str], rows: np.ndarray) -> dict[str, Any]:
+    """What an index over ``features`` of ``store`` was built from (for staleness checks)."""
+    return {
+        "features": features,
+        "config_hashes": {f: store.feature_set(f).config_hash for f in features},
+        "store_rows": len(store),
+        "store_ids_hash": ids_hash(store.ids),
+        "valid_rows_hash": ids_hash(rows),
+    }
 
 
 def list_indexes(store: Store) -> list[str]:
-    root = store.path / "indexes"
-    return sorted(p.name for p in root.iterdir() if (p / "index.json").exists()) if root.exists() else []
+    group = _indexes_group(store)
+    if group is None:
+        return []
+    return sorted(name for name, g in group.groups() if g.attrs.get("current"))
+
+
+def _indexes_group(store: Store, create: bool = False) -> zarr.Group | None:
+    if create:
+        return zarr.open_group(store.location.zarr_store(), path=INDEXES, mode="a")
+    if not store.location.exists(f"{INDEXES}/zarr.json"):
+        return None
+    return zarr.open_group(store.location.zarr_store(read_only=True), path=INDEXES, mode="r")
+
+
+def _drop_old_layout(store: Store, name: str) -> None:
+    """Indexes of emostore 0.1 were three plain files in ``indexes/<name>/``; they are replaced."""
+    for old in ("index.faiss", "rows.npy", "index.json"):
+        key = store.location.key(f"{INDEXES}/{name}/{old}")
+        if store.location.fs.exists(key):
+            store.location.fs.rm(key)
+
+
+def write_blob(group: zarr.Group, key: str, index: Any) -> None:
+    """Save ``index`` as a uint8 array, through a temporary file: memory stays at the index plus one chunk."""
+    faiss = _faiss()
+    with tempfile.TemporaryDirectory(prefix="emostore-index-") as tmp:
+        path = os.path.join(tmp, "index.faiss")
+        faiss.write_index(index, path)
+        size = os.path.getsize(path)
+        arr = group.create_array(key, shape=(size,), chunks=(min(size, BLOB_CHUNK),), dtype="uint8",
+                                 compressors=None, fill_value=0)
+        with open(path, "rb") as fh:
+            for start, piece in _pieces(fh):
+                arr[start:start + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+
+
+def read_blob(arr: zarr.Array) -> Any:
+    faiss = _faiss()
+    with tempfile.TemporaryDirectory(prefix="emostore-index-") as tmp:
+        path = os.path.join(tmp, "index.faiss")
+        with open(path, "wb") as fh:
+            fh.writelines(np.asarray(arr[start:start + BLOB_CHUNK], dtype=np.uint8).tobytes()
+                          for start in range(0, arr.shape[0], BLOB_CHUNK))
+        return faiss.read_index(path)
+
+
+def _pieces(fh: Any) -> Iterator[tuple[int, bytes]]:
+    start = 0
+    while piece := fh.read(BLOB_CHUNK):
+        yield start, piece
+        start += len(piece)

@@ -75,7 +75,7 @@ def encode_query(store: Store, index: NearestIndex, query: str,
             parts.append(X)
         return combine(parts, features, index.meta.get("standardisation"))[0], row, f"utterance {query}"
     if as_id or looks_like_id(store, query):
-        raise UserError(f"unknown utterance id {query!r} in {store.path}")
+        raise UserError(f"unknown utterance id {query!r} in {store.url}")
     kind = query_kind(query)
     media = {"text": None, "media": None}
     if kind == "text":
@@ -137,6 +137,6 @@ def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, sp
     total = sum(weights.values()) or 1.0
     distribution = {lab: {"count": counts[lab], "share": round(weights[lab] / total, 4)}
                     for lab in sorted(counts, key=lambda lab: -weights[lab])}
-    return {"query": query, "query_kind": what, "index": index.path.name if index.path else None,
+    return {"query": query, "query_kind": what, "index": index.name,
             "features": index.meta["features"], "k": k, "neighbours": hits, "labels": distribution,
             "nearest_emotion": next(iter(distribution), None)}

@@ -41,7 +41,7 @@ class Conversation:
 class Predictor:
     """Load once, predict many times (the CLI's ``predict`` and the HTTP server share it)."""
 
-    def __init__(self, checkpoint: Path, *, device: str = "auto", evidence_store: Path | None = None):
+    def __init__(self, checkpoint: Path, *, device: str = "auto", evidence_store: Path | str | None = None):
         self.checkpoint = ckpt_io.load(Path(checkpoint))
         self.device = resolve_device(device)
         self.model = self.checkpoint.model.to(self.device).eval()
@@ -165,19 +165,20 @@ class Predictor:
         return out
 
     # ----- evidence ----------------------------------------------------------------------
-    def _open_evidence(self, store_path: Path | None) -> Any:
+    def _open_evidence(self, store_path: Path | str | None) -> Any:
+        """The store (a path or URL; by default the training store) and its index over this checkpoint's
+        feature sets, or None."""
         if store_path is None:
-            recorded = (self.meta.get("store") or {}).get("path")
-            store_path = Path(recorded) if recorded else None
-        if store_path is None or not (Path(store_path) / "indexes").exists():
+            store_path = (self.meta.get("store") or {}).get("path")
+        if not store_path:
             return None
         try:
-            from emostore.search.index import NearestIndex, index_dir, list_indexes
+            from emostore.search.index import NearestIndex, list_indexes
             from emostore.store import Store
 
-            store = Store.open(store_path, mode="r")
+            store = Store.open(str(store_path), mode="r")
             for name in list_indexes(store):
-                idx = NearestIndex.load(index_dir(store, name))
+                idx = NearestIndex.load(store, name)
                 feats = idx.meta.get("features", [])
                 if "checkpoint" not in idx.meta and feats and set(feats) <= set(self.feature_sets) \
                         and not idx.stale_reasons(store):
