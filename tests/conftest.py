@@ -35,3 +35,72 @@ def sample_store(tmp_path_factory, minilm_encoder):
     store, _ = ingest("csv", [SAMPLE], tmp_path_factory.mktemp("sample") / "store", dataset="sample")
     run_extraction(store, minilm_encoder, progress=False)
     return store
+
+
+def sample_with_audio(directory: Path) -> Path:
+    """The sample CSV with a ``media`` column: its 42 speech files (absolute paths), none for the rest."""
+    import pandas as pd
+
+    table = pd.read_csv(SAMPLE, dtype=str, keep_default_na=False)
+    media = pd.read_csv(SAMPLE.parent / "media.csv", dtype=str)
+    paths = {i: str((SAMPLE.parent / m).resolve()) for i, m in zip(media["id"], media["media"])}
+    table["media"] = [paths.get(i, "") for i in table["id"]]
+    out = Path(directory) / "sample-audio.csv"
+    table.to_csv(out, index=False)
+    return out
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (a real HTTP endpoint); ``stop``/``start`` keep its data and port."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._cls = ThreadedMotoServer
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        self.host, self.port = self.server.get_host_and_port()
+        self.endpoint = f"http://{self.host}:{self.port}"
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.stop()
+            self.running = False
+
+    def start(self) -> None:
+        if not self.running:
+            self.server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self.server.start()
+            self.running = True
+
+    def bucket(self, name: str) -> str:
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint for the whole session; the standard AWS variables point every client
+    (this process, CLI subprocesses, Dask workers started afterwards) at it."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'emostore[dev]')")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'emostore[s3]')")
+    import os
+
+    server = S3Server()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": server.endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

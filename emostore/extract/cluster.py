@@ -49,12 +49,13 @@ class EncoderPlugin(distributed.WorkerPlugin):
         self._lock: threading.Lock | None = None
         self._encoder: Encoder | None = None
         self._store: Store | None = None
+        self._fs: FeatureSet | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k in ("location", "feature_set", "encoder_cls", "options")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _lock=None, _encoder=None, _store=None)
+        self.__dict__.update(state, _lock=None, _encoder=None, _store=None, _fs=None)
 
     def setup(self, worker: Any = None) -> None:
         self._lock = threading.Lock()
@@ -69,14 +70,17 @@ class EncoderPlugin(distributed.WorkerPlugin):
             self.setup()
         assert self._lock is not None
         with self._lock:
-            if self._encoder is None:
+            loaded = self._encoder is None
+            if loaded:
                 self._store = Store.open(self.location)
+                self._fs = self._store.feature_set(self.feature_set)
                 self._encoder = self.encoder_cls(**self.options)
-            store, encoder = self._store, self._encoder
-            assert store is not None
+            store, fs, encoder = self._store, self._fs, self._encoder
+            assert store is not None and fs is not None and encoder is not None
             table = store.table
-            fs = store.feature_set(self.feature_set)
-            return extract_chunk(fs, table, chunk, lambda rows: encoder.encode_rows(table, rows))
+            done = extract_chunk(fs, table, chunk, lambda rows: encoder.encode_rows(table, rows))
+            done.encoder_loaded = loaded
+            return done
 
 
 def _run_chunk(plugin: str, chunk: int) -> ChunkDone:

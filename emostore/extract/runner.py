@@ -36,8 +36,11 @@ class RunReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: Chunks whose task failed on a cluster (after its retries): left pending for a rerun.
     chunk_errors: list[tuple[int, str]] = field(default_factory=list)
+    #: Encoders loaded by cluster workers (one per worker that ran a chunk).
+    encoder_loads: int = 0
 
     def add(self, done: ChunkDone) -> None:
+        self.encoder_loads += int(done.encoder_loaded)
         self.chunks_run += 1
         self.rows_run += done.rows
         self.rows_failed += len(done.failures)
@@ -49,6 +52,7 @@ class ChunkDone:
     chunk: int
     rows: int
     failures: list[tuple[str, str]]
+    encoder_loaded: bool = False  # this task loaded its worker's encoder (the first on that worker)
 
 
 def extract_chunk(fs: FeatureSet, table: pd.DataFrame, chunk: int,

@@ -1,7 +1,9 @@
 """Index builds in bounded memory: vectors stream from the store one block of rows at a time.
 
-1. The masks of the feature sets give the rows to index (valid in every feature set); feature
-   sets that are z-scored (not text) get their mean and std in the same pass, block by block.
+1. The masks of the feature sets give the rows to index (valid in every feature set). Feature
+   sets other than text get their mean and std in the same pass, block by block: acoustic and
+   facial features mix scales (Hz, dB, ratios), and without a z-score the largest would dominate
+   every cosine; text embeddings are made for cosine as they are.
 2. IVF only: a uniform random sample of those rows (``train_size``) trains the quantizer.
 3. Blocks are combined (z-score, L2 per part, concatenated, L2) and added to the index.
 
@@ -17,6 +19,7 @@ merging shards), never all of the store's vectors.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import time
 from collections.abc import Iterator
@@ -31,7 +34,7 @@ from emostore.store import Location, Store
 from emostore.store.feature_set import now
 
 #: Target bytes of vectors in one block (rounded to whole chunks of the first feature set).
-BLOCK_BYTES = 8 * 1024 * 1024
+BLOCK_BYTES = 4 * 1024 * 1024
 #: Most vectors sampled to train an IVF quantizer by default (FAISS wants >= 39 per list).
 TRAIN_PER_LIST, MIN_TRAIN, MAX_TRAIN = 50, 10_000, 200_000
 
@@ -48,8 +51,10 @@ class Source:
     def open(self) -> Store:
         return Store.open(self.location, mode="r")
 
-    def blocks(self, store: Store, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(store rows, vectors)`` of the valid rows in ``[start, stop)``, one block at a time."""
+    def blocks(self, store: Store, start: int, stop: int,
+               wanted: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(store rows, vectors)`` of the valid rows in ``[start, stop)`` (only those of ``wanted``,
+        sorted store rows, when given), one block at a time."""
         sets = [store.feature_set(f) for f in self.features]
         for lo in range(start, stop, self.block_rows):
             hi = min(lo + self.block_rows, stop)
@@ -58,9 +63,28 @@ class Source:
                 _, X, mask = fs.read(slice(lo, hi))
                 parts.append(X)
                 valid &= mask
+            if wanted is not None:
+                valid &= np.isin(np.arange(lo, hi), wanted)
             keep = np.flatnonzero(valid)
-            if len(keep):
+            if len(keep) == len(valid):
+                yield lo + keep, combine(parts, list(self.features), self.stats)
+            elif len(keep):
                 yield lo + keep, combine([p[keep] for p in parts], list(self.features), self.stats)
+            del parts
+
+
+def release_large_buffers() -> None:
+    """Have glibc return every buffer of 1 MiB or more to the OS when freed. By default it raises
+    that threshold to the largest buffer freed so far and keeps later ones in its heaps, so the
+    process would hold on to a dozen block-sized buffers it no longer uses."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+M_MMAP_THRESHOLD = -3
 
 
 def plan(store: Store, features: list[str]) -> tuple[Source, np.ndarray]:
@@ -119,16 +143,11 @@ def sample(source: Source, store: Store, rows: np.ndarray, size: int, seed: int 
     for lo in range(0, len(store), source.block_rows):
         hi = min(lo + source.block_rows, len(store))
         a, b = np.searchsorted(chosen, [lo, hi])
-        if a == b:
-            continue
-        block_rows, vectors = next(source.blocks(store, lo, hi), (np.zeros(0, np.int64), None))
-        if vectors is None:
-            continue
-        take = np.searchsorted(block_rows, chosen[a:b])
-        if out is None:
-            out = np.empty((len(chosen), vectors.shape[1]), np.float32)
-        out[at:at + len(take)] = vectors[take]
-        at += len(take)
+        for _, vectors in (source.blocks(store, lo, hi, wanted=chosen[a:b]) if a < b else ()):
+            if out is None:
+                out = np.empty((len(chosen), vectors.shape[1]), np.float32)
+            out[at:at + len(vectors)] = vectors
+            at += len(vectors)
     assert out is not None and at == len(chosen)
     return out
 
@@ -182,6 +201,7 @@ def build_streaming(store: Store, features: list[str], *, kind: str = "flat", sh
     if shards < 1:
         raise UserError("--shards must be at least 1")
     t0 = time.perf_counter()
+    release_large_buffers()
     source, rows = plan(store, features)
     d = sum(store.feature_set(f).dim for f in features)
     empty, p = new_index(kind, d, len(rows), params)

@@ -47,7 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 64},
 }
 #: Bytes per chunk of a saved FAISS index: one object-store request each.
-BLOB_CHUNK = 16 * 1024 * 1024
+BLOB_CHUNK = 8 * 1024 * 1024
 INDEXES = "indexes"
 
 
@@ -64,7 +64,20 @@ def _faiss() -> Any:
 
 
 def ids_hash(ids: np.ndarray) -> str:
-    return hashlib.sha256("\n".join(map(str, ids)).encode("utf-8")).hexdigest()[:16]
+    """A short hash of the lines ``str(id)``, computed a block at a time."""
+    return _lines_hash(ids[i:i + 8192] for i in range(0, len(ids), 8192))
+
+
+def store_ids_hash(store: Store) -> str:
+    """``ids_hash(store.ids)``, reading the id column a block at a time."""
+    return _lines_hash(store.iter_ids())
+
+
+def _lines_hash(blocks: Iterator[Any]) -> str:
+    h = hashlib.sha256()
+    for i, block in enumerate(blocks):
+        h.update((("\n" if i else "") + "\n".join(map(str, block))).encode("utf-8"))
+    return h.hexdigest()[:16]
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -74,7 +87,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Rows valid in every feature set, their cosine-ready concatenated vectors, and the
-    standardisation applied to the feature sets that need it (see :func:`standardisation`).
+    standardisation applied to the feature sets that need it (see :mod:`emostore.search.build`).
     All in memory: for large stores, :func:`emostore.search.build.build_streaming` streams."""
     from emostore.search.build import plan
 
@@ -83,23 +96,26 @@ def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.nda
     return rows, vectors, source.stats
 
 
-def standardisation(X: np.ndarray) -> dict[str, list[float]]:
-    """Acoustic and facial features mix scales (Hz, dB, ratios): without a z-score the largest
-    dominate every cosine. Text embeddings are made for cosine as they are."""
-    std = X.std(0)
-    return {"mean": X.mean(0).tolist(), "std": np.where(std < 1e-6, 1.0, std).tolist()}
-
-
 def combine(parts: list[np.ndarray], features: list[str] | None = None,
             stats: dict[str, dict[str, list[float]]] | None = None) -> np.ndarray:
-    """Each part (z-scored when ``stats`` has it) L2-normalised, concatenated, normalised again."""
+    """Each part (z-scored when ``stats`` has it) L2-normalised, concatenated, normalised again.
+
+    Works in place on one float32 copy of each part (index builds stream large blocks through
+    here); the values are those of ``normalise`` applied step by step."""
     out = []
     for i, p in enumerate(parts):
+        p = np.array(p, dtype=np.float32)
         s = (stats or {}).get(features[i]) if features else None
         if s is not None:
-            p = (p - np.asarray(s["mean"], np.float32)) / np.asarray(s["std"], np.float32)
-        out.append(normalise(p))
-    return normalise(np.concatenate(out, axis=1))
+            p -= np.asarray(s["mean"], np.float32)
+            p /= np.asarray(s["std"], np.float32)
+        out.append(_normalise_in_place(p))
+    return _normalise_in_place(out[0] if len(out) == 1 else np.concatenate(out, axis=1))
+
+
+def _normalise_in_place(x: np.ndarray) -> np.ndarray:
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
 
 
 def default_name(features: list[str], checkpoint: Path | None = None) -> str:
@@ -224,7 +240,7 @@ class NearestIndex:
             rows = np.asarray(v["rows"][:], dtype=np.int64)
         except KeyError:
             raise UserError(f"{where}: version {version} is missing; {rebuild}") from None
-        n_shards = int(meta.get("shards", 1)) if meta.get("sharded") else 0
+        n_shards = int(meta.get("served_shards") or 0)
         try:
             if n_shards:
                 subs = [read_blob(v[f"faiss-{i}"]) for i in range(n_shards)]
@@ -248,7 +264,7 @@ class NearestIndex:
         """Why this index no longer matches ``store`` (empty when it still does)."""
         reasons = []
         m = self.meta
-        if m.get("store_rows") != len(store) or m.get("store_ids_hash") != ids_hash(store.ids):
+        if m.get("store_rows") != len(store) or m.get("store_ids_hash") != store_ids_hash(store):
             reasons.append(f"the store's rows changed ({m.get('store_rows')} -> {len(store)} rows)")
         for name, h in m.get("config_hashes", {}).items():
             if not store.has_feature_set(name):
@@ -324,7 +340,7 @@ def store_meta(store: Store, features: list[str], rows: np.ndarray) -> dict[str,
         "features": features,
         "config_hashes": {f: store.feature_set(f).config_hash for f in features},
         "store_rows": len(store),
-        "store_ids_hash": ids_hash(store.ids),
+        "store_ids_hash": store_ids_hash(store),
         "valid_rows_hash": ids_hash(rows),
     }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -69,10 +69,17 @@ class Shard:
 class FeatureSet:
     """Reader/writer of one feature set group ``features/<modality>/<name>``."""
 
-    def __init__(self, group: zarr.Group, name: str, ids: np.ndarray):
+    def __init__(self, group: zarr.Group, name: str, ids: np.ndarray | Callable[[], np.ndarray]):
         self.group = group
         self.name = name
-        self._ids = ids
+        self._ids_or_loader = ids
+
+    @property
+    def _ids(self) -> np.ndarray:
+        """The utterance ids, read from the table only when needed (index builds stream without them)."""
+        if callable(self._ids_or_loader):
+            self._ids_or_loader = self._ids_or_loader()
+        return self._ids_or_loader
 
     # ----- description -------------------------------------------------------------------
     @property

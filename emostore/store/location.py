@@ -100,6 +100,8 @@ class Location:
             extra = EXTRAS.get(self.protocol)
             hint = f"pip install 'emostore[{extra}]'" if extra else f"install the fsspec backend for {self.protocol}://"
             raise UserError(f"{self.url}: {exc}; {hint}") from None
+        except ValueError as exc:  # fsspec: "Protocol not known"
+            raise UserError(f"{self.url}: {exc} (stores are paths or URLs such as s3://bucket/prefix)") from None
 
     @property
     def fs(self) -> Any:

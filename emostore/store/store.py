@@ -18,6 +18,7 @@ feature set relies instead on a create-if-absent write of its metadata (one winn
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,15 @@ class Store:
             self._ids = np.array(self.root["table"]["id"][:].tolist(), dtype=object)
         return self._ids
 
+    def iter_ids(self, block: int = 8192) -> Iterator[list[str]]:
+        """The utterance ids, a block at a time (without holding them all)."""
+        if self._ids is not None:
+            yield from (self._ids[i:i + block].tolist() for i in range(0, len(self._ids), block))
+            return
+        column = self.root["table"]["id"]
+        for i in range(0, column.shape[0], block):
+            yield [str(x) for x in column[i:i + block].tolist()]
+
     def __len__(self) -> int:
         return int(self.root.attrs["n_rows"])
 
@@ -136,7 +146,7 @@ class Store:
             have = ", ".join(self.feature_sets()) or "none"
             raise UserError(f"{self.url}: no feature set {name!r} (have: {have}); "
                             f"run `emostore extract` first")
-        return FeatureSet(self.root["features"][name], name, self.ids)
+        return FeatureSet(self.root["features"][name], name, lambda: self.ids)
 
     def create_feature_set(self, name: str, *, dim: int, config: dict[str, Any], encoder: str,
                            version: dict[str, str], chunk_rows: int | None = None,
@@ -205,7 +215,7 @@ class Store:
                     pass
         if g.attrs.get("seq_dim") and "seq" not in set(g.group_keys()):
             g.require_group("seq")
-        return FeatureSet(self.root["features"][name], name, self.ids)
+        return FeatureSet(self.root["features"][name], name, lambda: self.ids)
 
     def touch_feature_set(self, name: str) -> None:
         """Record when a feature set was last written. Writers may race here; each writes the
