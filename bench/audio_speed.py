@@ -39,8 +39,8 @@ from typing import Any
 
 import opensmile
 
-import emostore.extract.audio as audio
-from emostore.extract.audio import OpenSmileEncoder
+import emostore.extract.encoders.opensmile as audio
+from emostore.extract.encoders.opensmile import OpenSmileEncoder
 from emostore.extract.runner import run_extraction
 from emostore.ingest.run import ingest
 
@@ -187,7 +187,7 @@ def main() -> None:
                 audio.load_audio = timed("read", original_load)  # type: ignore[assignment]
                 OpenSmileEncoder.features = timed("opensmile", original_features)  # type: ignore[method-assign]
             try:
-                report = run_extraction(store, OpenSmileEncoder("egemaps"), workers=workers, overwrite=True,
+                report = run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), workers=workers, overwrite=True,
                                         progress=False)
             finally:
                 audio.load_audio, OpenSmileEncoder.features = original_load, original_features  # type: ignore

@@ -25,7 +25,7 @@ OUT = ROOT / "bench" / "out"
 
 
 def emodb_store():  # type: ignore[no-untyped-def]
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
     from emostore.store import Store
@@ -42,7 +42,7 @@ def emodb_store():  # type: ignore[no-untyped-def]
         ingest("csv", [csv], path, dataset="emodb")
     store = Store.open(path)
     for fs in ("egemaps", "compare"):
-        run_extraction(store, OpenSmileEncoder(fs), workers=2, progress=False)
+        run_extraction(store, OpenSmileEncoder.create(feature_set=fs), workers=2, progress=False)
     return store
 
 

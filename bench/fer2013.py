@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from emostore.extract.runner import run_extraction
-from emostore.extract.visual import visual_encoder
+from emostore.extract.encoders.face import visual_encoder
 from emostore.ingest.run import ingest
 from emostore.store import Store, StoreNotFound
 

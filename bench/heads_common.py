@@ -30,7 +30,7 @@ def machine() -> str:
 def cached_store(adapter: str, source: Path, name: str, contexts: tuple[int, ...]) -> Any:
     """``bench/out/<name>``: ingested once, with text/minilm (and -ctx<k>) extracted once."""
     from emostore.extract.runner import run_extraction
-    from emostore.extract.text import text_encoder
+    from emostore.extract.encoders.text import text_encoder
     from emostore.ingest.run import ingest
     from emostore.store import Store
 

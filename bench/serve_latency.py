@@ -32,16 +32,16 @@ TEXTS = ["I can't believe you did that!", "Okay, see you tomorrow then.", "This 
 
 def build(work: Path) -> tuple[Path, Path]:
     from emostore.demo import sample_with_media
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
-    from emostore.extract.text import text_encoder
+    from emostore.extract.encoders.text import text_encoder
     from emostore.heads.run import train
 
     from emostore.ingest.run import ingest
 
     store, _ = ingest("csv", [sample_with_media(work)], work / "store", dataset="sample")
     run_extraction(store, text_encoder("minilm", device="cpu"), progress=False)
-    run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
     _, ckpt = train(store.path, ["text/minilm", "audio/egemaps"], "mlp", work / "ckpt")
     signal, rate = sf.read(str(ROOT / "emostore" / "sample" / "media" / "d001_u00.flac"), dtype="float32")
     wav = work / "three_seconds.wav"

@@ -19,7 +19,7 @@ import benchlib
 import torch
 
 from emostore.extract.runner import run_extraction
-from emostore.extract.text import SentenceTransformerEncoder, text_encoder
+from emostore.extract.encoders.text import SentenceTransformerEncoder, text_encoder
 from emostore.ingest.run import ingest
 
 ROOT = Path(__file__).resolve().parents[1]

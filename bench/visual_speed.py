@@ -27,7 +27,7 @@ import pandas as pd
 from mediapipe.tasks.python import BaseOptions, vision
 
 from emostore.extract.runner import run_extraction
-from emostore.extract.visual import FaceLandmarkerEncoder, quiet_stderr
+from emostore.extract.encoders.face import FaceLandmarkerEncoder, quiet_stderr
 from emostore.ingest.base import finalize
 from emostore.store import Store
 
@@ -118,7 +118,7 @@ def main() -> None:
     table = segments(args.media, args.repeat)
     work = Path(tempfile.mkdtemp(prefix="emostore-vbench-"))
     load = os.getloadavg()[0]
-    with FaceLandmarkerEncoder(face_model=args.face_model, fps=args.fps) as enc:
+    with FaceLandmarkerEncoder.create(face_model=args.face_model, fps=args.fps) as enc:
         bare_loop(table.iloc[:4], str(args.face_model), args.fps)  # warm up
         bare, ours1, ours2 = [], [], []
         for r in range(args.repeats):

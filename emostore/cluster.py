@@ -22,7 +22,7 @@ ALLOWED_FAILURES = 5
 RETRIES = 2
 
 
-def _distributed() -> Any:
+def require_distributed() -> Any:
     try:
         import distributed
     except ImportError:
@@ -46,7 +46,7 @@ def parse_local(address: str) -> int | None:
 @contextmanager
 def connect(cluster: Any, *, quiet: bool = False) -> Iterator[Any]:
     """A ``distributed.Client`` for ``cluster``: a Client (used as is), ``local:N`` or an address."""
-    distributed = _distributed()
+    distributed = require_distributed()
     if isinstance(cluster, distributed.Client):
         yield cluster
         return

@@ -32,7 +32,7 @@ def sample_with_media(directory: Path) -> Path:
 def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
     """Build a store from the sample conversations in ``directory`` (a new temporary one by default)."""
     from emostore.extract.runner import run_extraction
-    from emostore.extract.text import text_encoder
+    from emostore.extract.encoders.text import text_encoder
     from emostore.heads.run import demo_heads
     from emostore.ingest.run import ingest
 
@@ -73,8 +73,9 @@ def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
     console.rule("[bold]5. predict a new utterance")
     from emostore.serve.predictor import Predictor
 
-    show_prediction(Predictor(ckpts / "mlp", device=device).predict(
-        text="We won the final! This is the best day of my life!"))
+    sentence = "We won the final! This is the best day of my life!"
+    console.print(f"mlp checkpoint, text only: [italic]{sentence}[/italic]")
+    show_prediction(Predictor(ckpts / "mlp", device=device).predict(text=sentence))
     console.print(f"\nstore: [bold]{store_path}[/bold]; checkpoints: {ckpts}. Try `emostore info {store_path}`, "
                   f"`emostore evaluate {ckpts / 'context'} --store {store_path} --report {root / 'report'}`, "
                   f"`emostore serve {ckpts / 'context'}`.")
@@ -82,13 +83,13 @@ def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
 
 
 def _audio_encoder():  # type: ignore[no-untyped-def]
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
 
-    return OpenSmileEncoder("egemaps")
+    return OpenSmileEncoder.create(feature_set="egemaps")
 
 
 def _visual_encoder():  # type: ignore[no-untyped-def]
-    from emostore.extract.visual import visual_encoder
+    from emostore.extract.encoders.face import visual_encoder
 
     return visual_encoder("landmarks", fps=5.0)
 

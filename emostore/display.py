@@ -13,6 +13,19 @@ from emostore.ingest.base import IngestResult
 console = Console()
 
 
+def next_steps(info: dict[str, Any]) -> str:
+    """What can be extracted from a store: text when it has text, audio/visual when it has media."""
+    steps = []
+    if info["with_text"]:
+        steps.append("`emostore extract text STORE`")
+    if info["with_media"]:
+        steps += ["`emostore extract audio STORE`", "`emostore extract visual STORE`"]
+    if not steps:
+        return ("its utterances have neither text nor media, so there is nothing to extract; "
+                "it holds labels only")
+    return "run " + " or ".join(steps)
+
+
 def show_info(info: dict[str, Any]) -> None:
     console.print(f"[bold]{info['path']}[/bold]  dataset [cyan]{info['dataset']}[/cyan]  "
                   f"{info['utterances']} utterances, {info['dialogues']} dialogues, {info['speakers']} speakers, "
@@ -30,7 +43,7 @@ def show_info(info: dict[str, Any]) -> None:
     if info["problems"] or info["repairs"]:
         console.print(f"ingest: {info['problems']} recorded problems, {info['repairs']} repaired cells")
     if not info["features"]:
-        console.print("no feature sets yet: run `emostore extract text STORE`")
+        console.print(f"no feature sets yet: {next_steps(info)}")
         return
     f = Table(title="feature sets")
     for col in ("name", "dim", "done", "failed", "config", "model"):

@@ -21,7 +21,7 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def minilm_encoder():
     """The bundled all-MiniLM-L6-v2 on CPU (loaded once; other text encoders share its weights)."""
-    from emostore.extract.text import text_encoder
+    from emostore.extract.encoders.text import text_encoder
 
     return text_encoder("minilm", device="cpu", batch_size=32)
 

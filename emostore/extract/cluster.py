@@ -1,7 +1,8 @@
 """Extraction on a Dask cluster: one task per pending chunk, one encoder per worker.
 
 The client creates the feature set (so no two workers ever race to create it), registers a worker
-plugin that knows how to rebuild the encoder from its saved options, and submits one task per
+plugin that rebuilds the encoder from its stored configuration
+(``type(enc).from_config(enc.stored_config, name=enc.name, **enc.runtime)``), and submits one task per
 pending chunk. Each worker loads the encoder and the utterance table once, on its first task, and
 runs :func:`emostore.extract.runner.extract_chunk` (the same code as a local run): it writes its
 chunk straight into the store, ``done`` last. The client only schedules and shows progress.
@@ -22,12 +23,12 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from emostore.cluster import RETRIES, _distributed, connect
+from emostore.cluster import RETRIES, connect, require_distributed
 from emostore.extract.base import Encoder
 from emostore.extract.runner import ChunkDone, RunReport, extract_chunk
 from emostore.store import FeatureSet, Location, Store
 
-distributed = _distributed()
+distributed = require_distributed()
 log = logging.getLogger(__name__)
 
 
@@ -41,18 +42,20 @@ class EncoderPlugin(distributed.WorkerPlugin):
 
     idempotent = False
 
-    def __init__(self, location: Location, feature_set: str, encoder_cls: type[Encoder], options: dict[str, Any]):
+    def __init__(self, location: Location, feature_set: str, encoder: Encoder):
         self.location = location
         self.feature_set = feature_set
-        self.encoder_cls = encoder_cls
-        self.options = options
+        self.encoder_cls = type(encoder)
+        self.config = encoder.stored_config
+        self.name = encoder.name
+        self.runtime = dict(encoder.runtime)
         self._lock: threading.Lock | None = None
         self._encoder: Encoder | None = None
         self._store: Store | None = None
         self._fs: FeatureSet | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k in ("location", "feature_set", "encoder_cls", "options")}
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=None, _encoder=None, _store=None, _fs=None)
@@ -61,7 +64,7 @@ class EncoderPlugin(distributed.WorkerPlugin):
         self._lock = threading.Lock()
 
     def teardown(self, worker: Any = None) -> None:
-        if self._encoder is not None and hasattr(self._encoder, "close"):
+        if self._encoder is not None:
             self._encoder.close()
         self._encoder = None
 
@@ -74,7 +77,7 @@ class EncoderPlugin(distributed.WorkerPlugin):
             if loaded:
                 self._store = Store.open(self.location)
                 self._fs = self._store.feature_set(self.feature_set)
-                self._encoder = self.encoder_cls(**self.options)
+                self._encoder = self.encoder_cls.from_config(self.config, name=self.name, **self.runtime)
             store, fs, encoder = self._store, self._fs, self._encoder
             assert store is not None and fs is not None and encoder is not None
             table = store.table
@@ -100,7 +103,7 @@ def run_on_cluster(cluster: Any, store: Store, encoder: Encoder, fs: FeatureSet,
     token = hashlib.sha256(f"{store.url}|{fs.name}|{fs.config_hash}".encode()).hexdigest()[:10]
     name = f"emostore-extract-{token}"
     with connect(cluster, quiet=not progress) as client:
-        client.register_plugin(EncoderPlugin(store.location, fs.name, type(encoder), encoder.options), name=name)
+        client.register_plugin(EncoderPlugin(store.location, fs.name, encoder), name=name)
         run = uuid.uuid4().hex[:8]
         futures = {client.submit(_run_chunk, name, c, key=f"emostore-chunk-{c}-{run}", retries=RETRIES,
                                  pure=False): c for c in pending}

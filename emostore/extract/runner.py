@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing as mp
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -38,9 +39,14 @@ class RunReport:
     chunk_errors: list[tuple[int, str]] = field(default_factory=list)
     #: Encoders loaded by cluster workers (one per worker that ran a chunk).
     encoder_loads: int = 0
+    #: Seconds spent encoding and writing chunks, summed over the processes that ran them.
+    encode_seconds: float = 0.0
+    write_seconds: float = 0.0
 
     def add(self, done: ChunkDone) -> None:
         self.encoder_loads += int(done.encoder_loaded)
+        self.encode_seconds += done.encode_seconds
+        self.write_seconds += done.write_seconds
         self.chunks_run += 1
         self.rows_run += done.rows
         self.rows_failed += len(done.failures)
@@ -53,6 +59,8 @@ class ChunkDone:
     rows: int
     failures: list[tuple[str, str]]
     encoder_loaded: bool = False  # this task loaded its worker's encoder (the first on that worker)
+    encode_seconds: float = 0.0
+    write_seconds: float = 0.0
 
 
 def extract_chunk(fs: FeatureSet, table: pd.DataFrame, chunk: int,
@@ -60,18 +68,21 @@ def extract_chunk(fs: FeatureSet, table: pd.DataFrame, chunk: int,
     """Encode the rows of ``chunk`` and write them, ``done`` last: the unit of work of every run."""
     sl = fs.chunk_slice(chunk)
     rows = np.arange(sl.start, sl.stop)
+    t0 = time.perf_counter()
     out = encode(rows)
+    t1 = time.perf_counter()
     fs.write_chunk(chunk, out.values, out.ok, out.reasons, out.sequences)
     bad = np.flatnonzero(~np.asarray(out.ok, dtype=bool))
-    return ChunkDone(chunk, len(rows), [(str(table["id"].iat[rows[i]]), out.reasons[i]) for i in bad])
+    return ChunkDone(chunk, len(rows), [(str(table["id"].iat[rows[i]]), out.reasons[i]) for i in bad],
+                     encode_seconds=t1 - t0, write_seconds=time.perf_counter() - t1)
 
 
 _WORKER: Encoder | None = None
 
 
-def _start_worker(cls: type[Encoder], options: dict[str, Any]) -> None:
+def _start_worker(cls: type[Encoder], config: dict[str, Any], name: str, runtime: dict[str, Any]) -> None:
     global _WORKER
-    _WORKER = cls(**options)
+    _WORKER = cls.from_config(config, name=name, **runtime)
 
 
 def _encode_block(block: pd.DataFrame) -> Encoded:
@@ -90,11 +101,11 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
 
     Killing the process at any point loses at most the chunks in flight; running again resumes.
     With ``workers > 1``, blocks of rows go to that many processes, each with its own encoder
-    (rebuilt from ``encoder.options``); the main process alone writes. With ``cluster``
+    (rebuilt from its stored configuration); the main process alone writes. With ``cluster``
     (``local:N``, a scheduler address or a ``distributed.Client``), each pending chunk is a task
     on a Dask cluster whose workers write it themselves.
     """
-    fs = store.create_feature_set(encoder.feature_set, dim=encoder.dim, config=encoder.config,
+    fs = store.create_feature_set(encoder.feature_set, dim=encoder.dim, config=encoder.stored_config,
                                   encoder=encoder.kind, version=encoder.version(),
                                   chunk_rows=chunk_rows or encoder.chunk_rows,
                                   seq_dim=encoder.seq_dim, overwrite=overwrite)
@@ -112,7 +123,7 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
     pool = None
     if workers > 1 and pending:
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
-                                   initargs=(type(encoder), encoder.options))
+                                   initargs=(type(encoder), encoder.stored_config, encoder.name, encoder.runtime))
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task(f"{encoder.feature_set}", total=total_rows)

@@ -14,7 +14,9 @@ Per-utterance heads take ``xs[m]: [B, D_m]`` and ``mask: [B, M]``. Sequence head
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -135,6 +137,17 @@ def build_head(name: str, dims: list[int], n_out: int, params: HeadParams | dict
     if not isinstance(params, HeadParams):
         params = make_params(name, params)
     return cls(dims, n_out, params)
+
+
+def describe_heads() -> list[dict[str, Any]]:
+    """Every registered head: name, summary (its module's first line) and hyperparameter defaults."""
+    out = []
+    for name in head_names():
+        cls = HEADS[name]
+        doc = (inspect.getdoc(inspect.getmodule(cls)) or inspect.getdoc(cls) or "").split("\n\n")[0]
+        doc = re.sub(r"^``[\w-]+``:\s*", "", doc.replace("\n", " "))
+        out.append({"name": name, "summary": doc, "params": asdict(cls.Params())})
+    return out
 
 
 def params_dict(params: HeadParams) -> dict[str, Any]:

@@ -151,10 +151,13 @@ class CsvAdapter(Adapter):
         # an utterance needs text or media
         text_ok = np.array([isinstance(t, str) and bool(t.strip()) for t in df["text"]])
         has_media = df["media"].notna().to_numpy()
-        for i in np.flatnonzero(~text_ok):
-            why = "empty text" + ("" if has_media[i] else " and no media; row dropped")
-            problems.append(Problem(src, why, row=int(line[i]), id=df["id"].iat[i],
-                                    level="warning" if has_media[i] else "error"))
+        for i in np.flatnonzero(~text_ok & ~has_media):
+            problems.append(Problem(src, "empty text and no media; row dropped", row=int(line[i]),
+                                    id=df["id"].iat[i]))
+        media_only = int((~text_ok & has_media).sum())
+        if media_only:  # audio- or image-only rows are data, not problems: one line says so
+            notes.append(f"{path.name}: {media_only} of {len(df)} rows have media and no text "
+                         "(their text features will be masked)")
         df.loc[~text_ok, "text"] = None
         nolabel = df["id"].isna().to_numpy()
         for i in np.flatnonzero(nolabel):

@@ -21,14 +21,11 @@ IMAGE = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 def encoder_for(store: Store, feature_set: str) -> Any:
     """Rebuild the encoder a feature set was made with, from its stored configuration."""
-    from emostore.extract import base
+    from emostore.extract.base import rebuild_encoder
 
     fs = store.feature_set(feature_set)
-    kind = fs.attrs.get("encoder")
-    cls = base.get_encoder_class(fs.modality, kind)
-    if not hasattr(cls, "from_config"):
-        raise UserError(f"cannot encode a query for {feature_set}: encoder {kind!r} cannot be rebuilt from its config")
-    return cls.from_config(fs.config, name=feature_set.split("/", 1)[1])
+    return rebuild_encoder(fs.modality, {"encoder": fs.attrs.get("encoder"), **fs.config},
+                           name=feature_set.split("/", 1)[1])
 
 
 def query_kind(query: str) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from emostore.errors import UserError
-from emostore.extract.base import Encoder, get_encoder_class, resolve_device
+from emostore.extract.base import Encoder, rebuild_encoder, resolve_device
 from emostore.heads import checkpoint as ckpt_io
 
 #: Which inputs can feed which modality.
@@ -66,10 +66,8 @@ class Predictor:
     def encoder(self, name: str) -> Encoder:
         if name not in self._encoders:
             f = next(f for f in self.meta["feature_sets"] if f["name"] == name)
-            cls = get_encoder_class(name.split("/", 1)[0], f["config"]["encoder"])
-            if not hasattr(cls, "from_config"):
-                raise UserError(f"cannot rebuild the encoder of {name} for prediction")
-            self._encoders[name] = cls.from_config(f["config"], name=name.split("/", 1)[1], device=self.device)
+            modality, short = name.split("/", 1)
+            self._encoders[name] = rebuild_encoder(modality, f["config"], name=short, device=self.device)
         return self._encoders[name]
 
     def load_encoders(self) -> None:

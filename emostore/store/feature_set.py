@@ -1,10 +1,11 @@
 """One feature set: per-utterance vectors plus done/mask/error arrays, written chunk by chunk.
 
 The row chunk is the unit of work. A writer fills one chunk of ``values``, then the same chunk
-of ``mask`` and ``error``, and last of ``done``. Each chunk file is replaced atomically by
-Zarr's local store, so a process killed at any moment leaves every chunk either done (with all
-its data) or pending; a rerun recomputes only pending chunks. Shards own disjoint chunks
-(``chunk % n == i``), so concurrent writers never touch the same file.
+of ``mask`` and ``error``, and last of ``done``. Each chunk file is replaced atomically (a
+rename in Zarr's local store, one PUT on an object store), so a process killed at any moment
+leaves every chunk either done (with all its data) or pending; a rerun recomputes only pending
+chunks. Shards own disjoint chunks (``chunk % n == i``) and cluster tasks one chunk each, so
+concurrent writers never touch the same file.
 """
 
 from __future__ import annotations

@@ -147,8 +147,17 @@ class Location:
         if self.has_content():
             self.fs.rm(self.root, recursive=True)
 
-    def read_bytes(self, key: str) -> bytes:
-        return bytes(self.fs.cat_file(self.key(key)))
+    def check_container(self) -> None:
+        """Refuse, in one line, a URL whose bucket does not exist or cannot be reached."""
+        if self.is_local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            found = self.fs.exists(bucket)
+        except Exception as exc:  # noqa: BLE001  (each backend raises its own connection errors)
+            raise UserError(f"{self.url}: cannot reach the storage ({type(exc).__name__}: {exc})") from None
+        if not found:
+            raise UserError(f"{self.url}: bucket {bucket!r} does not exist (or these credentials cannot see it)")
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if it does not exist: True for the one writer that created it.
@@ -170,12 +179,24 @@ class Location:
                 return False
             finally:
                 tmp.unlink(missing_ok=True)
+        if not _has_conditional_write(self.fs):
+            raise UserError(f"{self.url}: this storage backend ({type(self.fs).__name__}) has no conditional "
+                            "write (create-if-absent), which emostore needs to create feature sets safely "
+                            "without locks")
         try:
             self.fs.pipe_file(self.key(key), data, mode="create")
             return True
         except FileExistsError:
             return False
-        except (TypeError, NotImplementedError):
-            raise UserError(f"{self.url}: this storage backend ({type(self.fs).__name__}) has no conditional "
-                            "write (create-if-absent), which emostore needs to create feature sets safely "
-                            "without locks") from None
+
+
+def _has_conditional_write(fs: Any) -> bool:
+    """Whether the filesystem's own upload takes ``mode="create"`` (s3fs does: ``If-None-Match: *``);
+    one that would silently ignore it must not be trusted with creation."""
+    import inspect
+
+    upload = getattr(fs, "_pipe_file", None) or getattr(fs, "pipe_file", None)
+    try:
+        return "mode" in inspect.signature(upload).parameters
+    except (TypeError, ValueError):
+        return False

@@ -41,6 +41,10 @@ class ConfigMismatch(UserError):
     pass
 
 
+class StoreDamaged(UserError):
+    pass
+
+
 class Store:
     """Open with :meth:`open`, create with :meth:`create`."""
 
@@ -67,6 +71,7 @@ class Store:
     def create(cls, where: str | Path | Location, table: pd.DataFrame, *, dataset: str,
                table_attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Store:
         loc = Location.parse(where)
+        loc.check_container()
         if loc.has_content():
             if not overwrite:
                 raise UserError(f"{loc} already exists; pass --overwrite to replace it")
@@ -88,7 +93,24 @@ class Store:
         if not loc.exists("zarr.json") or not loc.exists("table/zarr.json"):
             raise StoreNotFound(f"{loc} is not an emostore store (no zarr.json/table); "
                                 "create one with `emostore ingest ...`")
-        return cls(loc, zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode))
+        store = cls(loc, zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode))
+        store.check_layout()
+        return store
+
+    def check_layout(self) -> None:
+        """Refuse, in one line, a store whose groups or table columns were removed or damaged."""
+        for group in ("table", "features"):
+            if not isinstance(self.root.get(group), zarr.Group):
+                raise StoreDamaged(f"{self.url} is damaged: its {group} group is missing; re-create the store "
+                                   "with `emostore ingest ... --overwrite`")
+        table = self.root["table"]
+        columns = table.attrs.get("columns")
+        if not isinstance(columns, list):
+            raise StoreDamaged(f"{self.url} is damaged: the table's attributes do not list its columns")
+        have = set(table.array_keys())
+        for col in columns:
+            if col not in have:
+                raise StoreDamaged(f"{self.url} is damaged: table column {col!r} is missing")
 
     # ----- the table ---------------------------------------------------------------------
     @property
@@ -125,12 +147,15 @@ class Store:
 
     # ----- feature sets ------------------------------------------------------------------
     def feature_sets(self) -> list[str]:
-        names = []
+        """The feature sets, ``<modality>/<name>``; one still being created (its ``done`` array, made
+        last, not there yet) is left out."""
+        return [name for name in self._feature_groups()
+                if "done" in set(self.root["features"][name].array_keys())]
+
+    def _feature_groups(self) -> list[str]:
         feats = self.root["features"]
-        for modality in sorted(feats.group_keys()):
-            for name in sorted(feats[modality].group_keys()):
-                names.append(f"{modality}/{name}")
-        return names
+        return [f"{modality}/{name}" for modality in sorted(feats.group_keys())
+                for name in sorted(feats[modality].group_keys())]
 
     def has_feature_set(self, name: str) -> bool:
         return name in self.feature_sets()
@@ -162,7 +187,7 @@ class Store:
         if name.count("/") != 1 or not all(name.split("/")):
             raise UserError(f"feature set names look like <modality>/<name>, got {name!r}")
         h = config_hash(config)
-        if self.has_feature_set(name):
+        if name in self._feature_groups():
             fs = self._reopen(name, h, dim, config, overwrite)
             if fs is not None:
                 return fs
@@ -172,7 +197,10 @@ class Store:
         attrs = {"name": name, "encoder": encoder, "version": version, "dim": dim, "dtype": "float32",
                  "config": config, "config_hash": h, "chunk_rows": rows, "created": stamp, "updated": stamp,
                  **({"seq_dim": seq_dim} if seq_dim else {})}
-        self.root.require_group("features").require_group(name.split("/")[0])
+        try:
+            self.root["features"].require_group(name.split("/")[0])
+        except zarr.errors.ContainsGroupError:  # another writer made the modality's group just now
+            pass
         if not self.location.create_exclusive(f"features/{name}/zarr.json", _group_document(attrs)):
             fs = self._reopen(name, h, dim, config, overwrite=False, racing=True)
             assert fs is not None

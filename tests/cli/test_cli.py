@@ -56,6 +56,39 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, minilm_encoder):
     assert r.exit_code == 1 and "'nope'" in r.output
 
 
+def test_a_label_only_store_suggests_nothing_it_cannot_do(tmp_path):
+    (tmp_path / "labels.csv").write_text(  # the s3prl CMU-MOSEI labels CSV: no text, no media
+        ",file,index,start,end,label2a,label2b,label6,label7,split\n"
+        "0,81406,0,1.0,2.0,1,1,0,2,0\n0,81406,1,0.0,1.0,0,-1,4,-3,2\n2,zz,0,0,1,1,0,1,0,1\n")
+    store = tmp_path / "store"
+    assert run("ingest", "mosei", tmp_path / "labels.csv", "--out", store).exit_code == 0
+    r = run("info", store)
+    assert r.exit_code == 0 and "nothing to extract" in r.output and "extract text" not in r.output
+    r = runner.invoke(app, ["extract", "text", str(store), "--device", "cpu", "--quiet"])
+    assert r.exit_code == 1 and "none of its 3 utterances could be encoded into text/minilm" in r.output
+    assert "no text" in r.output and "Traceback" not in r.output
+
+
+def test_a_damaged_store_is_named_in_one_line(tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    run("ingest", "csv", SAMPLE, "--out", store)
+    shutil.rmtree(store / "features")
+    for args in (["extract", "text", str(store)], ["info", str(store)], ["train", str(store), "-f", "text",
+                                                                         "--out", str(tmp_path / "c")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert f"{store} is damaged: its features group is missing" in r.output
+    import zarr
+
+    zarr.open_group(str(store), mode="r+").create_group("features")
+    assert runner.invoke(app, ["info", str(store)]).exit_code == 0
+    shutil.rmtree(store / "table" / "speaker")
+    r = runner.invoke(app, ["info", str(store)])
+    assert r.exit_code == 1 and "table column 'speaker' is missing" in r.output
+
+
 def test_ingest_meld_and_mosi_commands(tmp_path):
     from conftest import shared_data
 
@@ -72,4 +105,5 @@ def test_demo_runs_offline(tmp_path, minilm_encoder):
     r = run("demo", "--dir", tmp_path, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "text/minilm" in r.output and "385 utterances" in r.output
+    assert "We won the final! This is the best day of my life!" in r.output  # the sentence it predicts
     assert (tmp_path / "sample-store" / "zarr.json").exists()

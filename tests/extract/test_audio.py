@@ -15,7 +15,7 @@ opensmile = pytest.importorskip("opensmile")
 av = pytest.importorskip("av")
 sf = pytest.importorskip("soundfile")
 
-from emostore.extract.audio import OpenSmileEncoder  # noqa: E402
+from emostore.extract.encoders.opensmile import OpenSmileEncoder  # noqa: E402
 from emostore.extract.audio_io import MediaError, load_audio  # noqa: E402
 from emostore.extract.runner import run_extraction  # noqa: E402
 from emostore.ingest.base import finalize  # noqa: E402
@@ -160,7 +160,7 @@ def test_broken_media_recorded_per_utterance(tmp_path, emodb, videos):
         {"media": str(tmp_path / "codec.wav")},                                     # 16
     ]
     store = make_store(tmp_path / "s", rows)
-    report = run_extraction(store, OpenSmileEncoder("egemaps"), chunk_rows=4, progress=False)
+    report = run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), chunk_rows=4, progress=False)
     assert report.complete and report.rows_run == 17
 
     fs = store.feature_set("audio/egemaps")
@@ -191,7 +191,7 @@ def test_broken_media_recorded_per_utterance(tmp_path, emodb, videos):
                                            end=pd.Timedelta(seconds=1.5)).to_numpy(np.float32)[0]
     np.testing.assert_allclose(X[13], ref, rtol=1e-4, atol=1e-5)  # the audio column wins over media
 
-    rerun = run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    rerun = run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
     assert rerun.chunks_run == 0 and rerun.complete  # resumable: nothing left to do
 
 
@@ -199,7 +199,7 @@ def test_lld_frames_and_compare(tmp_path, emodb):
     files = emodb[:3]
     rows = [{"media": str(f)} for f in files] + [{"media": str(files[0]), "start": 0.5, "end": 1.0}]
     store = make_store(tmp_path / "s", rows)
-    enc = OpenSmileEncoder("egemaps-lld")
+    enc = OpenSmileEncoder.create(feature_set="egemaps-lld")
     assert (enc.dim, enc.seq_dim) == (50, 25)
     run_extraction(store, enc, progress=False)
     fs = store.feature_set("audio/egemaps-lld")
@@ -215,7 +215,7 @@ def test_lld_frames_and_compare(tmp_path, emodb):
         np.testing.assert_allclose(X[row], np.concatenate([frames.mean(0), frames.std(0)]), rtol=1e-5, atol=1e-6)
     assert abs(len(fs.read_sequence(3)) - 46) <= 1  # 0.5 s
 
-    compare = OpenSmileEncoder("compare")
+    compare = OpenSmileEncoder.create(feature_set="compare")
     assert compare.dim == 6373 and compare.seq_dim is None
     run_extraction(store, compare, progress=False)
     _, X, mask = store.read("audio/compare")
@@ -228,7 +228,7 @@ def test_workers_give_the_same_store(tmp_path, emodb):
     rows = [{"media": str(f)} for f in emodb[:10]] + [{"media": str(tmp_path / "gone.wav")}]
     stores = [make_store(tmp_path / f"w{w}", rows) for w in (1, 2)]
     for store, workers in zip(stores, (1, 2), strict=True):
-        report = run_extraction(store, OpenSmileEncoder("egemaps-lld"), chunk_rows=4, workers=workers,
+        report = run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps-lld"), chunk_rows=4, workers=workers,
                                 progress=False)
         assert report.complete and report.rows_failed == 1
     a, b = (s.feature_set("audio/egemaps-lld") for s in stores)
@@ -240,10 +240,12 @@ def test_workers_give_the_same_store(tmp_path, emodb):
 
 
 def test_config_records_what_changes_values():
-    a, b = OpenSmileEncoder("egemaps"), OpenSmileEncoder("egemaps", sample_rate=22050)
-    assert a.config["sample_rate"] == 16000 and a.config["opensmile"] == opensmile.__version__
-    assert a.config != b.config and a.config != OpenSmileEncoder("egemaps-lld").config
-    assert OpenSmileEncoder(**a.options).config == a.config  # workers rebuild the same encoder
+    a = OpenSmileEncoder.create(feature_set="egemaps")
+    b = OpenSmileEncoder.create(feature_set="egemaps", sample_rate=22050)
+    assert a.stored_config["sample_rate"] == 16000 and a.stored_config["opensmile"] == opensmile.__version__
+    assert a.stored_config != b.stored_config
+    assert a.stored_config != OpenSmileEncoder.create(feature_set="egemaps-lld").stored_config
+    assert a.rebuild().stored_config == a.stored_config  # workers rebuild the same encoder
 
 
 def test_cli(tmp_path, emodb):
@@ -258,4 +260,5 @@ def test_cli(tmp_path, emodb):
     assert out["feature_set"] == "audio/egemaps" and out["dim"] == 88 and out["rows_run"] == 3
     assert out["rows_failed"] == 1 and out["failures"][0]["reason"].startswith("missing file")
     r = CliRunner().invoke(app, ["extract", "audio", str(tmp_path / "s"), "--feature-set", "nope"])
-    assert r.exit_code != 0
+    assert r.exit_code == 1 and "unknown audio feature set 'nope'; choose from egemaps, compare" in r.output
+    assert "Traceback" not in r.output

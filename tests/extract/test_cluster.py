@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, sample_with_audio
+
 from emostore.extract.runner import run_extraction
 from emostore.ingest.run import ingest
 from emostore.store import Store
@@ -79,11 +79,11 @@ def test_text_on_cluster_equals_single_process(tmp_path, client, ref, minilm_enc
 
 def test_audio_on_cluster_equals_single_process(tmp_path, client):
     pytest.importorskip("opensmile")
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.base import build_encoder
 
     csv = sample_with_audio(tmp_path)
     one, many = make_store(tmp_path, "one", csv), make_store(tmp_path, "many", csv)
-    enc = OpenSmileEncoder("egemaps-lld")  # 50-d summary plus ragged 25-d frames
+    enc = build_encoder("audio", "opensmile", {"feature_set": "egemaps-lld"})  # 50-d, plus ragged 25-d frames
     run_extraction(one, enc, chunk_rows=48, progress=False)
     report = run_extraction(many, enc, chunk_rows=48, progress=False, cluster=client)
     assert report.complete and report.chunks_run == 9 and not report.chunk_errors
@@ -152,7 +152,7 @@ def test_client_interrupted_or_killed_then_rerun_completes(tmp_path, client, ref
     code, seen2, workers, _ = stop_after_rows(store.path, seen + CHUNK, signal.SIGKILL)
     assert code == -signal.SIGKILL and seen <= seen2 < 385, (seen, seen2)
     assert workers, "the client had no worker processes"
-    gone, alive = psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=60)
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=60)
     assert not alive, f"worker processes outlived their killed client: {alive}"
     # every chunk marked done holds its data, then a rerun (on another cluster) completes the store
     partial = Store.open(store.path).feature_set("text/minilm")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emostore.extract.base import Encoded, Encoder
+from emostore.extract.base import Encoded, Encoder, EncoderConfig
 from emostore.extract.runner import run_extraction
 from emostore.ingest.base import finalize
 from emostore.store import Store
@@ -19,10 +19,10 @@ class CharEncoder(Encoder):
     kind = "chars"
     block_rows = 3
 
-    def __init__(self, name: str = "chars"):
-        self.options = {"name": name}
-        self.name, self.dim, self.seq_dim = name, 2, 1
-        self.config = {"encoder": "chars"}
+    def __init__(self, config: EncoderConfig | None = None, *, name: str | None = None):
+        self.runtime = {}
+        self.name, self.dim, self.seq_dim = name or "chars", 2, 1
+        self.config = config or EncoderConfig()
 
     def encode_rows(self, table, rows, progress=None):
         values, ok, reasons, seqs = [], [], [], []

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from emostore.extract.runner import run_extraction
-from emostore.extract.text import build_inputs, bundled_model_path, text_encoder
+from emostore.extract.encoders.text import build_inputs, bundled_model_path, text_encoder
 from emostore.ingest.base import finalize
 from emostore.store import ConfigMismatch, Shard, Store
 
@@ -36,7 +36,7 @@ def test_bundled_model_embeds_meaning(minilm_encoder):
                                      "This is disgusting and I hate it."])
     assert v.shape == (3, 384) and v.dtype == np.float32
     assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2
-    assert minilm_encoder.config["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert minilm_encoder.stored_config["model"] == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_rows_masked_deduplicated_and_ordered(tmp_path, minilm_encoder, monkeypatch):
@@ -79,7 +79,7 @@ def test_context_feature_set_is_its_own(tmp_path, minilm_encoder):
     store = Store.create(tmp_path / "s", dialogue_table(), dataset="toy")
     run_extraction(store, minilm_encoder, progress=False)
     ctx = text_encoder("minilm", device="cpu", context=2)
-    assert ctx.name == "minilm-ctx2" and ctx.config["context"] == 2
+    assert ctx.name == "minilm-ctx2" and ctx.stored_config["context"] == 2
     run_extraction(store, ctx, progress=False)
     assert store.feature_sets() == ["text/minilm", "text/minilm-ctx2"]
     ids, X, _ = store.read("text/minilm")
@@ -92,7 +92,7 @@ def test_context_feature_set_is_its_own(tmp_path, minilm_encoder):
 def test_huggingface_mean_pooling_matches_sentence_transformers(minilm_encoder):
     """all-MiniLM-L6-v2 is mean pooling + L2 norm: the plain HF path must reproduce it."""
     hf = text_encoder(str(bundled_model_path()), backend="huggingface", device="cpu")
-    assert hf.kind == "huggingface" and hf.dim == 384 and hf.config["pooling"] == "mean"
+    assert hf.kind == "huggingface" and hf.dim == 384 and hf.stored_config["pooling"] == "mean"
     texts = ["Why would you do that to me?", "Okay.", "We won the lottery, I can't breathe!"]
     a = hf.encode_texts(texts)
     a = a / np.linalg.norm(a, axis=1, keepdims=True)

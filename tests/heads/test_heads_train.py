@@ -6,8 +6,9 @@ import heads_stores
 import numpy as np
 import pytest
 import torch
+import typer
 
-from emostore.cli import HeadName
+from emostore.cli import _head_name
 from emostore.heads.base import head_names
 from emostore.heads.data import load_data
 from emostore.heads.evaluate import evaluate_data
@@ -21,9 +22,19 @@ def meld(tmp_path_factory, minilm_encoder):
     return load_data(heads_stores.meld_store(tmp_path_factory, minilm_encoder), ["text/minilm"], "emotion")
 
 
+@pytest.fixture(scope="module", params=["sample", "meld"])
+def text_data(request, tmp_path_factory, minilm_encoder):
+    """The guarantees below hold on the bundled sample (always) and on real MELD text (when present)."""
+    store = heads_stores.BASES[request.param](tmp_path_factory, minilm_encoder)
+    return load_data(store, ["text/minilm"], "emotion")
+
+
 def test_registry_lists_every_head_and_the_cli_offers_them() -> None:
-    assert head_names() == ["linear", "mlp", "late", "gated", "attention", "context", "knn"]
-    assert [h.value for h in HeadName] == head_names()
+    names = head_names()
+    assert names[:7] == ["linear", "mlp", "late", "gated", "attention", "context", "knn"]
+    assert [_head_name(n) for n in names] == names  # the CLI accepts exactly what the registry has
+    with pytest.raises(typer.BadParameter, match="choose from linear, mlp"):
+        _head_name("no-such-head")
 
 
 def test_meld_subset_data(meld) -> None:
@@ -48,7 +59,8 @@ def test_head_learns_meld_emotions(meld, head: str) -> None:
         assert 1 <= result.best_epoch <= result.epochs_run and result.history
 
 
-def test_training_is_reproducible(meld) -> None:
+def test_training_is_reproducible(text_data) -> None:
+    meld = text_data
     config = TrainConfig(epochs=4, patience=10, device="cpu", seed=3)
     a, b = fit(meld, "mlp", config=config), fit(meld, "mlp", config=config)
     c = fit(meld, "mlp", config=TrainConfig(epochs=4, patience=10, device="cpu", seed=4))
@@ -59,9 +71,10 @@ def test_training_is_reproducible(meld) -> None:
 
 
 @pytest.mark.parametrize("encoder", ["gru", "lstm", "transformer"])
-def test_causal_context_ignores_later_turns(meld, encoder: str) -> None:
+def test_causal_context_ignores_later_turns(text_data, encoder: str) -> None:
     """A causal context head's prediction for a turn is final: changing later turns cannot move it;
     the bidirectional head does look ahead."""
+    meld = text_data
     rows = meld.rows("test", labelled=False)
     dialogue = max((d for d in meld.dialogues if meld.split[d[0]] == "test"), key=len)
     cut = len(dialogue) // 2

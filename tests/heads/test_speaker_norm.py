@@ -15,7 +15,7 @@ def emodb(tmp_path_factory):
     pytest.importorskip("opensmile", reason="the audio extra is not installed")
     if not (SHARED / "emodb").is_dir():
         pytest.skip(f"real data not available: {SHARED / 'emodb'} is missing")
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
 
@@ -28,7 +28,7 @@ def emodb(tmp_path_factory):
         f"{f[:-4]},{spk},{emo},{SHARED / 'emodb' / 'wav' / f},{'dev' if spk == '09' else 'train'}\n"
         for f, spk, _, emo, *_ in keep))
     store, _ = ingest("csv", [csv], tmp / "store")
-    run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
     return store
 
 

@@ -94,10 +94,24 @@ def test_bad_rows_recorded_and_the_rest_goes_on(tmp_path):
     assert "duplicate utterance id 'a'" in reasons[("a", "error")]
     assert "not a non-negative integer" in reasons[("b", "warning")]
     assert "no media; row dropped" in reasons[("c", "error")]
-    assert "empty text" in reasons[("d", "warning")]
+    assert not any(p.id == "d" for p in r.problems)  # media without text is data, not a problem
+    assert any("1 of 7 rows have media and no text" in n for n in r.notes)
     assert "not after start" in reasons[("e", "error")]
     assert "media file not found" in reasons[("e", "warning")]
     assert all(p.source.endswith(("bad.csv", "missing.wav")) for p in r.problems)
+
+
+def test_media_only_rows_give_one_note_not_a_problem_each(tmp_path):
+    clips = []
+    for i in range(30):
+        clip = tmp_path / f"c{i}.wav"
+        clip.write_bytes(b"RIFF")
+        clips.append(f"{clip.name},anger")
+    f = write(tmp_path / "audio.csv", "media,emotion\n" + "\n".join(clips) + "\n")
+    store, r = ingest("csv", [f], tmp_path / "store")
+    assert r.problems == [] and store.info()["problems"] == 0
+    assert [n for n in r.notes if "media and no text" in n] == [
+        "audio.csv: 30 of 30 rows have media and no text (their text features will be masked)"]
 
 
 def test_several_files_one_per_split_and_unreadable_file(tmp_path):

@@ -90,8 +90,7 @@ def test_fer2013_subset_through_ingest_and_extract(tmp_path):
     assert json.loads(r.output)["utterances"] == 70
 
     def extract(*args: str) -> dict:
-        r = runner.invoke(app, ["extract", "visual", str(store), "--face-model", str(face_model),
-                                "--fer-model", str(fer_model), "--json", *args])
+        r = runner.invoke(app, ["extract", "visual", str(store), "--face-model", str(face_model), "--json", *args])
         assert r.exit_code == 0, r.output
         return json.loads(r.output)
 
@@ -102,7 +101,7 @@ def test_fer2013_subset_through_ingest_and_extract(tmp_path):
     assert 70 - up["rows_failed"] >= 55 and 70 - raw["rows_failed"] >= 55
     assert up["config_hash"] != raw["config_hash"]
     assert all(f["reason"].startswith("no face: ") for f in up["failures"])
-    fer = extract("--feature-set", "fer")
+    fer = extract("--feature-set", "fer", "--fer-model", str(fer_model))
     assert fer["rows_failed"] == up["rows_failed"]  # the same faces are found
     from emostore.store import Store
 

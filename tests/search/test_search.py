@@ -81,7 +81,7 @@ def test_concatenated_features(store):
     idx = build_index(store, ["text/minilm", "text/minilm-ctx2"]) if store.has_feature_set("text/minilm-ctx2") else None
     if idx is None:
         from emostore.extract.runner import run_extraction
-        from emostore.extract.text import text_encoder
+        from emostore.extract.encoders.text import text_encoder
 
         run_extraction(store, text_encoder("minilm", device="cpu", context=2), progress=False)
         idx = build_index(store, ["text/minilm", "text/minilm-ctx2"])
@@ -92,7 +92,7 @@ def test_concatenated_features(store):
 
 def test_staleness_detected_and_rebuilt(store):
     from emostore.extract.runner import run_extraction
-    from emostore.extract.text import text_encoder
+    from emostore.extract.encoders.text import text_encoder
 
     build_index(store, ["text/minilm"])
     run_extraction(store, text_encoder("minilm", device="cpu", max_length=8, name="minilm"), overwrite=True,
@@ -184,7 +184,7 @@ def test_multimodal_store_audio_and_media_queries(tmp_path):
     wav file or a video's soundtrack is a query encoded like the store."""
     pytest.importorskip("opensmile", reason="the audio extra is not installed")
     from conftest import shared_data
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
 
@@ -192,7 +192,7 @@ def test_multimodal_store_audio_and_media_queries(tmp_path):
     csv = tmp_path / "emodb.csv"
     csv.write_text("media,emotion\n" + "".join(f"{p},{p.stem[5]}\n" for p in wavs))
     store, _ = ingest("csv", [csv], tmp_path / "store")
-    run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
     idx = build_index(store, ["audio/egemaps"])
     assert set(idx.meta["standardisation"]) == {"audio/egemaps"}
     out = search(store, str(wavs[3]), k=3)

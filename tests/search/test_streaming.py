@@ -84,7 +84,7 @@ def test_streaming_build_memory_is_bounded_and_recall_reported(tmp_path):
     bound = vectors_bytes / 3  # the index (about 25 MiB with its tables), the training sample and a few blocks
     r = subprocess.run([sys.executable, "-c", MEASURE, "index", "build", str(store.path), "--features", "text/synth",
                         "--kind", "ivf", "--nlist", "256", "--pq-m", "48", "--train-size", "10000", "--json"],
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     peak = json.loads(r.stderr.strip().splitlines()[-1])["peak_growth"]

@@ -193,15 +193,15 @@ def test_predict_with_text_and_audio(tmp_path):
     soundtrack is encoded like the store; without audio that modality is masked."""
     pytest.importorskip("opensmile", reason="the audio extra is not installed")
     from emostore.demo import sample_with_media
-    from emostore.extract.audio import OpenSmileEncoder
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
-    from emostore.extract.text import text_encoder
+    from emostore.extract.encoders.text import text_encoder
     from emostore.ingest.run import ingest
     from emostore.sample.clips import HERE
 
     store, _ = ingest("csv", [sample_with_media(tmp_path)], tmp_path / "store", dataset="sample")
     run_extraction(store, text_encoder("minilm", device="cpu"), progress=False)
-    run_extraction(store, OpenSmileEncoder("egemaps"), progress=False)
+    run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
     data = load_data(store, ["text/minilm", "audio/egemaps"], "emotion")
     result = fit(data, "mlp", {}, TrainConfig(epochs=5, modality_dropout=0.3, device="cpu"))
     path = ckpt_io.save(result, data, tmp_path / "ckpt", store=store)

@@ -11,11 +11,11 @@ import warnings
 import numpy as np
 import pytest
 import zarr
+from test_feature_set import small_table
 
 from emostore.errors import UserError
 from emostore.store import ConfigMismatch, Store, StoreNotFound
 from emostore.store.location import Location
-from test_feature_set import small_table
 
 CREATE = """
 import json, sys
@@ -61,12 +61,15 @@ def where(request, tmp_path):
 def test_round_trip_at_a_url(where):
     with pytest.raises(StoreNotFound):
         Store.open(where)
+    if where.startswith("s3://"):
+        with pytest.raises(UserError, match="does not exist"):
+            Store.create("s3://no-such-bucket/store", small_table(), dataset="toy")
     store = Store.create(where, small_table(), dataset="toy")
     fs = store.create_feature_set("text/toy", dim=3, config={"a": 1}, encoder="toy", version={}, chunk_rows=4)
     fs.write_chunk(1, np.ones((4, 3)), [True, True, False, True], ["", "", "no text", ""])
     back = Store.open(where, mode="r")
     assert back.url == where and back.table["id"].tolist() == [f"u{i}" for i in range(10)]
-    ids, X, mask = back.read("text/toy")
+    _, X, mask = back.read("text/toy")
     assert mask.tolist() == [False] * 4 + [True, True, False, True] + [False] * 2
     assert np.isnan(X[:4]).all() and X[4].tolist() == [1, 1, 1]
     assert back.feature_set("text/toy").errors() == [(6, "u6", "no text")]

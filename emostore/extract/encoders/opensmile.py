@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pandas as pd
 
 from emostore.errors import UserError
 from emostore.extract.audio_io import MediaError, load_audio
-from emostore.extract.base import Encoded, Encoder, Progress, register
+from emostore.extract.base import Encoded, Encoder, EncoderConfig, Progress, derived, register
 
 #: name -> (openSMILE feature set, feature level); ``-lld`` sets keep frame sequences.
 FEATURE_SETS: dict[str, tuple[str, str]] = {
@@ -51,6 +52,18 @@ def row_source(table: pd.DataFrame, row: int) -> tuple[str | None, float | None,
     return (None if _is_missing(path) else str(path)), _seconds(start), _seconds(end)
 
 
+@dataclass
+class OpenSmileConfig(EncoderConfig):
+    """``feature_set``: egemaps, compare or egemaps-lld; ``sample_rate``: audio is resampled to it;
+    ``opensmile``: the package version (filled in: values differ between versions)."""
+
+    feature_set: str = "egemaps"
+    sample_rate: int = 16000
+    mono: str = derived("mean")
+    resampler: str = derived("soxr-HQ")
+    opensmile: str | None = derived()
+
+
 @register
 class OpenSmileEncoder(Encoder):
     """openSMILE through its Python package; ``egemaps-lld`` stores 25-d frames every 10 ms
@@ -58,43 +71,33 @@ class OpenSmileEncoder(Encoder):
 
     modality = "audio"
     kind = "opensmile"
+    Config = OpenSmileConfig
+    config: OpenSmileConfig
     chunk_rows = 256
     block_rows = 8
 
-    def __init__(self, feature_set: str = "egemaps", *, sample_rate: int = 16000,
-                 name: str | None = None) -> None:
+    def __init__(self, config: OpenSmileConfig | None = None, *, name: str | None = None) -> None:
+        config = config or OpenSmileConfig()
         try:
             import opensmile
         except ModuleNotFoundError:
             raise UserError("audio extraction needs openSMILE: pip install 'emostore[audio]'") from None
-        if feature_set not in FEATURE_SETS:
-            raise UserError(f"unknown audio feature set {feature_set!r}; choose from {', '.join(FEATURE_SETS)}")
-        if sample_rate < 8000:
-            raise UserError(f"--sample-rate {sample_rate}: openSMILE's feature sets need at least 8000 Hz")
-        self.options = {"feature_set": feature_set, "sample_rate": sample_rate, "name": name}
-        self.feature_set_name = feature_set
-        self.sample_rate = int(sample_rate)
-        self.name = name or feature_set
-        smile_set, level = FEATURE_SETS[feature_set]
+        if config.feature_set not in FEATURE_SETS:
+            raise UserError(f"unknown audio feature set {config.feature_set!r}; choose from {', '.join(FEATURE_SETS)}")
+        if config.sample_rate < 8000:
+            raise UserError(f"--sample-rate {config.sample_rate}: openSMILE's feature sets need at least 8000 Hz")
+        self.runtime: dict[str, Any] = {}
+        self.config = replace(config, opensmile=opensmile.__version__)
+        self.feature_set_name = config.feature_set
+        self.sample_rate = int(config.sample_rate)
+        self.name = name or config.feature_set
+        smile_set, level = FEATURE_SETS[config.feature_set]
         self.smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, smile_set),
                                      feature_level=getattr(opensmile.FeatureLevel, level))
         self.frames = level == "LowLevelDescriptors"
         width = len(self.smile.feature_names)
         self.seq_dim = width if self.frames else None
         self.dim = 2 * width if self.frames else width
-        self.config = {"encoder": self.kind, "feature_set": smile_set, "feature_level": level,
-                       "pooling": "mean+std" if self.frames else None, "sample_rate": self.sample_rate,
-                       "mono": "mean", "resampler": "soxr-HQ", "opensmile": opensmile.__version__}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], *, name: str | None = None,
-                    device: str = "auto") -> OpenSmileEncoder:
-        """The encoder a feature set was made with (to encode queries and new utterances alike)."""
-        key = (config.get("feature_set"), config.get("feature_level"))
-        matches = [k for k, v in FEATURE_SETS.items() if v == key]
-        if not matches:
-            raise UserError(f"unknown openSMILE configuration {key}")
-        return cls(matches[0], sample_rate=int(config.get("sample_rate", 16000)), name=name)
 
     @property
     def feature_names(self) -> list[str]:

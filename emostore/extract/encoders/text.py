@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import re
+from abc import abstractmethod
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from emostore.errors import UserError
-from emostore.extract.base import Encoded, Encoder, Progress, register, resolve_device
+from emostore.extract.base import (
+    Encoded, Encoder, EncoderConfig, Progress, build_encoder, derived, register, resolve_device,
+)
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 #: Short names for common plain Hugging Face encoders (mean-pooled last hidden state).
@@ -88,52 +93,68 @@ def _dialogue_order(table: pd.DataFrame) -> dict[Any, list[int]]:
     return order
 
 
+@dataclass
+class TextConfig(EncoderConfig):
+    """``model``: a sentence-transformers or Hugging Face name or path (stored resolved);
+    ``context``: previous turns in the input; ``max_length``: token limit (default: the
+    model's); ``precision``: float32, float16 or bfloat16 (auto: float16 on CUDA);
+    ``pooling``: set by the encoder (``model`` for sentence-transformers; ``mean`` or ``cls``
+    for plain Hugging Face models)."""
+
+    model: str = BUNDLED_MODEL
+    context: int = 0
+    context_format: str | None = derived()
+    max_length: int | None = None
+    precision: str = "auto"
+    pooling: str | None = None
+
+
 class TextEncoder(Encoder):
     """Shared logic: validate texts, deduplicate, sort by length, batch, scatter back."""
 
     modality = "text"
-    kind = "text"
+    Config = TextConfig
+    config: TextConfig
 
-    def __init__(self, model: str, *, device: str = "auto", batch_size: int = 64, context: int = 0,
-                 precision: str = "auto", name: str | None = None, max_length: int | None = None):
-        self.options = {"model": model, "device": device, "batch_size": batch_size, "context": context,
-                        "precision": precision, "name": name, "max_length": max_length}
-        self.model_name = model
+    def __init__(self, config: TextConfig, *, name: str | None = None, device: str = "auto", batch_size: int = 64):
+        self.runtime = {"device": device, "batch_size": batch_size}
+        self.model_name = config.model
         self.device = resolve_device(device)
+        precision = config.precision
         if precision == "auto":
             precision = "float16" if self.device.startswith("cuda") else "float32"
         if precision not in ("float32", "float16", "bfloat16"):
             raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+        if config.context < 0:
+            raise UserError(f"--context must be >= 0, got {config.context}")
         self.precision = precision
         self.batch_size = batch_size
-        self.context = context
-        self.name = name or (default_name(model) + (f"-ctx{context}" if context else ""))
-        self._load(max_length)
-        self.config = {
-            "encoder": self.kind, "model": self.model_id, "pooling": self.pooling,
-            "max_length": self.max_length, "precision": self.precision, "context": context,
-        }
-        if context:
-            self.config["context_format"] = CONTEXT_FORMAT
+        self.context = config.context
+        self.name = name or (default_name(config.model) + (f"-ctx{config.context}" if config.context else ""))
+        self._load(config.max_length, config.pooling)
+        self.config = replace(config, model=self.model_id, max_length=self.max_length, precision=precision,
+                              pooling=self.pooling, context_format=CONTEXT_FORMAT if config.context else None)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | EncoderConfig, *, name: str | None = None,
+                    **runtime: Any) -> TextEncoder:
+        """The encoder a feature set was made with; half precision becomes float32 on a CPU."""
+        cfg = config if isinstance(config, TextConfig) else TextConfig.from_dict(config)  # type: ignore[arg-type]
+        if resolve_device(runtime.get("device", "auto")) == "cpu" and cfg.precision != "float32":
+            cfg = replace(cfg, precision="float32")
+        return super().from_config(cfg, name=name, **runtime)
 
     model_id: str
     pooling: str
     max_length: int
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any], *, name: str | None = None, device: str = "auto") -> TextEncoder:
-        """The encoder a feature set was made with (to encode queries the same way)."""
-        precision = config.get("precision", "float32")
-        if resolve_device(device) == "cpu":
-            precision = "float32"
-        return cls(config["model"], device=device, precision=precision, context=int(config.get("context", 0)),
-                   max_length=config.get("max_length"), name=name)
+    @abstractmethod
+    def _load(self, max_length: int | None, pooling: str | None) -> None:
+        """Load the model; set ``model_id``, ``max_length``, ``pooling`` and ``dim``."""
 
-    def _load(self, max_length: int | None) -> None:
-        raise NotImplementedError
-
+    @abstractmethod
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError
+        """One batch of distinct strings -> [n, dim] float32."""
 
     def encode_texts(self, texts: list[str], progress: Progress | None = None) -> np.ndarray:
         """Encode distinct strings longest first, in batches; returns vectors in input order."""
@@ -201,7 +222,10 @@ class SentenceTransformerEncoder(TextEncoder):
 
     kind = "sentence-transformers"
 
-    def _load(self, max_length: int | None) -> None:
+    def _load(self, max_length: int | None, pooling: str | None) -> None:
+        if pooling not in (None, "model"):
+            raise UserError(f"sentence-transformers models pool as the model says; pooling {pooling!r} is "
+                            "for --encoder huggingface")
         if self.model_name in ("", "minilm", BUNDLED_MODEL):
             source, self.model_id = str(bundled_model_path()), BUNDLED_MODEL
         else:
@@ -236,10 +260,12 @@ class HuggingFaceEncoder(TextEncoder):
 
     kind = "huggingface"
 
-    def _load(self, max_length: int | None) -> None:
+    def _load(self, max_length: int | None, pooling: str | None) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        if pooling not in (None, "mean", "cls"):
+            raise UserError(f"pooling for Hugging Face models is mean or cls, got {pooling!r}")
         _quiet_transformers()
         source = HF_ALIASES.get(self.model_name, self.model_name)
         self.model_id = str(Path(source).resolve()) if Path(source).exists() else source
@@ -254,7 +280,7 @@ class HuggingFaceEncoder(TextEncoder):
         self.model.to(device=self.device, dtype=dtype).eval()
         limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
         self.max_length = int(min(max_length or 512, limit))
-        self.pooling = "mean"
+        self.pooling = pooling or "mean"
         self.dim = int(self.model.config.hidden_size)
 
     def version(self) -> dict[str, str]:
@@ -270,17 +296,24 @@ class HuggingFaceEncoder(TextEncoder):
                                return_tensors="pt").to(self.device)
         with torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state
+            if self.pooling == "cls":
+                return hidden[:, 0].float().cpu().numpy()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return pooled.float().cpu().numpy()
 
 
-def text_encoder(model: str = "minilm", *, backend: str = "auto", **options: Any) -> TextEncoder:
-    """Pick the backend: the aliases and ``backend='huggingface'`` use plain mean pooling."""
-    if backend == "auto":
-        backend = "huggingface" if model in HF_ALIASES else "sentence-transformers"
-    if backend == "sentence-transformers":
-        return SentenceTransformerEncoder(model, **options)
-    if backend == "huggingface":
-        return HuggingFaceEncoder(model, **options)
-    raise UserError(f"unknown text backend {backend!r}: use auto, sentence-transformers or huggingface")
+def auto_kind(model: str) -> str:
+    """The encoder ``--encoder auto`` picks for ``model``: plain Hugging Face for the aliases."""
+    return "huggingface" if model in HF_ALIASES else "sentence-transformers"
+
+
+def text_encoder(model: str = "minilm", *, backend: str = "auto", name: str | None = None,
+                 device: str | None = None, batch_size: int | None = None, **options: Any) -> TextEncoder:
+    """A text encoder from user options (``context``, ``precision``, ``max_length``, ``pooling``);
+    ``backend`` is the encoder kind, ``auto`` as :func:`auto_kind`."""
+    kind = auto_kind(model) if backend == "auto" else backend
+    enc = build_encoder("text", kind, {"model": model, **options}, {"device": device, "batch_size": batch_size},
+                        name=name)
+    assert isinstance(enc, TextEncoder)
+    return enc

@@ -1,0 +1,1 @@
+"""Encoder modules, one per encoder family; each registers its classes with ``@register``."""
