@@ -358,14 +358,15 @@ def index_build(store: StoreArg,
                 shards: Annotated[int, typer.Option(min=1, metavar="N", help="Build in N parts (ivf, flat: merged "
                                                     "into one; hnsw: searched as N shards).")] = 1,
                 cluster: Cluster = None,
-                quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No cluster messages.")] = False,
+                quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or cluster messages.")] = False,
                 as_json: Json = False) -> None:
     """Build a cosine-similarity index over stored features, saved inside the store. Vectors stream
     from the store a block at a time: memory holds the index, not all the vectors."""
     from emostore.search.run import build_index
 
     idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
-                      shards=shards, cluster=cluster, train_size=train_size, progress=not quiet and not as_json,
+                      shards=shards, cluster=cluster, train_size=train_size,
+                      progress=not quiet and not as_json and sys.stderr.isatty(),
                       nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
                       ef_search=ef_search)
     summary = {"index": idx.where, "shards": idx.meta.get("shards", 1),

@@ -20,13 +20,15 @@ merging shards), never all of the store's vectors.
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from emostore.errors import UserError
 from emostore.search.index import NearestIndex, _faiss, combine, new_index, store_meta
@@ -170,7 +172,8 @@ def target(empty: Any, kind: str, shards: int) -> Any:
     return faiss.clone_index(empty)
 
 
-def fill(source: Source, index: Any, start: int, stop: int, first_id: int, store: Store | None = None) -> Any:
+def fill(source: Source, index: Any, start: int, stop: int, first_id: int, store: Store | None = None,
+         advance: Callable[[int], Any] | None = None) -> Any:
     """Add the valid rows of ``[start, stop)`` to ``index``. Flat and single HNSW indexes number
     vectors in order; IVF and IDMap indexes get explicit ids: positions from ``first_id`` on."""
     faiss = _faiss()
@@ -183,6 +186,8 @@ def fill(source: Source, index: Any, start: int, stop: int, first_id: int, store
         else:
             index.add(vectors)
         next_id += len(vectors)
+        if advance is not None:
+            advance(len(vectors))
     return index
 
 
@@ -215,13 +220,20 @@ def build_streaming(store: Store, features: list[str], *, kind: str = "flat", sh
     ranges = shard_ranges(len(store), shards, source.block_rows)
     first_ids = [int(np.searchsorted(rows, a)) for a, _ in ranges]
     served = kind == "hnsw" and shards > 1
-    if cluster is None:
-        parts: list[Any] = []
-        for (a, b), first in zip(ranges, first_ids):
-            part = fill(source, target(empty, kind, shards), a, b, first, store=store)
-            _collect(parts, part, served)
-    else:
-        parts = _fill_on_cluster(cluster, source, empty, kind, shards, ranges, first_ids, served, progress)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        if cluster is None:
+            task = bar.add_task(f"indexing {'+'.join(features)}", total=len(rows))
+            parts: list[Any] = []
+            for (a, b), first in zip(ranges, first_ids):
+                part = fill(source, target(empty, kind, shards), a, b, first, store=store,
+                            advance=functools.partial(bar.advance, task))
+                _collect(parts, part, served)
+        else:
+            task = bar.add_task(f"index shards of {'+'.join(features)}", total=len(ranges))
+            parts = _fill_on_cluster(cluster, source, empty, kind, shards, ranges, first_ids, served, progress,
+                                     advance=functools.partial(bar.advance, task))
     if served:
         index = faiss.IndexShards(d, False, False)
         for sub in parts:
@@ -244,7 +256,8 @@ def _collect(parts: list[Any], part: Any, served: bool) -> None:
 
 
 def _fill_on_cluster(cluster: Any, source: Source, empty: Any, kind: str, shards: int,
-                     ranges: list[tuple[int, int]], first_ids: list[int], served: bool, progress: bool) -> list[Any]:
+                     ranges: list[tuple[int, int]], first_ids: list[int], served: bool, progress: bool,
+                     advance: Callable[[int], Any]) -> list[Any]:
     from emostore.cluster import RETRIES, connect
 
     faiss = _faiss()
@@ -257,6 +270,7 @@ def _fill_on_cluster(cluster: Any, source: Source, empty: Any, kind: str, shards
             for fut in futures:  # in order, as in a single build
                 _collect(parts, faiss.deserialize_index(fut.result()), served)
                 fut.release()
+                advance(1)
         finally:
             client.cancel(futures)
     return parts
