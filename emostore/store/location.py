@@ -64,6 +64,10 @@ class Location:
             opts.setdefault("use_listings_cache", False)
         return cls(text.rstrip("/"), opts)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent to cluster workers without its open filesystem: each opens its own."""
+        return {"url": self.url, "storage_options": self.storage_options}
+
     # ----- what it is --------------------------------------------------------------------
     @property
     def protocol(self) -> str:

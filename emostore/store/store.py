@@ -234,6 +234,11 @@ class Store:
         ]
         if g.attrs.get("seq_dim"):
             specs.append(("seq_lengths", (n,), (rows,), "int64", 0))
+            if "seq" not in set(g.group_keys()):
+                try:
+                    g.require_group("seq")
+                except zarr.errors.ContainsGroupError:  # another writer made it just now
+                    pass
         specs.append(("done", (n,), (rows,), bool, False))  # last: its presence means all are there
         for key, shape, chunks, dtype, fill in specs:
             if key not in have:
@@ -241,8 +246,6 @@ class Store:
                     g.create_array(key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
                 except zarr.errors.ContainsArrayError:  # another writer made it just now: same metadata
                     pass
-        if g.attrs.get("seq_dim") and "seq" not in set(g.group_keys()):
-            g.require_group("seq")
         return FeatureSet(self.root["features"][name], name, lambda: self.ids)
 
     def touch_feature_set(self, name: str) -> None:
