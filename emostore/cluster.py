@@ -34,7 +34,7 @@ def parse_local(address: str) -> int | None:
     """N for ``local:N``; None for a scheduler address."""
     m = re.fullmatch(r"local:(\d+)", address.strip())
     if m is None:
-        if address.startswith("local"):
+        if address.strip().startswith("local:"):
             raise UserError(f"--cluster {address!r}: write local:N (N worker processes), e.g. local:4")
         return None
     n = int(m.group(1))

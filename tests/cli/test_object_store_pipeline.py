@@ -119,6 +119,7 @@ def test_server_stopped_mid_extraction_then_rerun_completes(s3_server, cluster, 
     finally:
         s3_server.start()
     _, err = proc.communicate(timeout=300)
+    print(f"\nrun during the outage: exit {proc.returncode}, last line {err.strip().splitlines()[-1:]}")
     assert CHUNK <= before < 385, f"the outage came too late to test anything ({before} rows done)"
     # whatever the interrupted run managed, every chunk marked done holds its data
     partial = Store.open(url).feature_set("text/minilm")

@@ -162,3 +162,20 @@ def test_client_interrupted_or_killed_then_rerun_completes(tmp_path, client, ref
     report = run_extraction(Store.open(store.path), minilm_encoder, chunk_rows=CHUNK, progress=False, cluster=client)
     assert report.complete and report.rows_run == 385 - int(done.sum())
     assert_same(ref, Store.open(store.path))
+
+
+def test_cluster_addresses_and_refusals(tmp_path):
+    from typer.testing import CliRunner
+
+    from emostore.cli import app
+    from emostore.cluster import parse_local
+    from emostore.errors import UserError
+
+    assert parse_local("local:3") == 3 and parse_local("tcp://10.0.0.1:8786") is None
+    assert parse_local("localhost:8786") is None  # a scheduler on this machine, not a local cluster
+    for bad in ("local:", "local:x", "local:0"):
+        with pytest.raises(UserError, match="local:N"):
+            parse_local(bad)
+    store = make_store(tmp_path, "s")
+    r = CliRunner().invoke(app, ["extract", "audio", str(store.path), "--workers", "2", "--cluster", "local:2"])
+    assert r.exit_code == 1 and "--workers and --cluster do not mix" in r.output
