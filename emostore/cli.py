@@ -256,9 +256,8 @@ def extract_text(store: StoreArg,
                                  "<name>-ctx<K>).")] = None,
                  max_length: Annotated[Optional[int], typer.Option(help="Token limit [the model's].")] = None,
                  name: Annotated[Optional[str], typer.Option(help="Feature set name under text/ [from the model].")] = None,
-                 param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
-                 cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
-                 as_json: Json = False) -> None:
+                 param: Param = None, shard: Shard = None, chunk_rows: ChunkRows = None, cluster: Cluster = None,
+                 overwrite: FeatureOverwrite = False, quiet: Quiet = False, as_json: Json = False) -> None:
     """Text embeddings for every utterance; resumable, safe to kill, shardable."""
     if encoder == "auto":
         from emostore.extract.encoders.text import auto_kind
@@ -267,7 +266,7 @@ def extract_text(store: StoreArg,
     options = {"model": model, "precision": precision.value if precision else None, "context": context,
                "max_length": max_length}
     _extract(store, "text", encoder, options, {"device": device, "batch_size": batch_size}, name=name, param=param,
-             shard=shard, chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json,
+             shard=shard, chunk_rows=chunk_rows, workers=1, overwrite=overwrite, quiet=quiet, as_json=as_json,
              cluster=cluster)
 
 
