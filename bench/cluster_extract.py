@@ -142,7 +142,7 @@ def main() -> None:
     cluster.close()
     for name, (wall, _, rep) in rows.items():
         print(f"{name}: {wall:.1f} s, encode {rep.encode_seconds:.1f} s, write {rep.write_seconds:.2f} s")
-    equal = {"`--workers 2`": same(one, two), "`--cluster local:2`": same(one, cl)}  # type: dict[str, bool]
+    equal = {"`--workers 2`": same(one, two), "`--cluster local:2`": same(one, cl)}
 
     # object storage: the single-process run into moto's S3 on loopback, against the local run
     from moto.server import ThreadedMotoServer
