@@ -62,12 +62,13 @@ class Classes(str, Enum):
     four = "4"
 
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="Store directory to create.")]
+Out = Annotated[str, typer.Option("--out", "-o", metavar="STORE", help="Store to create: a directory, or a URL "
+                                                                      "such as s3://bucket/prefix.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
-def _finish_ingest(adapter: str, source: Any, out: Path, overwrite: bool, as_json: bool, **options: Any) -> None:
+def _finish_ingest(adapter: str, source: Any, out: str, overwrite: bool, as_json: bool, **options: Any) -> None:
     from emostore.display import show_ingest
     from emostore.ingest.run import ingest
 
@@ -78,7 +79,7 @@ def _finish_ingest(adapter: str, source: Any, out: Path, overwrite: bool, as_jso
         info["problem_list"] = [p.to_dict() for p in result.problems]
         typer.echo(json.dumps(info, indent=2, default=str))
     else:
-        show_ingest(result, str(out))
+        show_ingest(result, out)
 
 
 @ingest_app.command("meld", cls=Command)
@@ -171,7 +172,11 @@ ChunkRows = Annotated[Optional[int], typer.Option(min=1, metavar="ROWS", help="R
 Workers = Annotated[int, typer.Option(min=1, metavar="N", help="Processes encoding at once.")]
 FeatureOverwrite = Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-StoreArg = Annotated[Path, typer.Argument(metavar="STORE", help="Store directory.", show_default=False)]
+STORE_HELP = "Store: a directory, or a URL (s3://bucket/prefix, gs://bucket/prefix, file:///path)."
+StoreArg = Annotated[str, typer.Argument(metavar="STORE", help=STORE_HELP, show_default=False)]
+Cluster = Annotated[str | None, typer.Option(
+    metavar="ADDRESS", help="Run on a Dask cluster: a scheduler (tcp://host:8786) or local:N (N worker processes "
+                            "here); one task per chunk, written by the workers.")]
 
 
 def _encoder_kind(modality: str) -> Callable[[str], str]:
@@ -188,15 +193,17 @@ def _encoder_kind(modality: str) -> Callable[[str], str]:
     return parse
 
 
-def _extract(store: Path, modality: str, kind: str, options: dict[str, Any], runtime: dict[str, Any], *,
+def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runtime: dict[str, Any], *,
              name: Optional[str], param: Optional[list[str]], shard: Optional[str], chunk_rows: Optional[int],
-             workers: int, overwrite: bool, quiet: bool, as_json: bool) -> None:
+             workers: int, overwrite: bool, quiet: bool, as_json: bool, cluster: str | None = None) -> None:
     """Build the encoder from the flags given (and ``-p`` options), run the extraction, report."""
     from emostore.extract.base import build_encoder
     from emostore.extract.runner import run_extraction, start_workers
     from emostore.store import Shard as StoreShard
     from emostore.store import Store
 
+    if cluster and workers > 1:
+        raise UserError("--workers and --cluster do not mix: a cluster's workers are its own (local:N for N here)")
     options = {**options, **_key_values(param)}
     # workers start first and build their encoders while this process opens the store and builds its own
     pool = start_workers(workers, (modality, kind, options, runtime, name)) if workers > 1 else None
@@ -205,7 +212,8 @@ def _extract(store: Path, modality: str, kind: str, options: dict[str, Any], run
         sh = StoreShard.parse(shard)
         with build_encoder(modality, kind, options, runtime, name=name) as enc:
             report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
-                                    progress=not quiet and not as_json and sys.stderr.isatty(), pool=pool)
+                                    cluster=cluster, progress=not quiet and not as_json and sys.stderr.isatty(),
+                                    pool=pool)
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -221,14 +229,19 @@ def _extract(store: Path, modality: str, kind: str, options: dict[str, Any], run
            "failures": [{"id": i, "reason": r} for i, r in report.failures]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
-        return
-    typer.echo(f"{report.feature_set} ({enc.kind}, config {report.config_hash}, {enc.dim}-d) on {out['device']}: "
-               f"{report.rows_run} rows in {report.chunks_run} chunks, {report.rows_failed} failed; "
-               f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
-    for i, r in report.failures[:10]:
-        typer.echo(f"  {i}: {r}")
-    if len(report.failures) > 10:
-        typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+    else:
+        typer.echo(f"{report.feature_set} ({enc.kind}, config {report.config_hash}, {enc.dim}-d) on {out['device']}: "
+                   f"{report.rows_run} rows in {report.chunks_run} chunks, {report.rows_failed} failed; "
+                   f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
+        for i, r in report.failures[:10]:
+            typer.echo(f"  {i}: {r}")
+        if len(report.failures) > 10:
+            typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
+    if report.chunk_errors:  # cluster tasks that failed after their retries: pending, say so, exit 1
+        for chunk, why in report.chunk_errors[:10]:
+            typer.echo(f"  chunk {chunk}: {why}", err=True)
+        raise UserError(f"{len(report.chunk_errors)} chunks failed on the cluster and stay pending; "
+                        "run the same command again to retry them")
 
 
 @extract_app.command("text", cls=Command)
@@ -251,8 +264,9 @@ def extract_text(store: StoreArg,
                                  "<name>-ctx<K>).")] = None,
                  max_length: Annotated[Optional[int], typer.Option(help="Token limit [the model's].")] = None,
                  name: Annotated[Optional[str], typer.Option(help="Feature set name under text/ [from the model].")] = None,
-                 param: Param = None, shard: Shard = None, chunk_rows: ChunkRows = None,
-                 overwrite: FeatureOverwrite = False, quiet: Quiet = False, as_json: Json = False) -> None:
+                 param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
+                 cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
+                 as_json: Json = False) -> None:
     """Text embeddings for every utterance; resumable, safe to kill, shardable."""
     if encoder == "auto":
         from emostore.extract.encoders.text import auto_kind
@@ -261,7 +275,8 @@ def extract_text(store: StoreArg,
     options = {"model": model, "precision": precision.value if precision else None, "context": context,
                "max_length": max_length}
     _extract(store, "text", encoder, options, {"device": device, "batch_size": batch_size}, name=name, param=param,
-             shard=shard, chunk_rows=chunk_rows, workers=1, overwrite=overwrite, quiet=quiet, as_json=as_json)
+             shard=shard, chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json,
+             cluster=cluster)
 
 
 @extract_app.command("visual", cls=Command)
@@ -286,13 +301,14 @@ def extract_visual(store: StoreArg,
                    name: Annotated[Optional[str], typer.Option(help="Feature set name under visual/ "
                                                                "[the encoder's].")] = None,
                    param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
-                   overwrite: FeatureOverwrite = False, quiet: Quiet = False, as_json: Json = False) -> None:
+                   cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
+                   as_json: Json = False) -> None:
     """Face features from each utterance's video (its video column, else its media, cut to
     start/end) or image; media without a usable face become masked rows with a reason."""
     options = {"fps": fps, "min_size": min_size, "num_faces": num_faces}
     runtime = {"face_model": face_model, "fer_model": fer_model}
     _extract(store, "visual", encoder, options, runtime, name=name, param=param, shard=shard,
-             chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json)
+             chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster)
 
 
 @extract_app.command("audio", cls=Command)
@@ -332,7 +348,8 @@ def extract_audio(store: StoreArg,
                   name: Annotated[Optional[str], typer.Option(help="Feature set name under audio/ "
                                                               "[the feature set, or the model's name].")] = None,
                   param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
-                  overwrite: FeatureOverwrite = False, quiet: Quiet = False, as_json: Json = False) -> None:
+                  cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
+                  as_json: Json = False) -> None:
     """Acoustic features (openSMILE) or self-supervised speech embeddings (wav2vec 2.0, HuBERT,
     WavLM) from each utterance's audio file or video (its audio column, else its media, cut to
     start/end); unreadable media become masked rows with a reason."""
@@ -341,7 +358,7 @@ def extract_audio(store: StoreArg,
                "precision": precision.value if precision else None}
     runtime = {"device": device, "batch_size": batch_size}
     _extract(store, "audio", encoder, options, runtime, name=name, param=param, shard=shard, chunk_rows=chunk_rows,
-             workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json)
+             workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster)
 
 
 class IndexKind(str, Enum):
@@ -369,23 +386,32 @@ def index_build(store: StoreArg,
                 m: Annotated[Optional[int], typer.Option("--M", help="hnsw: links per node.")] = None,
                 ef_construction: Annotated[Optional[int], typer.Option(help="hnsw: build breadth.")] = None,
                 ef_search: Annotated[Optional[int], typer.Option(help="hnsw: search breadth.")] = None,
+                train_size: Annotated[int | None, typer.Option(min=1, metavar="N", help="ivf: vectors sampled to train "
+                                                               "the quantizer [50 per list, 10,000 to 200,000].")] = None,
+                shards: Annotated[int, typer.Option(min=1, metavar="N", help="Build in N parts (ivf, flat: merged "
+                                                    "into one; hnsw: searched as N shards).")] = 1,
+                cluster: Cluster = None,
+                quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or cluster messages.")] = False,
                 as_json: Json = False) -> None:
-    """Build a cosine-similarity index over stored features, saved beside the store."""
+    """Build a cosine-similarity index over stored features, saved inside the store. Vectors stream
+    from the store a block at a time: memory holds the index, not all the vectors."""
     from emostore.search.settings import quiet_openmp
 
     quiet_openmp()
     from emostore.search.run import build_index
 
     idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
+                      shards=shards, cluster=cluster, train_size=train_size,
+                      progress=not quiet and not as_json and sys.stderr.isatty(),
                       nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
                       ef_search=ef_search)
-    summary = {"index": str(idx.path), **{k: idx.meta[k] for k in ("features", "kind", "params", "dim",
-                                                                    "n_vectors", "build_seconds")}}
+    summary = {"index": idx.where, "shards": idx.meta.get("shards", 1),
+               **{k: idx.meta[k] for k in ("features", "kind", "params", "dim", "n_vectors", "build_seconds")}}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(f"indexed {idx.meta['n_vectors']} utterances ({idx.meta['dim']}-d {', '.join(idx.meta['features'])}, "
-                   f"{idx.meta['kind']}) in {idx.meta['build_seconds']:.2f} s -> {idx.path}")
+                   f"{idx.meta['kind']}) in {idx.meta['build_seconds']:.2f} s -> {idx.where}")
 
 
 @app.command("search", cls=Command)
@@ -424,7 +450,7 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                 audio: Annotated[Optional[Path], typer.Option(help="Audio file of the utterance.")] = None,
                 video: Annotated[Optional[Path], typer.Option(help="Video file (its audio track feeds audio features).")] = None,
                 image: Annotated[Optional[Path], typer.Option(help="A still image of the speaker's face.")] = None,
-                store: Annotated[Optional[Path], typer.Option(help="Store whose index gives similar utterances as "
+                store: Annotated[Optional[str], typer.Option(help="Store (directory or URL) whose index gives similar utterances as "
                                                              "evidence (default: the training store).")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
                 as_json: Json = False) -> None:
@@ -448,7 +474,7 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", h
               host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
               port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-              store: Annotated[Optional[Path], typer.Option(help="Store whose index gives evidence.")] = None,
+              store: Annotated[Optional[str], typer.Option(help="Store (directory or URL) whose index gives evidence.")] = None,
               workers: Annotated[int, typer.Option(min=1, help="Inference processes (each loads the models; "
                                                    "see the README for when more than 1 helps).")] = 1,
               max_batch: Annotated[int, typer.Option(min=1, help="Most requests encoded in one batch.")] = 32,
@@ -646,7 +672,7 @@ def train(store: StoreArg,
 @app.command("evaluate", cls=Command)
 @user_errors
 def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory (from `emostore train`).")],
-             store: Annotated[Path, typer.Option("--store", "-s", help="Store directory to evaluate on.")],
+             store: Annotated[str, typer.Option("--store", "-s", metavar="STORE", help="Store to evaluate on (a directory or URL).")],
              split: Annotated[str, typer.Option(help="Split to evaluate: train, dev or test.")] = "test",
              report: Annotated[Optional[Path], typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,

@@ -71,3 +71,59 @@ def audio_sample_store(tmp_path_factory, minilm_encoder):
     for fs in ("egemaps-lld", "egemaps"):
         run_extraction(store, OpenSmileEncoder.create(feature_set=fs), chunk_rows=64, progress=False)
     return store
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (a real HTTP endpoint); ``stop``/``start`` keep its data and port."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._cls = ThreadedMotoServer
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        self.host, self.port = self.server.get_host_and_port()
+        self.endpoint = f"http://{self.host}:{self.port}"
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.stop()
+            self.running = False
+
+    def start(self) -> None:
+        if not self.running:
+            self.server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self.server.start()
+            self.running = True
+
+    def bucket(self, name: str) -> str:
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint for the whole session; the standard AWS variables point every client
+    (this process, CLI subprocesses, Dask workers started afterwards) at it."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'emostore[dev]')")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'emostore[s3]')")
+    import os
+
+    server = S3Server()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": server.endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

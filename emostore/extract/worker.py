@@ -48,11 +48,12 @@ def ready() -> bool:
     return True
 
 
-def encode_block(spec: Spec, block: pd.DataFrame) -> Encoded:
-    """Encode the rows of ``block`` with the encoder ``spec`` describes (built once per process)."""
+def encode_block(spec: Spec, block: pd.DataFrame, positions: np.ndarray | None = None) -> Encoded:
+    """Encode the rows of ``block`` at ``positions`` (default: all; the others are their dialogues'
+    other turns) with the encoder ``spec`` describes (built once per process)."""
     global _ENCODER, _KEY
     key = _key(*spec)
     if _ENCODER is None or _KEY != key:
         cls, config, name, runtime = spec
         _ENCODER, _KEY = cls.from_config(config, name=name, **runtime), key
-    return _ENCODER.encode_rows(block.reset_index(drop=True), np.arange(len(block)))
+    return _ENCODER.encode_rows(block.reset_index(drop=True), np.arange(len(block)) if positions is None else positions)

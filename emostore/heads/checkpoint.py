@@ -70,13 +70,13 @@ class Checkpoint:
         for f in self.meta["feature_sets"]:
             name = f["name"]
             if not store.has_feature_set(name):
-                raise UserError(f"{store.path} has no feature set {name!r}, which checkpoint {self.path} needs; "
+                raise UserError(f"{store.url} has no feature set {name!r}, which checkpoint {self.path} needs; "
                                 f"run `emostore extract` with the same settings first")
             fs = store.feature_set(name)
             if fs.config_hash != f["config_hash"] or fs.dim != f["dim"]:
                 raise UserError(
                     f"checkpoint {self.path} was trained on {name!r} with config {f['config_hash']} "
-                    f"(dim {f['dim']}), but {store.path} holds it with config {fs.config_hash} (dim {fs.dim}); "
+                    f"(dim {f['dim']}), but {store.url} holds it with config {fs.config_hash} (dim {fs.dim}); "
                     f"re-extract {name} with the checkpoint's settings ({f.get('config')}) or retrain")
 
 
@@ -113,12 +113,17 @@ def save(result: FitResult, data: HeadData, out: Path, *, store: Store | None = 
         "target": data.target.to_dict(),
         "normalisation": data.norm,
         "training": {**result.summary(), "history": result.history},
-        "store": {"path": str(store.path), "dataset": store.dataset} if store is not None else None,
+        "store": {"path": _store_address(store), "dataset": store.dataset} if store is not None else None,
         **(extra or {}),
     }
     save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT, "head": result.head})
     (out / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return out
+
+
+def _store_address(store: Store) -> str:
+    """Where the training store is, as something `predict` can open from any directory."""
+    return str(store.path.resolve()) if store.location.is_local else store.url
 
 
 def load(path: Path, store: Store | None = None) -> Checkpoint:

@@ -210,9 +210,9 @@ def resolve_feature_sets(store: Store, names: list[str] | str) -> list[str]:
         if len(matches) == 1:
             out.append(matches[0])
         elif len(matches) > 1:
-            raise UserError(f"{store.path}: {name!r} is ambiguous ({', '.join(matches)}); name one of them")
+            raise UserError(f"{store.url}: {name!r} is ambiguous ({', '.join(matches)}); name one of them")
         else:
-            raise UserError(f"{store.path}: no feature set {name!r} (have: {', '.join(have) or 'none'}); "
+            raise UserError(f"{store.url}: no feature set {name!r} (have: {', '.join(have) or 'none'}); "
                             "run `emostore extract` first")
     if len(set(out)) != len(out):
         raise UserError(f"feature set listed twice: {', '.join(out)}")
@@ -295,7 +295,7 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
     tgt = target if isinstance(target, Target) else resolve_target(table.assign(split=split), target)
     train = split == "train"
     if norm is None and not train.any():
-        raise UserError(f"{store.path}: no rows in the train split to compute normalisation statistics from")
+        raise UserError(f"{store.url}: no rows in the train split to compute normalisation statistics from")
     xs, masks, dims, hashes, stats, seqs, layers = [], [], [], [], {}, [], []
     who = np.array([w if isinstance(w, str) and w else f"\0{i}" for i, w in enumerate(table["speaker"])])
     for name in names:
@@ -309,7 +309,7 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
         else:
             ref = X[train & mask]
             if not len(ref):
-                raise UserError(f"{store.path}: feature set {name!r} has no valid row in the train split")
+                raise UserError(f"{store.url}: feature set {name!r} has no valid row in the train split")
             mean = ref.mean(0, dtype=np.float64).astype(np.float32)
             std = ref.std(0, dtype=np.float64).astype(np.float32)
             std = np.where(std < MIN_STD, np.float32(1.0), std)

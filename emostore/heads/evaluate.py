@@ -101,7 +101,7 @@ def evaluate_data(model: Any, data: HeadData, split: str) -> Evaluation:
     return Evaluation(metrics, data.ids[rows], y, pred)
 
 
-def evaluate(checkpoint: Path, store: Path | Store, split: str = "test", device: str = "cpu") -> Evaluation:
+def evaluate(checkpoint: Path, store: Path | str | Store, split: str = "test", device: str = "cpu") -> Evaluation:
     """Load ``checkpoint``, check it against ``store`` and evaluate it on ``split``."""
     st = store if isinstance(store, Store) else Store.open(store, mode="r")
     ck = ckpt_io.load(checkpoint, st)
@@ -111,7 +111,7 @@ def evaluate(checkpoint: Path, store: Path | Store, split: str = "test", device:
     dev = resolve_device(device)
     data.to(dev)
     ev = evaluate_data(ck.model.to(dev), data, split)
-    ev.metrics.update({"checkpoint": str(checkpoint), "store": str(st.path), "head": ck.head,
+    ev.metrics.update({"checkpoint": str(checkpoint), "store": st.url, "head": ck.head,
                        "feature_sets": ck.feature_sets, "target": ck.target.name})
     skipped = unknown_labels(data, st.table, split)
     if skipped:

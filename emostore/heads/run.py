@@ -12,7 +12,7 @@ from emostore.heads.train import FitResult, TrainConfig, fit
 from emostore.store import Store
 
 
-def train(store_path: Path, features: list[str] | str, head: str, out: Path, *, target: str = "emotion",
+def train(store_path: Path | str, features: list[str] | str, head: str, out: Path, *, target: str = "emotion",
           params: dict[str, Any] | None = None, config: TrainConfig | None = None, overwrite: bool = False,
           progress: bool = False, speaker_norm: bool = False) -> tuple[FitResult, Path]:
     """Load the features, train ``head`` with early stopping on dev and write the checkpoint."""

@@ -41,7 +41,7 @@ def checkpoint_vectors(store: Store, checkpoint: Path) -> tuple[np.ndarray, np.n
     data = ck.load_data(store)
     rows = np.flatnonzero(data.mask.numpy().any(1))
     if not len(rows):
-        raise UserError(f"{store.path}: no row has any of {', '.join(ck.feature_sets)}")
+        raise UserError(f"{store.url}: no row has any of {', '.join(ck.feature_sets)}")
     model = ck.model.eval()
     where = _final_linear(model)
     if where is None:

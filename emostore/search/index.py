@@ -4,23 +4,37 @@ Vectors are cosine-ready: each feature set is L2-normalised on its own (so modal
 the same), the parts concatenated and normalised again, and searched by inner product. Only rows
 valid in every chosen feature set are indexed.
 
-Saved under ``STORE/indexes/<name>/``: ``index.faiss`` (FAISS's own format, no pickle),
-``rows.npy`` (store rows covered, loaded without pickle) and ``index.json`` (what it was built
-from: feature sets and their config hashes, the store's row count and id hash, the kind and its
-parameters).
+Saved inside the store as Zarr nodes, so that the same code works on a local disk and on object
+storage (which has no rename), and plain ``zarr`` reads it::
+
+    STORE/indexes/<name>/             group; attribute ``current``: the version in use
+    STORE/indexes/<name>/<version>/   group; attributes: what it was built from (feature sets and
+                                      their config hashes, the store's row count and id hash, the
+                                      kind and its parameters); arrays ``rows`` (store row of each
+                                      FAISS id) and ``faiss`` (the bytes of ``faiss.write_index``,
+                                      FAISS's own format, no pickle; ``faiss-<i>`` per shard when
+                                      an HNSW index is served as shards)
+
+A build writes a new version completely, then replaces the group's ``zarr.json`` (one small
+object, replaced whole: a rename on a local disk, a single PUT on an object store) to point at
+it, then deletes versions older than the previous one. A reader reads the pointer first, so it
+loads the old index or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
+import os
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from emostore.errors import UserError
 from emostore.search import settings
@@ -33,6 +47,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ivf": {"nlist": None, "nprobe": 16, "pq_m": 0},  # nlist None: about 4 * sqrt(N); pq_m > 0: IVF-PQ
     "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 64},
 }
+#: Bytes per chunk of a saved FAISS index: one object-store request each.
+BLOB_CHUNK = 8 * 1024 * 1024
+INDEXES = "indexes"
 
 
 class StaleIndex(UserError):
@@ -44,7 +61,20 @@ def _faiss() -> Any:
 
 
 def ids_hash(ids: np.ndarray) -> str:
-    return hashlib.sha256("\n".join(map(str, ids)).encode("utf-8")).hexdigest()[:16]
+    """A short hash of the lines ``str(id)``, computed a block at a time."""
+    return _lines_hash(ids[i:i + 8192] for i in range(0, len(ids), 8192))
+
+
+def store_ids_hash(store: Store) -> str:
+    """``ids_hash(store.ids)``, reading the id column a block at a time."""
+    return _lines_hash(store.iter_ids())
+
+
+def _lines_hash(blocks: Iterator[Any]) -> str:
+    h = hashlib.sha256()
+    for i, block in enumerate(blocks):
+        h.update((("\n" if i else "") + "\n".join(map(str, block))).encode("utf-8"))
+    return h.hexdigest()[:16]
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -54,37 +84,35 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Rows valid in every feature set, their cosine-ready concatenated vectors, and the
-    standardisation applied to the feature sets that need it (see :func:`standardisation`)."""
-    parts, valid = [], np.ones(len(store), dtype=bool)
-    for name in features:
-        _, X, mask = store.feature_set(name).read()
-        parts.append(X)
-        valid &= mask
-    rows = np.flatnonzero(valid)
-    if len(rows) == 0:
-        raise UserError(f"{store.path}: no row has valid {' + '.join(features)} features to index")
-    stats = {name: standardisation(X[rows]) for name, X in zip(features, parts)
-             if not name.startswith("text/")}
-    return rows, combine([p[rows] for p in parts], features, stats), stats
+    standardisation applied to the feature sets that need it (see :mod:`emostore.search.build`).
+    All in memory: for large stores, :func:`emostore.search.build.build_streaming` streams."""
+    from emostore.search.build import plan
 
-
-def standardisation(X: np.ndarray) -> dict[str, list[float]]:
-    """Acoustic and facial features mix scales (Hz, dB, ratios): without a z-score the largest
-    dominate every cosine. Text embeddings are made for cosine as they are."""
-    std = X.std(0)
-    return {"mean": X.mean(0).tolist(), "std": np.where(std < 1e-6, 1.0, std).tolist()}
+    source, rows = plan(store, features)
+    vectors = np.concatenate([v for _, v in source.blocks(store, 0, len(store))])
+    return rows, vectors, source.stats
 
 
 def combine(parts: list[np.ndarray], features: list[str] | None = None,
             stats: dict[str, dict[str, list[float]]] | None = None) -> np.ndarray:
-    """Each part (z-scored when ``stats`` has it) L2-normalised, concatenated, normalised again."""
+    """Each part (z-scored when ``stats`` has it) L2-normalised, concatenated, normalised again.
+
+    Works in place on one float32 copy of each part (index builds stream large blocks through
+    here); the values are those of ``normalise`` applied step by step."""
     out = []
     for i, p in enumerate(parts):
+        p = np.array(p, dtype=np.float32)
         s = (stats or {}).get(features[i]) if features else None
         if s is not None:
-            p = (p - np.asarray(s["mean"], np.float32)) / np.asarray(s["std"], np.float32)
-        out.append(normalise(p))
-    return normalise(np.concatenate(out, axis=1))
+            p -= np.asarray(s["mean"], np.float32)
+            p /= np.asarray(s["std"], np.float32)
+        out.append(_normalise_in_place(p))
+    return _normalise_in_place(out[0] if len(out) == 1 else np.concatenate(out, axis=1))
+
+
+def _normalise_in_place(x: np.ndarray) -> np.ndarray:
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
 
 
 def default_name(features: list[str], checkpoint: Path | None = None) -> str:
@@ -92,14 +120,46 @@ def default_name(features: list[str], checkpoint: Path | None = None) -> str:
     return f"{Path(checkpoint).name}-embedding" if checkpoint else name
 
 
+def new_index(kind: str, d: int, n: int, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """An empty FAISS index of ``kind`` for ``n`` vectors of ``d`` dimensions, and its parameters."""
+    faiss = _faiss()
+    if kind not in KINDS:
+        raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    p = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(p["M"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(p["ef_construction"])
+        index.hnsw.efSearch = int(p["ef_search"])
+    else:
+        nlist = int(p["nlist"] or max(1, min(n // 39, int(4 * np.sqrt(n)))))
+        p["nlist"] = nlist
+        quantizer = faiss.IndexFlatIP(d)
+        if p["pq_m"]:
+            if d % int(p["pq_m"]):
+                raise UserError(f"--pq-m {p['pq_m']} must divide the dimension {d}")
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["pq_m"]), 8, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = int(p["nprobe"])
+    return index, p
+
+
 @dataclass
 class NearestIndex:
-    """A FAISS index and what it covers. ``rows[i]`` is the store row of FAISS id ``i``."""
+    """A FAISS index and what it covers. ``rows[i]`` is the store row of FAISS id ``i``.
+
+    ``shards`` holds the sub-indexes when ``index`` is a ``faiss.IndexShards`` (HNSW built with
+    ``--shards``): each is an ``IndexIDMap2`` whose ids are positions in ``rows``.
+    """
 
     index: Any
     rows: np.ndarray
     meta: dict[str, Any]
-    path: Path | None = None
+    name: str | None = None
+    where: str | None = None
+    shards: list[Any] = field(default_factory=list, repr=False)
     _gpu: Any = field(default=None, repr=False)
 
     # ----- building ----------------------------------------------------------------------
@@ -107,30 +167,11 @@ class NearestIndex:
     def build(cls, vectors: np.ndarray, rows: np.ndarray, *, kind: str = "flat",
               meta: dict[str, Any] | None = None, **params: Any) -> NearestIndex:
         faiss = _faiss()
-        if kind not in KINDS:
-            raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        p = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
         n, d = vectors.shape
         before = settings.openmp_threads()
         settings.configure(d)
         t0 = time.perf_counter()
-        if kind == "flat":
-            index = faiss.IndexFlatIP(d)
-        elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, int(p["M"]), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(p["ef_construction"])
-            index.hnsw.efSearch = int(p["ef_search"])
-        else:
-            nlist = int(p["nlist"] or max(1, min(n // 39, int(4 * np.sqrt(n)))))
-            p["nlist"] = nlist
-            quantizer = faiss.IndexFlatIP(d)
-            if p["pq_m"]:
-                if d % int(p["pq_m"]):
-                    raise UserError(f"--pq-m {p['pq_m']} must divide the dimension {d}")
-                index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["pq_m"]), 8, faiss.METRIC_INNER_PRODUCT)
-            else:
-                index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.nprobe = int(p["nprobe"])
+        index, p = new_index(kind, d, n, params)
         gpu = settings.to_gpu(index, kind)  # built on the GPU when there is one; the saved index is CPU either way
         target = gpu if gpu is not None else index
         if kind == "ivf":
@@ -146,67 +187,79 @@ class NearestIndex:
 
     @classmethod
     def build_for_store(cls, store: Store, features: list[str], *, kind: str = "flat",
-                        checkpoint: Path | None = None, **params: Any) -> NearestIndex:
-        if checkpoint is not None:
-            from emostore.search.embed import checkpoint_vectors
+                        checkpoint: Path | None = None, shards: int = 1, cluster: Any = None,
+                        train_size: int | None = None, progress: bool = False, **params: Any) -> NearestIndex:
+        """Index a store: its feature sets streamed chunk by chunk (see :mod:`emostore.search.build`),
+        or a checkpoint's embeddings (computed in memory, like training)."""
+        if checkpoint is None:
+            from emostore.search.build import build_streaming
 
-            rows, vectors, extra = checkpoint_vectors(store, Path(checkpoint))
-            features = extra["feature_sets"]
-        else:
-            rows, vectors, stats = store_vectors(store, features)
-            extra = {"standardisation": stats}
-        meta = {
-            "features": features,
-            "config_hashes": {f: store.feature_set(f).config_hash for f in features},
-            "store_rows": len(store),
-            "store_ids_hash": ids_hash(store.ids),
-            "valid_rows_hash": ids_hash(rows),
-            **extra,
-        }
-        return cls.build(vectors, rows, kind=kind, meta=meta, **params)
+            return build_streaming(store, features, kind=kind, shards=shards, cluster=cluster,
+                                   train_size=train_size, progress=progress, **params)
+        from emostore.search.embed import checkpoint_vectors
+
+        rows, vectors, extra = checkpoint_vectors(store, Path(checkpoint))
+        features = extra["feature_sets"]
+        return cls.build(vectors, rows, kind=kind, meta={**store_meta(store, features, rows), **extra}, **params)
 
     # ----- persistence -------------------------------------------------------------------
-    def save(self, directory: Path) -> Path:
-        faiss = _faiss()
-        directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        faiss.write_index(self.index, str(tmp / "index.faiss"))
-        np.save(tmp / "rows.npy", self.rows, allow_pickle=False)
-        (tmp / "index.json").write_text(json.dumps(self.meta, indent=2))
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)  # a reader sees the old index or the new one, never half of one
-        self.path = directory
-        return directory
+    def save(self, store: Store, name: str) -> str:
+        """Write a new version of index ``name`` into the store, then point ``name`` at it."""
+        group = _indexes_group(store, create=True).require_group(name)
+        _drop_old_layout(store, name)
+        version = f"v{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        v = group.create_group(version, attributes=self.meta)
+        v.create_array("rows", data=np.asarray(self.rows, dtype=np.int64), chunks=(max(1, min(len(self.rows), 1 << 20)),))
+        if self.shards:
+            for i, sub in enumerate(self.shards):
+                write_blob(v, f"faiss-{i}", sub)
+        else:
+            write_blob(v, "faiss", self.index)
+        previous = group.attrs.get("current")
+        group.attrs.update({"current": version, "updated": now()})  # the switch: one whole object
+        current = _indexes_group(store)[name].attrs.get("current")
+        for old in set(group.group_keys()) - {version, current, previous}:
+            del group[old]
+        self.name, self.where = name, store.location.child(INDEXES, name)
+        return self.where
 
     @classmethod
-    def load(cls, directory: Path) -> NearestIndex:
+    def load(cls, store: Store, name: str) -> NearestIndex:
         faiss = _faiss()
-        directory = Path(directory)
+        where = store.location.child(INDEXES, name)
         rebuild = "rebuild it with `emostore index build`"
+        group = _indexes_group(store)
+        if group is None or name not in set(group.group_keys()) or not group[name].attrs.get("current"):
+            raise UserError(f"{where}: no index here; {rebuild}")
+        version = str(group[name].attrs["current"])
         try:
-            meta = json.loads((directory / "index.json").read_text())
-            rows = np.load(directory / "rows.npy", allow_pickle=False)
-        except FileNotFoundError:
-            raise UserError(f"{directory}: no index here; {rebuild}") from None
-        except (ValueError, OSError) as exc:
-            raise UserError(f"{directory}: index metadata unreadable ({exc}); {rebuild}") from None
+            v = group[name][version]
+            meta = dict(v.attrs)
+            rows = np.asarray(v["rows"][:], dtype=np.int64)
+        except KeyError:
+            raise UserError(f"{where}: version {version} is missing; {rebuild}") from None
+        n_shards = int(meta.get("served_shards") or 0)
         try:
-            index = faiss.read_index(str(directory / "index.faiss"))
+            if n_shards:
+                subs = [read_blob(v[f"faiss-{i}"]) for i in range(n_shards)]
+                index = faiss.IndexShards(subs[0].d, False, False)
+                for sub in subs:
+                    index.add_shard(sub)
+            else:
+                subs, index = [], read_blob(v["faiss"])
         except Exception as exc:  # noqa: BLE001  (FAISS raises RuntimeError on a corrupt file)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{directory / 'index.faiss'} is corrupt or unreadable ({first}); {rebuild}") from None
+            raise UserError(f"{where}: the FAISS index is corrupt or unreadable ({first}); {rebuild}") from None
         if index.ntotal != len(rows):
-            raise UserError(f"{directory}: index holds {index.ntotal} vectors but rows.npy {len(rows)}; {rebuild}")
-        return cls(index, rows, meta, directory, _gpu=settings.to_gpu(index, meta.get("kind", "flat")))
+            raise UserError(f"{where}: index holds {index.ntotal} vectors but rows {len(rows)}; {rebuild}")
+        return cls(index, rows, meta, name, where, subs, _gpu=settings.to_gpu(index, meta.get("kind", "flat")))
 
     # ----- staleness ---------------------------------------------------------------------
     def stale_reasons(self, store: Store) -> list[str]:
         """Why this index no longer matches ``store`` (empty when it still does)."""
         reasons = []
         m = self.meta
-        if m.get("store_rows") != len(store) or m.get("store_ids_hash") != ids_hash(store.ids):
+        if m.get("store_rows") != len(store) or m.get("store_ids_hash") != store_ids_hash(store):
             reasons.append(f"the store's rows changed ({m.get('store_rows')} -> {len(store)} rows)")
         for name, h in m.get("config_hashes", {}).items():
             if not store.has_feature_set(name):
@@ -240,6 +293,10 @@ class NearestIndex:
             raise UserError(f"store row {row} is not in this index (its features are missing)")
         if self.meta.get("kind") == "ivf":
             _faiss().extract_index_ivf(self.index).make_direct_map()
+        for sub in self.shards:  # IDMap2 shards: ask the one holding this id
+            ids = _faiss().vector_to_array(sub.id_map)
+            if int(pos[0]) in set(ids.tolist()):
+                return np.asarray(sub.reconstruct(int(pos[0])), dtype=np.float32)
         return np.asarray(self.index.reconstruct(int(pos[0])), dtype=np.float32)
 
     def search(self, queries: np.ndarray, k: int, allowed_rows: np.ndarray | None = None,
@@ -284,10 +341,66 @@ class NearestIndex:
         return sims, rows
 
 
-def index_dir(store: Store, name: str) -> Path:
-    return store.path / "indexes" / name
+def store_meta(store: Store, features: list[str], rows: np.ndarray) -> dict[str, Any]:
+    """What an index over ``features`` of ``store`` was built from (for staleness checks)."""
+    return {
+        "features": features,
+        "config_hashes": {f: store.feature_set(f).config_hash for f in features},
+        "store_rows": len(store),
+        "store_ids_hash": store_ids_hash(store),
+        "valid_rows_hash": ids_hash(rows),
+    }
 
 
 def list_indexes(store: Store) -> list[str]:
-    root = store.path / "indexes"
-    return sorted(p.name for p in root.iterdir() if (p / "index.json").exists()) if root.exists() else []
+    group = _indexes_group(store)
+    if group is None:
+        return []
+    return sorted(name for name, g in group.groups() if g.attrs.get("current"))
+
+
+def _indexes_group(store: Store, create: bool = False) -> zarr.Group | None:
+    if create:
+        return zarr.open_group(store.location.zarr_store(), path=INDEXES, mode="a")
+    if not store.location.exists(f"{INDEXES}/zarr.json"):
+        return None
+    return zarr.open_group(store.location.zarr_store(read_only=True), path=INDEXES, mode="r")
+
+
+def _drop_old_layout(store: Store, name: str) -> None:
+    """Indexes of emostore 0.1 were three plain files in ``indexes/<name>/``; they are replaced."""
+    for old in ("index.faiss", "rows.npy", "index.json"):
+        key = store.location.key(f"{INDEXES}/{name}/{old}")
+        if store.location.fs.exists(key):
+            store.location.fs.rm(key)
+
+
+def write_blob(group: zarr.Group, key: str, index: Any) -> None:
+    """Save ``index`` as a uint8 array, through a temporary file: memory stays at the index plus one chunk."""
+    faiss = _faiss()
+    with tempfile.TemporaryDirectory(prefix="emostore-index-") as tmp:
+        path = os.path.join(tmp, "index.faiss")
+        faiss.write_index(index, path)
+        size = os.path.getsize(path)
+        arr = group.create_array(key, shape=(size,), chunks=(min(size, BLOB_CHUNK),), dtype="uint8",
+                                 compressors=None, fill_value=0)
+        with open(path, "rb") as fh:
+            for start, piece in _pieces(fh):
+                arr[start:start + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+
+
+def read_blob(arr: zarr.Array) -> Any:
+    faiss = _faiss()
+    with tempfile.TemporaryDirectory(prefix="emostore-index-") as tmp:
+        path = os.path.join(tmp, "index.faiss")
+        with open(path, "wb") as fh:
+            fh.writelines(np.asarray(arr[start:start + BLOB_CHUNK], dtype=np.uint8).tobytes()
+                          for start in range(0, arr.shape[0], BLOB_CHUNK))
+        return faiss.read_index(path)
+
+
+def _pieces(fh: Any) -> Iterator[tuple[int, bytes]]:
+    start = 0
+    while piece := fh.read(BLOB_CHUNK):
+        yield start, piece
+        start += len(piece)

@@ -72,7 +72,7 @@ def encode_query(store: Store, index: NearestIndex, query: str,
             parts.append(X)
         return combine(parts, features, index.meta.get("standardisation"))[0], row, f"utterance {query}"
     if as_id or looks_like_id(store, query):
-        raise UserError(f"unknown utterance id {query!r} in {store.path}")
+        raise UserError(f"unknown utterance id {query!r} in {store.url}")
     kind = query_kind(query)
     media = {"text": None, "media": None}
     if kind == "text":
@@ -140,6 +140,6 @@ def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, sp
         utterance = {"id": r["id"], "dialogue": r["dialogue"], "speaker": r["speaker"], "text": r["text"],
                      "label": r[label_column], "split": r["split"]}
     return {"query": query, "query_kind": what, "query_utterance": utterance,
-            "index": index.path.name if index.path else None,
+            "index": index.name,
             "features": index.meta["features"], "k": k, "neighbours": hits, "labels": distribution,
             "nearest_emotion": next(iter(distribution), None)}

@@ -74,7 +74,7 @@ class Predictor:
     Not thread-safe: the server gives each encoder to one thread (see :mod:`emostore.serve.batcher`).
     """
 
-    def __init__(self, checkpoint: Path, *, device: str = "auto", evidence_store: Path | None = None):
+    def __init__(self, checkpoint: Path, *, device: str = "auto", evidence_store: Path | str | None = None):
         self.checkpoint = ckpt_io.load(Path(checkpoint))
         self.device = resolve_device(device)
         self.model = self.checkpoint.model.to(self.device).eval()
@@ -418,25 +418,25 @@ class Predictor:
         return self.add_encoded_turn(conversation, max_turns, turn, checked)
 
     # ----- evidence ----------------------------------------------------------------------
-    def _open_evidence(self, store_path: Path | None, explicit: bool) -> Any:
-        """The first up-to-date index of the training store (or ``store_path``) over this checkpoint's
-        feature sets; ``None`` (with a log line saying why) when there is none."""
+    def _open_evidence(self, store_path: Path | str | None, explicit: bool) -> Any:
+        """The first up-to-date index of the training store (or ``store_path``, a path or URL) over this
+        checkpoint's feature sets; ``None`` (with a log line saying why) when there is none."""
         if store_path is None:
-            recorded = (self.meta.get("store") or {}).get("path")
-            store_path = Path(recorded) if recorded else None
+            store_path = (self.meta.get("store") or {}).get("path")
         say = log.warning if explicit else log.info
-        if store_path is None:
-            return None
-        if not (Path(store_path) / "indexes").exists():
-            say("no evidence: %s has no search index (build one with `emostore index build`)", store_path)
+        if not store_path:
             return None
         try:
-            from emostore.search.index import NearestIndex, index_dir, list_indexes
+            from emostore.search.index import NearestIndex, list_indexes
             from emostore.store import Store
 
-            store = Store.open(store_path, mode="r")
-            for name in list_indexes(store):
-                idx = NearestIndex.load(index_dir(store, name))
+            store = Store.open(str(store_path), mode="r")
+            names = list_indexes(store)
+            if not names:
+                say("no evidence: %s has no search index (build one with `emostore index build`)", store_path)
+                return None
+            for name in names:
+                idx = NearestIndex.load(store, name)
                 feats = idx.meta.get("features", [])
                 if "checkpoint" in idx.meta or not feats or not set(feats) <= set(self.feature_sets):
                     continue

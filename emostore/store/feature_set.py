@@ -1,17 +1,18 @@
 """One feature set: per-utterance vectors plus done/mask/error arrays, written chunk by chunk.
 
 The row chunk is the unit of work. A writer fills one chunk of ``values``, then the same chunk
-of ``mask`` and ``error``, and last of ``done``. Each chunk file is replaced atomically by
-Zarr's local store, so a process killed at any moment leaves every chunk either done (with all
-its data) or pending; a rerun recomputes only pending chunks. Shards own disjoint chunks
-(``chunk % n == i``), so concurrent writers never touch the same file.
+of ``mask`` and ``error``, and last of ``done``. Each chunk file is replaced atomically (a
+rename in Zarr's local store, one PUT on an object store), so a process killed at any moment
+leaves every chunk either done (with all its data) or pending; a rerun recomputes only pending
+chunks. Shards own disjoint chunks (``chunk % n == i``) and cluster tasks one chunk each, so
+concurrent writers never touch the same file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -69,10 +70,17 @@ class Shard:
 class FeatureSet:
     """Reader/writer of one feature set group ``features/<modality>/<name>``."""
 
-    def __init__(self, group: zarr.Group, name: str, ids: np.ndarray):
+    def __init__(self, group: zarr.Group, name: str, ids: np.ndarray | Callable[[], np.ndarray]):
         self.group = group
         self.name = name
-        self._ids = ids
+        self._ids_or_loader = ids
+
+    @property
+    def _ids(self) -> np.ndarray:
+        """The utterance ids, read from the table only when needed (index builds stream without them)."""
+        if callable(self._ids_or_loader):
+            self._ids_or_loader = self._ids_or_loader()
+        return self._ids_or_loader
 
     # ----- description -------------------------------------------------------------------
     @property

@@ -1,4 +1,5 @@
-"""A store: one directory per corpus holding the utterance table and its feature sets (Zarr 3).
+"""A store: one directory (or object-store prefix) per corpus holding the utterance table and
+its feature sets (Zarr 3).
 
 Layout::
 
@@ -6,15 +7,18 @@ Layout::
       zarr.json                       root attributes: emostore version, dataset, created
       table/<column>                  one 1-D array per column of the utterance table
       features/<modality>/<name>/     values [N, D] float32, done [N], mask [N], error [N] str
+      indexes/<name>/                 search indexes (see emostore.search.index)
+
+STORE is a path or a URL (``s3://bucket/prefix``, ``gs://...``, ``file://...``); see
+:mod:`emostore.store.location`. Every file in it is a Zarr node, so plain ``zarr`` reads the whole
+store without warnings. There are no lock files: object stores have no locks, and creating a
+feature set relies instead on a create-if-absent write of its metadata (one winner).
 """
 
 from __future__ import annotations
 
-import fcntl
-import shutil
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +29,8 @@ import zarr
 from emostore import __version__
 from emostore.errors import UserError
 from emostore.store.feature_set import FeatureSet, config_hash, default_chunk_rows, now
+from emostore.store.location import Location
 from emostore.store.table import read_table, write_table
-
-LOCK_FILE = ".emostore.lock"
 
 
 class StoreNotFound(UserError):
@@ -45,39 +48,52 @@ class StoreDamaged(UserError):
 class Store:
     """Open with :meth:`open`, create with :meth:`create`."""
 
-    def __init__(self, path: Path, root: zarr.Group):
-        self.path = path
+    def __init__(self, location: Location, root: zarr.Group):
+        self.location = location
         self.root = root
         self._table: pd.DataFrame | None = None
         self._ids: np.ndarray | None = None
 
+    @property
+    def url(self) -> str:
+        """Where the store is, as given (a path or a URL): what messages show."""
+        return self.location.url
+
+    @property
+    def path(self) -> Path:
+        """The store's directory (stores on the local disk only)."""
+        if self.location.local_path is None:
+            raise UserError(f"{self.url} is on object storage, not a local directory")
+        return self.location.local_path
+
     # ----- lifecycle ---------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, table: pd.DataFrame, *, dataset: str,
+    def create(cls, where: str | Path | Location, table: pd.DataFrame, *, dataset: str,
                table_attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Store:
-        path = Path(path)
-        if path.exists() and any(path.iterdir()):
+        loc = Location.parse(where)
+        loc.check_container()
+        if loc.has_content():
             if not overwrite:
-                raise UserError(f"{path} already exists; pass --overwrite to replace it")
-            if not (path / "zarr.json").exists():
-                raise UserError(f"{path} exists and is not an emostore store; refusing to delete it")
-            shutil.rmtree(path)
+                raise UserError(f"{loc} already exists; pass --overwrite to replace it")
+            if not loc.exists("zarr.json"):
+                raise UserError(f"{loc} exists and is not an emostore store; refusing to delete it")
+            loc.remove()
         if table["id"].duplicated().any():
-            raise UserError(f"{path}: the utterance table has duplicate ids")
-        root = zarr.open_group(str(path), mode="w")
+            raise UserError(f"{loc}: the utterance table has duplicate ids")
+        root = zarr.open_group(loc.zarr_store(), mode="w")
         root.attrs.update({"emostore_version": __version__, "dataset": dataset, "created": now(),
                            "n_rows": len(table)})
         write_table(root.create_group("table"), table, table_attrs or {})
         root.create_group("features")
-        return cls(path, root)
+        return cls(loc, root)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r+") -> Store:
-        path = Path(path)
-        if not (path / "zarr.json").exists() or not (path / "table").exists():
-            raise StoreNotFound(f"{path} is not an emostore store (no zarr.json/table); "
+    def open(cls, where: str | Path | Location, mode: str = "r+") -> Store:
+        loc = Location.parse(where)
+        if not loc.exists("zarr.json") or not loc.exists("table/zarr.json"):
+            raise StoreNotFound(f"{loc} is not an emostore store (no zarr.json/table); "
                                 "create one with `emostore ingest ...`")
-        store = cls(path, zarr.open_group(str(path), mode=mode))
+        store = cls(loc, zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode))
         store.check_layout()
         return store
 
@@ -85,26 +101,16 @@ class Store:
         """Refuse, in one line, a store whose groups or table columns were removed or damaged."""
         for group in ("table", "features"):
             if not isinstance(self.root.get(group), zarr.Group):
-                raise StoreDamaged(f"{self.path} is damaged: its {group} group is missing; re-create the store "
+                raise StoreDamaged(f"{self.url} is damaged: its {group} group is missing; re-create the store "
                                    "with `emostore ingest ... --overwrite`")
         table = self.root["table"]
         columns = table.attrs.get("columns")
         if not isinstance(columns, list):
-            raise StoreDamaged(f"{self.path} is damaged: the table's attributes do not list its columns")
+            raise StoreDamaged(f"{self.url} is damaged: the table's attributes do not list its columns")
         have = set(table.array_keys())
         for col in columns:
             if col not in have:
-                raise StoreDamaged(f"{self.path} is damaged: table column {col!r} is missing")
-
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """An exclusive inter-process lock for metadata changes (feature set creation, attrs)."""
-        with open(self.path / LOCK_FILE, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                raise StoreDamaged(f"{self.url} is damaged: table column {col!r} is missing")
 
     # ----- the table ---------------------------------------------------------------------
     @property
@@ -123,6 +129,15 @@ class Store:
             self._ids = np.array(self.root["table"]["id"][:].tolist(), dtype=object)
         return self._ids
 
+    def iter_ids(self, block: int = 8192) -> Iterator[list[str]]:
+        """The utterance ids, a block at a time (without holding them all)."""
+        if self._ids is not None:
+            yield from (self._ids[i:i + block].tolist() for i in range(0, len(self._ids), block))
+            return
+        column = self.root["table"]["id"]
+        for i in range(0, column.shape[0], block):
+            yield [str(x) for x in column[i:i + block].tolist()]
+
     def __len__(self) -> int:
         return int(self.root.attrs["n_rows"])
 
@@ -132,12 +147,15 @@ class Store:
 
     # ----- feature sets ------------------------------------------------------------------
     def feature_sets(self) -> list[str]:
-        names = []
+        """The feature sets, ``<modality>/<name>``; one still being created (its ``done`` array, made
+        last, not there yet) is left out."""
+        return [name for name in self._feature_groups()
+                if "done" in set(self.root["features"][name].array_keys())]
+
+    def _feature_groups(self) -> list[str]:
         feats = self.root["features"]
-        for modality in sorted(feats.group_keys()):
-            for name in sorted(feats[modality].group_keys()):
-                names.append(f"{modality}/{name}")
-        return names
+        return [f"{modality}/{name}" for modality in sorted(feats.group_keys())
+                for name in sorted(feats[modality].group_keys())]
 
     def has_feature_set(self, name: str) -> bool:
         return name in self.feature_sets()
@@ -148,12 +166,12 @@ class Store:
             if len(matches) == 1:
                 name = matches[0]
             elif len(matches) > 1:
-                raise UserError(f"{name!r} is ambiguous in {self.path}: name one of {', '.join(matches)}")
+                raise UserError(f"{name!r} is ambiguous in {self.url}: name one of {', '.join(matches)}")
         if not self.has_feature_set(name):
             have = ", ".join(self.feature_sets()) or "none"
-            raise UserError(f"{self.path}: no feature set {name!r} (have: {have}); "
+            raise UserError(f"{self.url}: no feature set {name!r} (have: {have}); "
                             f"run `emostore extract` first")
-        return FeatureSet(self.root["features"][name], name, self.ids)
+        return FeatureSet(self.root["features"][name], name, lambda: self.ids)
 
     def create_feature_set(self, name: str, *, dim: int, config: dict[str, Any], encoder: str,
                            version: dict[str, str], chunk_rows: int | None = None,
@@ -163,47 +181,81 @@ class Store:
 
         ``layers``: the vectors stack this many layers of ``dim / layers`` values (speech encoders).
 
-        Safe to call from several processes at once (shards): creation runs under the store lock.
+        Safe for several writers at once, on a local disk or an object store, without locks: the
+        feature set's metadata (``zarr.json``, holding the configuration) is written with a
+        create-if-absent write, so exactly one writer creates it. The others read the winner's
+        configuration: the same one is joined (its arrays are created if missing, which any
+        writer may do since they follow from the metadata alone); another one is refused.
         """
         if name.count("/") != 1 or not all(name.split("/")):
             raise UserError(f"feature set names look like <modality>/<name>, got {name!r}")
         h = config_hash(config)
-        with self.lock():
-            feats = self.root["features"]
-            if self.has_feature_set(name):
-                fs = FeatureSet(feats[name], name, self.ids)
-                if fs.config_hash == h and fs.dim == dim and not overwrite:
-                    return fs
-                if not overwrite:
-                    raise ConfigMismatch(
-                        f"{self.path}: feature set {name!r} was computed with another configuration "
-                        f"(stored {fs.config_hash}: {fs.config}; asked {h}: {config}). "
-                        f"Pass --overwrite to replace it, or --name to write a new feature set.")
-                del feats[name]
-            n = len(self)
-            rows = chunk_rows or default_chunk_rows(dim)
-            g = feats.require_group(name.split("/")[0]).create_group(name.split("/")[1])
-            g.create_array("values", shape=(n, dim), chunks=(rows, dim), dtype="float32", fill_value=np.nan)
-            g.create_array("done", shape=(n,), chunks=(rows,), dtype=bool, fill_value=False)
-            g.create_array("mask", shape=(n,), chunks=(rows,), dtype=bool, fill_value=False)
-            g.create_array("error", shape=(n,), chunks=(rows,), dtype=str, fill_value="")
-            if seq_dim:
-                g.create_array("seq_lengths", shape=(n,), chunks=(rows,), dtype="int64", fill_value=0)
-                g.create_group("seq")
-                g.attrs["seq_dim"] = seq_dim
-            if layers and layers > 1:
-                g.attrs["layers"] = int(layers)
-            stamp = now()
-            g.attrs.update({"name": name, "encoder": encoder, "version": version, "dim": dim,
-                            "dtype": "float32", "config": config, "config_hash": h,
-                            "chunk_rows": rows, "created": stamp, "updated": stamp})
-            return FeatureSet(g, name, self.ids)
+        if name in self._feature_groups():
+            fs = self._reopen(name, h, dim, config, overwrite)
+            if fs is not None:
+                return fs
+            del self.root["features"][name]
+        rows = chunk_rows or default_chunk_rows(dim)
+        stamp = now()
+        attrs = {"name": name, "encoder": encoder, "version": version, "dim": dim, "dtype": "float32",
+                 "config": config, "config_hash": h, "chunk_rows": rows, "created": stamp, "updated": stamp,
+                 **({"seq_dim": seq_dim} if seq_dim else {}), **({"layers": int(layers)} if layers and layers > 1 else {})}
+        try:
+            self.root["features"].require_group(name.split("/")[0])
+        except zarr.errors.ContainsGroupError:  # another writer made the modality's group just now
+            pass
+        if not self.location.create_exclusive(f"features/{name}/zarr.json", _group_document(attrs)):
+            fs = self._reopen(name, h, dim, config, overwrite=False, racing=True)
+            assert fs is not None
+            return fs
+        return self._complete(name)
+
+    def _reopen(self, name: str, h: str, dim: int, config: dict[str, Any], overwrite: bool,
+                racing: bool = False) -> FeatureSet | None:
+        """The existing feature set when its configuration is ``h``; None to replace it."""
+        g = self.root["features"][name]
+        stored_hash = g.attrs.get("config_hash")
+        if stored_hash == h and int(g.attrs.get("dim", -1)) == dim and not overwrite:
+            return self._complete(name)
+        if overwrite and not racing:
+            return None
+        who = "another writer created it at the same moment" if racing else "it was computed"
+        raise ConfigMismatch(
+            f"{self.url}: feature set {name!r} exists with another configuration ({who}: "
+            f"stored {stored_hash}: {g.attrs.get('config')}; asked {h}: {config}). "
+            f"Pass --overwrite to replace it, or --name to write a new feature set.")
+
+    def _complete(self, name: str) -> FeatureSet:
+        """Open feature set ``name``, creating whichever of its arrays are missing (idempotent)."""
+        g = self.root["features"][name]
+        n, rows, dim = len(self), int(g.attrs["chunk_rows"]), int(g.attrs["dim"])
+        have = set(g.array_keys())
+        specs: list[tuple[str, tuple[int, ...], tuple[int, ...], Any, Any]] = [
+            ("values", (n, dim), (rows, dim), "float32", np.nan),
+            ("mask", (n,), (rows,), bool, False),
+            ("error", (n,), (rows,), str, ""),
+        ]
+        if g.attrs.get("seq_dim"):
+            specs.append(("seq_lengths", (n,), (rows,), "int64", 0))
+            if "seq" not in set(g.group_keys()):
+                try:
+                    g.require_group("seq")
+                except zarr.errors.ContainsGroupError:  # another writer made it just now
+                    pass
+        specs.append(("done", (n,), (rows,), bool, False))  # last: its presence means all are there
+        for key, shape, chunks, dtype, fill in specs:
+            if key not in have:
+                try:
+                    g.create_array(key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
+                except zarr.errors.ContainsArrayError:  # another writer made it just now: same metadata
+                    pass
+        return FeatureSet(self.root["features"][name], name, lambda: self.ids)
 
     def touch_feature_set(self, name: str) -> None:
-        """Record when a feature set was last written (under the lock: shards share the attrs)."""
-        with self.lock():
-            g = zarr.open_group(str(self.path / "features" / name), mode="r+")
-            g.attrs["updated"] = now()
+        """Record when a feature set was last written. Writers may race here; each writes the
+        same keys, so the last one wins with an equally valid time."""
+        g = zarr.open_group(self.location.zarr_store(), path=f"features/{name}", mode="r+")
+        g.attrs["updated"] = now()
 
     def read(self, name: str, split: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(ids, X, mask)`` of a feature set, aligned to the table, optionally one split only."""
@@ -230,7 +282,7 @@ class Store:
             features[name] = fs.summary()
             features[name]["errors"] = [{"row": r, "id": i, "reason": why} for r, i, why in fs.errors()[:20]]
         return {
-            "path": str(self.path),
+            "path": self.url,
             "dataset": self.dataset,
             "utterances": len(t),
             "dialogues": int(t["dialogue"].nunique()),
@@ -247,3 +299,11 @@ class Store:
             "created": self.root.attrs.get("created"),
             "emostore_version": self.root.attrs.get("emostore_version"),
         }
+
+
+def _group_document(attrs: dict[str, Any]) -> bytes:
+    """The ``zarr.json`` of a group with these attributes, exactly as Zarr writes it."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+
+    return GroupMetadata(attributes=attrs).to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()

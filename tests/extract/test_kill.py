@@ -87,7 +87,9 @@ def test_kill_9_at_any_moment_then_rerun(tmp_path, ref):
     _, X, mask = fs.read()
     _, Xr, _ = ref.read("text/minilm")
     np.testing.assert_array_equal(X[done], Xr[done])
-    assert np.isnan(X[~done]).all() and not mask[~done].any()
+    # rows not done hold nothing, except the chunk the kill interrupted between its values and `done`
+    written = np.flatnonzero(~done & (~np.isnan(X).all(axis=1) | mask))
+    assert len(np.unique(written // CHUNK)) <= 1, f"rows not done hold data in several chunks: {written}"
     finish = subprocess.run(extract_cmd(victim.path), capture_output=True, text=True, timeout=300)
     assert finish.returncode == 0, finish.stderr
     assert_same(ref, Store.open(victim.path))

@@ -85,3 +85,40 @@ def test_workers_match_single_process(tmp_path):
         np.testing.assert_array_equal(x, y)
     for x, y in zip(a.feature_set("audio/chars").read_sequences(), b.feature_set("audio/chars").read_sequences()):
         np.testing.assert_array_equal(x, y)
+
+
+class PastTurnsEncoder(Encoder):
+    """Per row: [its text's length, the characters of its dialogue's earlier turns] (reads context)."""
+
+    modality = "text"
+    kind = "past-turns"
+    block_rows = 2
+
+    def __init__(self, config: EncoderConfig | None = None, *, name: str | None = None):
+        self.runtime = {}
+        self.name, self.dim, self.seq_dim = name or "past", 2, None
+        self.config = config or EncoderConfig()
+
+    def encode_rows(self, table, rows, progress=None):
+        values = []
+        for r in rows:
+            same = (table["dialogue"] == table["dialogue"].iat[r]) & (table["turn"] < table["turn"].iat[r])
+            values.append([len(table["text"].iat[r]), sum(len(t) for t in table["text"][same])])
+        if progress:
+            progress(len(rows))
+        return Encoded(np.array(values, np.float32), np.ones(len(rows), bool), [""] * len(rows))
+
+
+def test_worker_blocks_carry_their_dialogues_other_turns(tmp_path):
+    # dialogues cut across blocks (2 rows) and chunks (5 rows): a worker sees every turn of a block's dialogues
+    n = 23
+    t = finalize(pd.DataFrame({"id": [f"u{i}" for i in range(n)], "dialogue": [f"d{i // 4}" for i in range(n)],
+                               "turn": [i % 4 for i in range(n)], "text": ["y" * (i + 1) for i in range(n)]}),
+                 "toy", [], "toy")
+    a = Store.create(tmp_path / "a", t, dataset="toy")
+    b = Store.create(tmp_path / "b", t, dataset="toy")
+    run_extraction(a, PastTurnsEncoder(), chunk_rows=5, progress=False)
+    run_extraction(b, PastTurnsEncoder(), chunk_rows=5, progress=False, workers=2)
+    _, X, _ = a.read("text/past")
+    assert X[7].tolist() == [8.0, 5 + 6 + 7]  # row 7: turn 3 of d1 (rows 4-6 before it)
+    np.testing.assert_array_equal(X, b.read("text/past")[1])

@@ -85,7 +85,7 @@ def test_concatenated_features(store):
 
         run_extraction(store, text_encoder("minilm", device="cpu", context=2), progress=False)
         idx = build_index(store, ["text/minilm", "text/minilm-ctx2"])
-    assert idx.meta["dim"] == 768 and idx.path.name == "text-minilm+text-minilm-ctx2"
+    assert idx.meta["dim"] == 768 and idx.name == "text-minilm+text-minilm-ctx2"
     out = search(store, "d020_u03", k=3, features=["text/minilm", "text/minilm-ctx2"])
     assert out["features"] == ["text/minilm", "text/minilm-ctx2"] and len(out["neighbours"]) == 3
 
@@ -114,7 +114,7 @@ def test_staleness_when_valid_rows_change(store, minilm_encoder):
     from emostore.extract.runner import run_extraction
 
     run_extraction(store, minilm_encoder, overwrite=True, progress=False)
-    idx = NearestIndex.load(store.path / "indexes" / "text-minilm")
+    idx = NearestIndex.load(store, "text-minilm")
     assert any("rows with valid features changed" in r for r in idx.stale_reasons(store))
 
 
@@ -134,7 +134,11 @@ def test_bad_input_is_a_clear_error(store, tmp_path):
         search(store, str(tmp_path / "clip.wav"))
     with pytest.raises(UserError, match="no feature set"):
         build_index(store, ["audio/egemaps"])
-    (store.path / "indexes" / "text-minilm" / "index.faiss").write_bytes(b"garbage" * 10)
+    import zarr
+
+    pointer = zarr.open_group(str(store.path / "indexes" / "text-minilm"), mode="r").attrs["current"]
+    blob = zarr.open_array(str(store.path / "indexes" / "text-minilm" / pointer / "faiss"), mode="r+")
+    blob[:] = np.frombuffer((b"garbage" * blob.shape[0])[:blob.shape[0]], dtype=np.uint8)
     with pytest.raises(UserError, match="corrupt or unreadable"):
         search(store, "hello")
 
@@ -179,14 +183,14 @@ def test_checkpoint_embedding_index(store, tmp_path):
     ckpt = ckpt_io.save(result, data, tmp_path / "ckpt", store=store)
     idx = build_index(store, checkpoint=ckpt, kind="ivf", nlist=4, nprobe=4)
     assert idx.meta["dim"] == 32 and idx.meta["layer"] == "penultimate" and idx.meta["n_vectors"] == 385
-    out = search(store, "d030_u01", k=3, index=idx.path.name)
+    out = search(store, "d030_u01", k=3, index=idx.name)
     assert len(out["neighbours"]) == 3 and "d030_u01" not in [h["id"] for h in out["neighbours"]]
     with pytest.raises(UserError, match="takes utterance ids"):
-        search(store, "a brand new sentence", index=idx.path.name)
+        search(store, "a brand new sentence", index=idx.name)
     retrained = fit(data, "mlp", {"hidden": 32}, TrainConfig(epochs=3, seed=1, device="cpu"))
     ckpt_io.save(retrained, data, ckpt, store=store, overwrite=True)
     with pytest.raises(StaleIndex, match="retrained"):
-        search(store, "d030_u01", index=idx.path.name)
+        search(store, "d030_u01", index=idx.name)
 
 
 def test_multimodal_store_audio_and_media_queries(tmp_path):
