@@ -25,7 +25,6 @@ from typer.testing import CliRunner
 from emostore.cli import app
 from emostore.extract.audio_io import load_audio
 from emostore.extract.encoders.ssl import SSLEncoder
-from emostore.extract.runner import run_extraction
 from emostore.ingest.base import finalize
 from emostore.ingest.run import ingest
 from emostore.store import Store
@@ -153,9 +152,10 @@ def done_count(store: Path) -> int:
 
 @pytest.mark.slow
 def test_kill_9_then_resume(models, tmp_path):
+    # the reference: the same command, uninterrupted (in a process of its own like the victim's, so
+    # both run with the same torch threads whatever earlier tests did to this process)
     ref = sample_store(tmp_path / "ref" / "store")
-    with SSLEncoder.create(model=str(models["wavlm"]), frames=True, device="cpu") as enc:
-        run_extraction(ref, enc, chunk_rows=CHUNK, progress=False)
+    subprocess.run(cli(ref.path, models["wavlm"]), check=True, capture_output=True, timeout=300)
     victim = sample_store(tmp_path / "victim" / "store")
     n_rows = len(victim)
     seen = []
