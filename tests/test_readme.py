@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import SHARED
 from typer.testing import CliRunner
 
-from conftest import SHARED
 from emostore.cli import app
 
 pytestmark = pytest.mark.slow
