@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # A CPU build of torch first, so that no multi-GB CUDA build is pulled in by the requirements.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/emostore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(BIN)/emostore
 
 test: $(BIN)/emostore
 	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/emostore
+	$(BIN)/ruff check emostore tests bench
 
 bench: $(BIN)/emostore
 	$(BIN)/python bench/text_extract.py

@@ -187,8 +187,8 @@ def main() -> None:
                 audio.load_audio = timed("read", original_load)  # type: ignore[assignment]
                 OpenSmileEncoder.features = timed("opensmile", original_features)  # type: ignore[method-assign]
             try:
-                report = run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), workers=workers, overwrite=True,
-                                        progress=False)
+                report = run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), workers=workers,
+                                        overwrite=True, progress=False)
             finally:
                 audio.load_audio, OpenSmileEncoder.features = original_load, original_features  # type: ignore
             assert report.complete and report.rows_run == n and report.rows_failed == 0

@@ -98,7 +98,8 @@ def main() -> None:
     lines = ["## Emo-DB and FER2013 (issue 4)", "",
              f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, no GPU.", "",
              "### Emo-DB, leave one speaker out (535 utterances, 10 speakers, 7 emotions)", "",
-             "Each speaker in turn is the test split and the next one the dev split (early stopping, batches of 32, up to 150 epochs, patience 20); "
+             "Each speaker in turn is the test split and the next one the dev split (early stopping, batches of 32, "
+             "up to 150 epochs, patience 20); "
              "standardisation statistics come from the training speakers. Per-speaker z-scores use each "
              "speaker's own utterances (no labels). UAR = unweighted average recall over the 7 classes, "
              "pooled over the 10 folds; one seed.", "",

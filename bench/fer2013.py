@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emostore.extract.runner import run_extraction
 from emostore.extract.encoders.face import visual_encoder
+from emostore.extract.runner import run_extraction
 from emostore.ingest.run import ingest
 from emostore.store import Store, StoreNotFound
 

@@ -29,8 +29,8 @@ def machine() -> str:
 
 def cached_store(adapter: str, source: Path, name: str, contexts: tuple[int, ...]) -> Any:
     """``bench/out/<name>``: ingested once, with text/minilm (and -ctx<k>) extracted once."""
-    from emostore.extract.runner import run_extraction
     from emostore.extract.encoders.text import text_encoder
+    from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
     from emostore.store import Store
 

@@ -28,7 +28,8 @@ from servelib import Server, build, closed_loop, percentiles, uptime
 
 SECTION = "## Serving: load test (issue 12)"
 KINDS = ["text", "text + 3 s wav", "conversation turn"]
-#: Memory may settle after warm-up (allocator pools, caches): growth over the second half of the run must stay below this.
+#: Memory may settle after warm-up (allocator pools, caches): growth over the second half of the run must stay
+#: below this.
 MAX_GROWTH_MB = 50.0
 
 

@@ -63,7 +63,8 @@ class Server:
         env = {**{k: v for k, v in os.environ.items() if k not in drop_env}, "PYTHONPATH": str(source or ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-m", "emostore.cli", "serve", str(ckpt), "--port",
                                       str(self.port), "--device", "cpu", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(source or ROOT))
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                     cwd=str(source or ROOT))
         for _ in range(3000):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with code {self.proc.returncode}")

@@ -18,8 +18,8 @@ from pathlib import Path
 import benchlib
 import torch
 
-from emostore.extract.runner import run_extraction
 from emostore.extract.encoders.text import SentenceTransformerEncoder, text_encoder
+from emostore.extract.runner import run_extraction
 from emostore.ingest.run import ingest
 
 ROOT = Path(__file__).resolve().parents[1]

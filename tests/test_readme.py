@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import typer
-
 from conftest import SHARED
+
 from emostore.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

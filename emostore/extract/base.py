@@ -209,7 +209,7 @@ class Encoder(ABC):
     def encode_rows(self, table: pd.DataFrame, rows: np.ndarray, progress: Progress | None = None) -> Encoded:
         """Encode ``table.iloc[rows]``; ``table`` is the whole table (context encoders look around)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: encoders without native resources need not override it
         """Release native resources (idempotent)."""
 
     def __enter__(self: E) -> E:

@@ -13,8 +13,16 @@ import numpy as np
 import pandas as pd
 
 from emostore.ingest.base import (
-    Adapter, IngestError, IngestResult, Problem, finalize, hashed_split, normalize_split, read_csv,
-    register, repair_mojibake,
+    Adapter,
+    IngestError,
+    IngestResult,
+    Problem,
+    finalize,
+    hashed_split,
+    normalize_split,
+    read_csv,
+    register,
+    repair_mojibake,
 )
 
 FIELDS = ["id", "dialogue", "turn", "speaker", "text", "emotion", "sentiment", "split", "media", "start", "end"]

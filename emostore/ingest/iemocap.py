@@ -17,7 +17,13 @@ from typing import Any
 import pandas as pd
 
 from emostore.ingest.base import (
-    Adapter, IngestError, IngestResult, Problem, finalize, hashed_split, register,
+    Adapter,
+    IngestError,
+    IngestResult,
+    Problem,
+    finalize,
+    hashed_split,
+    register,
 )
 
 LABEL_MAPS: dict[int, dict[str, str]] = {

@@ -17,7 +17,15 @@ import pandas as pd
 
 from emostore.extract.video_io import IMAGE_SUFFIXES
 from emostore.ingest.base import (
-    SPLIT_ALIASES, Adapter, IngestError, IngestResult, Problem, finalize, hashed_split, read_csv, register,
+    SPLIT_ALIASES,
+    Adapter,
+    IngestError,
+    IngestResult,
+    Problem,
+    finalize,
+    hashed_split,
+    read_csv,
+    register,
 )
 
 

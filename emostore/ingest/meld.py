@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 
 from emostore.ingest.base import (
-    Adapter, IngestError, IngestResult, Problem, finalize, read_csv, register, repair_mojibake,
+    Adapter,
+    IngestError,
+    IngestResult,
+    Problem,
+    finalize,
+    read_csv,
+    register,
+    repair_mojibake,
 )
 
 CSV_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}

@@ -195,7 +195,8 @@ def _fill_task(source: Source, blob: np.ndarray, kind: str, shards: int, start: 
                first_id: int) -> np.ndarray:
     """Cluster task: fill one shard from the store and send it back serialised."""
     faiss = _faiss()
-    return faiss.serialize_index(fill(source, target(faiss.deserialize_index(blob), kind, shards), start, stop, first_id))
+    index = target(faiss.deserialize_index(blob), kind, shards)
+    return faiss.serialize_index(fill(source, index, start, stop, first_id))
 
 
 def build_streaming(store: Store, features: list[str], *, kind: str = "flat", shards: int = 1,

@@ -209,7 +209,8 @@ class NearestIndex:
         _drop_old_layout(store, name)
         version = f"v{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         v = group.create_group(version, attributes=self.meta)
-        v.create_array("rows", data=np.asarray(self.rows, dtype=np.int64), chunks=(max(1, min(len(self.rows), 1 << 20)),))
+        v.create_array("rows", data=np.asarray(self.rows, dtype=np.int64),
+                       chunks=(max(1, min(len(self.rows), 1 << 20)),))
         if self.shards:
             for i, sub in enumerate(self.shards):
                 write_blob(v, f"faiss-{i}", sub)

@@ -27,8 +27,9 @@ def build_index(store: Store | Path | str, features: list[str] | None = None, *,
     names = [store.feature_set(f).name for f in (features or [])]
     index = NearestIndex.build_for_store(store, names, kind=kind, checkpoint=checkpoint, shards=shards,
                                          cluster=cluster, train_size=train_size, progress=progress, **params)
-    index.meta["build_command"] = {"features": names, "kind": kind, "checkpoint": str(checkpoint) if checkpoint else None,
-                                   "shards": shards, "train_size": train_size,
+    index.meta["build_command"] = {"features": names, "kind": kind,
+                                   "checkpoint": str(checkpoint) if checkpoint else None, "shards": shards,
+                                   "train_size": train_size,
                                    "params": {k: v for k, v in params.items() if v is not None}}
     index.save(store, name or default_name(index.meta["features"], checkpoint))
     return index

@@ -199,7 +199,8 @@ class Store:
         stamp = now()
         attrs = {"name": name, "encoder": encoder, "version": version, "dim": dim, "dtype": "float32",
                  "config": config, "config_hash": h, "chunk_rows": rows, "created": stamp, "updated": stamp,
-                 **({"seq_dim": seq_dim} if seq_dim else {}), **({"layers": int(layers)} if layers and layers > 1 else {})}
+                 **({"seq_dim": seq_dim} if seq_dim else {}),
+                 **({"layers": int(layers)} if layers and layers > 1 else {})}
         try:
             self.root["features"].require_group(name.split("/")[0])
         except zarr.errors.ContainsGroupError:  # another writer made the modality's group just now

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from conftest import SAMPLE
 from typer.testing import CliRunner
 
-from conftest import SAMPLE
 from emostore.cli import app
 
 runner = CliRunner()

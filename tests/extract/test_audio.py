@@ -15,8 +15,8 @@ opensmile = pytest.importorskip("opensmile")
 av = pytest.importorskip("av")
 sf = pytest.importorskip("soundfile")
 
-from emostore.extract.encoders.opensmile import OpenSmileEncoder  # noqa: E402
 from emostore.extract.audio_io import MediaError, load_audio  # noqa: E402
+from emostore.extract.encoders.opensmile import OpenSmileEncoder  # noqa: E402
 from emostore.extract.runner import run_extraction  # noqa: E402
 from emostore.ingest.base import finalize  # noqa: E402
 from emostore.store import Store  # noqa: E402
@@ -228,8 +228,8 @@ def test_workers_give_the_same_store(tmp_path, emodb):
     rows = [{"media": str(f)} for f in emodb[:10]] + [{"media": str(tmp_path / "gone.wav")}]
     stores = [make_store(tmp_path / f"w{w}", rows) for w in (1, 2)]
     for store, workers in zip(stores, (1, 2), strict=True):
-        report = run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps-lld"), chunk_rows=4, workers=workers,
-                                progress=False)
+        report = run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps-lld"), chunk_rows=4,
+                                workers=workers, progress=False)
         assert report.complete and report.rows_failed == 1
     a, b = (s.feature_set("audio/egemaps-lld") for s in stores)
     for x, y in zip(a.read(), b.read(), strict=True):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from conftest import SAMPLE
+
 from emostore.extract.runner import run_extraction
 from emostore.ingest.run import ingest
 from emostore.store import Store
@@ -100,7 +100,7 @@ def test_two_shards_at_once(tmp_path, ref):
     procs = [subprocess.Popen(extract_cmd(target.path, "--shard", f"{i}/2"), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     merged = Store.open(target.path)
     assert_same(ref, merged)

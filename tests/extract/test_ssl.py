@@ -178,8 +178,9 @@ def test_kill_9_then_resume(models, tmp_path):
     _, Xr, _ = ref.read("audio/wavlm")
     differ = [r for r in np.flatnonzero(done) if not np.array_equal(X[r], Xr[r], equal_nan=True)]
     errors = dict((i, e) for _, i, e in fs.errors())
+    ids = victim.table["id"]
     assert not differ, (f"done rows differ from the reference (kills at {seen} rows): "
-                        + "; ".join(f"row {r} {victim.table['id'].iat[r]}: error {errors.get(victim.table['id'].iat[r])!r}, "
+                        + "; ".join(f"row {r} {ids.iat[r]}: error {errors.get(ids.iat[r])!r}, "
                                     f"max diff {np.nanmax(np.abs(X[r] - Xr[r])) if np.isfinite(X[r]).any() else 'nan'}"
                                     for r in differ[:5]))
     finish = subprocess.run(cli(victim.path, models["wavlm"]), capture_output=True, text=True, timeout=300,

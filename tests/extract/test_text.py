@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emostore.extract.runner import run_extraction
 from emostore.extract.encoders.text import build_inputs, bundled_model_path, text_encoder
+from emostore.extract.runner import run_extraction
 from emostore.ingest.base import finalize
 from emostore.store import ConfigMismatch, Shard, Store
 
@@ -108,6 +108,7 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 
 def test_resume_and_shards_equal_uninterrupted(tmp_path, minilm_encoder):
     from conftest import SAMPLE
+
     from emostore.ingest.run import ingest
 
     full, _ = ingest("csv", [SAMPLE], tmp_path / "full", dataset="sample")

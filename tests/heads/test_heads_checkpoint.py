@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from emostore.errors import UserError
-from emostore.extract.runner import run_extraction
 from emostore.extract.encoders.text import text_encoder
+from emostore.extract.runner import run_extraction
 from emostore.heads import checkpoint
 from emostore.heads.data import load_data
 from emostore.heads.evaluate import evaluate

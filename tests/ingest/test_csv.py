@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE
+
 from emostore.ingest.base import IngestError
 from emostore.ingest.csv_table import CsvAdapter
 from emostore.ingest.run import ingest

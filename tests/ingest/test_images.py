@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED, shared_data
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import SHARED, shared_data
 from emostore.cli import app
 from emostore.ingest.base import IngestError
 from emostore.ingest.images import ImagesAdapter

@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import shared_data
+
 from emostore.ingest.base import IngestError
 from emostore.ingest.meld import MeldAdapter
 from emostore.ingest.run import ingest

@@ -41,12 +41,19 @@ import pandas as pd
 from emostore.errors import UserError
 from emostore.extract.base import Encoded, Encoder, EncoderConfig, Progress, derived, register
 from emostore.extract.face_features import (
-    BLENDSHAPES, GEOMETRY_NAMES, GEOMETRY_VERSION, Face, face_crop, faces_from_result, frontal_geometry, pool,
+    BLENDSHAPES,
+    GEOMETRY_NAMES,
+    GEOMETRY_VERSION,
+    Face,
+    face_crop,
+    faces_from_result,
+    frontal_geometry,
+    pool,
     pooled_names,
 )
 from emostore.extract.media_errors import MediaError
 from emostore.extract.model_files import resolve_face_model, resolve_fer_model, sha256_file
-from emostore.extract.video_io import iter_frames, is_image
+from emostore.extract.video_io import is_image, iter_frames
 
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FER_CROP = "square landmark box + 5% margin per side, 64x64 grayscale, scaled to [-1, 1] (v1)"

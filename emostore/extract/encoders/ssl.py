@@ -140,7 +140,8 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     except ValueError:
         raise UserError(f"--layers must be all, last or numbers such as 0,6,12; got {text!r}") from None
     if not out or any(not 0 <= x <= n_layers for x in out) or len(set(out)) != len(out):
-        raise UserError(f"--layers {text}: the model has hidden states 0..{n_layers}; give distinct layers in that range")
+        raise UserError(f"--layers {text}: the model has hidden states 0..{n_layers}; "
+                        "give distinct layers in that range")
     return out
 
 
@@ -302,8 +303,8 @@ class SSLEncoder(Encoder):
         except MediaError as exc:
             return exc.reason, None
         if self._frames_out(len(signal)) < 1:
-            return (f"too short for {self.config.model_type}: {path} gives {len(signal) / self.config.sample_rate:.3f} s "
-                    "of audio"), None
+            seconds = len(signal) / self.config.sample_rate
+            return f"too short for {self.config.model_type}: {path} gives {seconds:.3f} s of audio", None
         return "", signal
 
     def _forward(self, signals: list[np.ndarray]) -> list[np.ndarray]:

@@ -21,7 +21,14 @@ import pandas as pd
 
 from emostore.errors import UserError
 from emostore.extract.base import (
-    Encoded, Encoder, EncoderConfig, Progress, build_encoder, derived, register, resolve_device,
+    Encoded,
+    Encoder,
+    EncoderConfig,
+    Progress,
+    build_encoder,
+    derived,
+    register,
+    resolve_device,
 )
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -185,9 +192,12 @@ class TextEncoder(Encoder):
         distinct = list(groups)
         weights = [len(groups[s]) for s in distinct]
 
-        def row_progress(k: int, _done=[0]) -> None:  # report rows covered, not distinct strings
-            a = _done[0]
-            _done[0] += k
+        covered = 0
+
+        def row_progress(k: int) -> None:  # report rows covered, not distinct strings
+            nonlocal covered
+            a = covered
+            covered += k
             if progress:
                 progress(sum(weights[j] for j in order_done[a:a + k]))
 

@@ -1,10 +1,10 @@
 """``svm``: a support-vector machine (libsvm through scikit-learn), linear or RBF kernel.
 
-The standard classifier on openSMILE functionals: ``SVC``, or ``SVR`` for scores. Classes are separated one against one, as libsvm does; the outputs are scikit-learn's
-one-vs-rest decision values (votes plus a confidence below 1/3), so their arg max is the
-predicted class. They are scores, not probabilities: softmax them only to rank classes. A
-linear kernel is saved as its coefficients, an RBF kernel as its support vectors and dual
-coefficients (see :mod:`emostore.heads.classical`).
+The standard classifier on openSMILE functionals: ``SVC``, or ``SVR`` for scores. Classes are separated
+one against one, as libsvm does; the outputs are scikit-learn's one-vs-rest decision values (votes plus a
+confidence below 1/3), so their arg max is the predicted class. They are scores, not probabilities: softmax
+them only to rank classes. A linear kernel is saved as its coefficients, an RBF kernel as its support vectors
+and dual coefficients (see :mod:`emostore.heads.classical`).
 
 An RBF SVM needs its kernel matrix (rows x rows) in memory to train at a usable speed: a
 training split too big for the memory available (or for ``memory_gb``) is refused before
