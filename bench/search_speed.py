@@ -235,7 +235,7 @@ def main() -> None:
         ("ivf", {"nlist": nlist}, "nprobe", [8, 16, 32, 64, 128]),
         ("ivf", {"nlist": nlist, "pq_m": 48}, "nprobe", [16, 64]),
         ("ivf", {"nlist": nlist, "pq_m": 96}, "nprobe", [16, 64]),
-        ("hnsw", {"M": 32, "ef_construction": 80}, "ef_search", [32, 64, 128, 256]),
+        ("hnsw", {"M": 32, "ef_construction": 80}, "ef_search", [32, 64, 128, 256, 512, 1024]),
     ]
     rows, best, sims_synth = approximate_section(X, queries, configs)
     after = load()

@@ -335,7 +335,7 @@ class NearestIndex:
         index = self._gpu if (self._gpu is not None and sel is None) else self.index
         if kind == "flat" and index is self.index and sel is None and len(q) == 1 and threads > 1 \
                 and hasattr(index, "get_xb"):
-            sims, ids = settings.sliced_flat_search(index, q, k, threads)  # FAISS gives one query one thread
+            sims, ids = settings.flat_single_query(index, q, k)  # FAISS gives one query one thread
         else:
             sims, ids = index.search(q, k, params=sp) if sp is not None else index.search(q, k)
         rows = np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1)

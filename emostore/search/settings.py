@@ -13,14 +13,16 @@ shared with other work):
 - FAISS (and the OpenBLAS inside faiss-cpu, an OpenMP build) starts one OpenMP thread per core,
   and each parallel region waits for its slowest thread. When other processes keep the cores
   busy, a thread that the kernel has put aside holds up every region, and waiting threads spin.
-  We give FAISS the cores that are free (the cores this process may use, less the 1-minute load
-  average, at least one), and the commands ask OpenMP to sleep rather than spin while it waits
+  We give FAISS the cores that are free (the cores this process may use, less the CPU time other
+  processes used since the last look, at least one; not the load average, which lags by a minute),
+  and the commands ask OpenMP to sleep rather than spin while it waits
   (:func:`quiet_openmp`: ``OMP_WAIT_POLICY=PASSIVE``, unless already set, before FAISS loads).
   ``EMOSTORE_FAISS_THREADS`` (or ``OMP_NUM_THREADS``) fixes the number instead.
-- One query is scored by one thread: FAISS splits its work by query. A matrix product by NumPy
-  reads the vectors with every core; so for a single query against a flat index we split the
-  vectors into one slice per free core and search the slices in parallel (FAISS releases the GIL),
-  reading FAISS's own copy of the vectors, and merge the top ``k``.
+- One query is scored by one thread: FAISS splits its work by query, and one thread does not use
+  the memory bandwidth a scan of 1M vectors needs. A matrix-vector product reads the vectors with
+  every core; so a single query against a flat index is one BLAS product over FAISS's own copy of
+  the vectors, then a partial sort (:func:`flat_single_query`). Slicing the vectors and searching
+  the slices with FAISS in parallel threads was tried first: no faster than one thread here.
 
 OpenMP settings belong to the thread that sets them, so :func:`configure` runs before every
 build and search, in the thread that does it. The BLAS blocks are 256 queries by 16384 vectors
@@ -34,7 +36,7 @@ import functools
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
 from typing import Any
 
 import numpy as np
@@ -74,14 +76,44 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+#: The last reading of the machine's and this process's CPU time: (monotonic s, busy jiffies, all jiffies,
+#: this process's CPU s), and the free cores it gave.
+_reading: list[Any] = []
+
+
+def _cpu_times() -> tuple[float, int, int, float]:
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    # idle, iowait, and time of niced processes (nice > 0), which give way to this one
+    free = fields[3] + (fields[4] if len(fields) > 4 else 0) + fields[1]
+    return time.monotonic(), sum(fields) - free, sum(fields), time.process_time()
+
+
 def free_cores() -> int:
-    """Cores not kept busy by other processes (the 1-minute load average says how many are), at least 1."""
+    """Cores not kept busy by other processes, at least 1: the machine's busy CPU time (``/proc/stat``;
+    niced processes, which give way, do not count) less this process's own, since the last call
+    (re-read at most every 0.25 s; the first call samples 20 ms). Not the load average: it lags by
+    a minute and counts this process's own work."""
     n = cores()
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        return n
-    return max(1, min(n, int(n - busy + 0.5)))
+        now = _cpu_times()
+        if not _reading:
+            time.sleep(0.02)
+            _reading[:] = [now, None]
+            now = _cpu_times()
+        elif now[0] - _reading[0][0] < 0.25:
+            return _reading[1]
+        last = _reading[0]
+        total_cpus = os.cpu_count() or n
+        others = (now[1] - last[1]) / max(1, now[2] - last[2]) * total_cpus - (now[3] - last[3]) / (now[0] - last[0])
+        free = max(1, min(n, int(n - max(0.0, others) + 0.5)))
+        _reading[:] = [now, free]
+        return free
+    except (OSError, ValueError, IndexError):  # no /proc (not Linux): the load average instead
+        try:
+            return max(1, min(n, int(n - os.getloadavg()[0] + 0.5)))
+        except OSError:
+            return n
 
 
 def threads() -> int:
@@ -120,28 +152,21 @@ def configure(dim: int, n_threads: int | None = None) -> int:
     return n
 
 
-@functools.cache
-def _pool(n: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(n, thread_name_prefix="emostore-faiss")
-
-
-def sliced_flat_search(index: Any, query: np.ndarray, k: int, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top ``k`` of one query in a flat inner-product index, its vectors cut into ``n_threads``
-    slices searched in parallel (no copy: the slices are views of the index's storage)."""
+def flat_single_query(index: Any, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` of one query in a flat inner-product index: one matrix-vector product over the
+    index's own storage (a view, no copy), which BLAS runs on every core, where FAISS would give the
+    query one thread. The ties and the order of the result are FAISS's (highest first, lower id first)."""
     f = faiss()
     n, d = index.ntotal, index.d
     vectors = f.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
-    bounds = np.linspace(0, n, n_threads + 1).astype(np.int64)
-
-    def part(i: int) -> tuple[np.ndarray, np.ndarray]:
-        sims, ids = f.knn(query, vectors[bounds[i]:bounds[i + 1]], k, f.METRIC_INNER_PRODUCT)
-        return sims, np.where(ids >= 0, ids + bounds[i], -1)
-
-    parts = list(_pool(n_threads).map(part, range(n_threads)))
-    sims = np.concatenate([p[0] for p in parts], axis=1)
-    ids = np.concatenate([p[1] for p in parts], axis=1)
-    best = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, best, 1), np.take_along_axis(ids, best, 1)
+    sims = vectors @ query[0]
+    k_eff = min(k, n)
+    top = np.argpartition(-sims, k_eff - 1)[:k_eff] if k_eff < n else np.arange(n)
+    top = top[np.lexsort((top, -sims[top]))]
+    out_s = np.full((1, k), -np.inf, np.float32)
+    out_i = np.full((1, k), -1, np.int64)
+    out_s[0, :k_eff], out_i[0, :k_eff] = sims[top], top
+    return out_s, out_i
 
 
 @functools.cache

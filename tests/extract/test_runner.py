@@ -122,3 +122,25 @@ def test_worker_blocks_carry_their_dialogues_other_turns(tmp_path):
     _, X, _ = a.read("text/past")
     assert X[7].tolist() == [8.0, 5 + 6 + 7]  # row 7: turn 3 of d1 (rows 4-6 before it)
     np.testing.assert_array_equal(X, b.read("text/past")[1])
+
+
+def test_workers_share_the_cores_out(monkeypatch):
+    import os
+
+    from emostore.extract.runner import THREAD_VARIABLES, start_workers
+
+    for k in THREAD_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+    pool = start_workers(2)
+    try:
+        seen = {k: pool.submit(os.getenv, k).result(timeout=60) for k in THREAD_VARIABLES}
+    finally:
+        pool.shutdown()
+    assert seen == dict.fromkeys(THREAD_VARIABLES, str(max(1, (os.cpu_count() or 1) // 2)))
+    assert not any(k in os.environ for k in THREAD_VARIABLES)  # the parent's own settings are as they were
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    pool = start_workers(2)
+    try:
+        assert pool.submit(os.getenv, "OMP_NUM_THREADS").result(timeout=60) == "3"
+    finally:
+        pool.shutdown()

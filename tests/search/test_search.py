@@ -250,14 +250,17 @@ def test_faiss_settings_blas_path_and_threads_give_exact_answers(monkeypatch):
     for threads in ("1", "2"):
         monkeypatch.setenv("EMOSTORE_FAISS_THREADS", threads)
         assert settings.threads() == int(threads)
-        for nq in (1, settings.BLAS_MIN_QUERIES, 7, 100):  # one query: sliced over the threads; more: BLAS
+        for nq in (1, settings.BLAS_MIN_QUERIES, 7, 100):  # 1 query: a matrix-vector product; more: BLAS
             q = normalise(X[:nq] + 0.05 * rng.standard_normal((nq, 96)).astype(np.float32))
             sims, rows = idx.search(q, 10)
             brute = np.argsort(-(q @ X.T), axis=1)[:, :10]
             np.testing.assert_array_equal(rows, brute)
             np.testing.assert_allclose(sims, np.take_along_axis(q @ X.T, brute, 1), atol=1e-5)
-    small = NearestIndex.build(X[:15], np.arange(15))  # slices of 7 and 8 vectors for k = 10
+    small = NearestIndex.build(X[:15], np.arange(15))
     np.testing.assert_array_equal(small.search(X[:1], 10)[1][0], np.argsort(-(X[:15] @ X[0]))[:10])
+    sims, rows = small.search(X[:1], 20)  # more neighbours asked for than there are vectors: -1 rows, as FAISS
+    np.testing.assert_array_equal(rows[0, :15], np.argsort(-(X[:15] @ X[0])))
+    assert (rows[0, 15:] == -1).all() and np.isfinite(sims[0, :15]).all()
     monkeypatch.setenv("EMOSTORE_FAISS_THREADS", "many")
     with pytest.raises(UserError, match="EMOSTORE_FAISS_THREADS"):
         idx.search(X[:1], 3)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,8 @@ class FinetunedTextEncoder(Encoder):
     kind = "finetuned"
     Config = FinetunedConfig
     config: FinetunedConfig
+    #: A worker encodes whole chunks: the same length-sorted batches as one process, so the same bits.
+    block_rows: ClassVar[int] = 1 << 30
 
     def __init__(self, config: FinetunedConfig, *, name: str | None = None, device: str = "auto",
                  batch_size: int = 64):

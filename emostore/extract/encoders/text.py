@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -122,6 +122,8 @@ class TextEncoder(Encoder):
     modality = "text"
     Config = TextConfig
     config: TextConfig
+    #: A worker encodes whole chunks: the same length-sorted batches as one process, so the same bits.
+    block_rows: ClassVar[int] = 1 << 30
 
     def __init__(self, config: TextConfig, *, name: str | None = None, device: str = "auto", batch_size: int = 64):
         self.runtime = {"device": device, "batch_size": batch_size}
