@@ -181,9 +181,11 @@ def report() -> str:
         by.setdefault(r["group"], []).append(r)
     loads = [float(r[k]) for r in rs for k in ("load_before", "load_after")]
     machine = (f"Date {max((r['date'] for r in rs), default=date.today().isoformat())}; machine: 2-core CPU "
-               "(Intel Xeon), no GPU, torch 2.13.0+cpu, 1 torch thread per run, runs under `nice -n 10`, up to five "
+               "(Intel Xeon), no GPU, torch 2.13.0+cpu, 1 torch thread per run, runs under `nice`, two to five "
                f"at a time, on a machine shared with other jobs (load average {min(loads, default=0):.1f}–"
-               f"{max(loads, default=0):.1f} on 2 cores at the runs' starts and ends).")
+               f"{max(loads, default=0):.1f} on 2 cores at the runs' starts and ends). Minutes per epoch: the wall "
+               "time, inflated by that sharing, and the CPU time of the run's one thread, which is what an epoch "
+               "costs on a free core.")
     command = "`nice -n 10 python bench/finetune_text.py run --jobs 2`, then `python bench/finetune_text.py report`."
     lines = [machine, command]
     meld = [g for g in GROUPS if g.startswith("meld") and g in by]
