@@ -130,7 +130,9 @@ def stop_after_rows(store: Path, rows: int, sig: int) -> tuple[int, int, list[in
     """Run the CLI on its own local cluster; send ``sig`` once ``rows`` rows are done."""
     import psutil
 
-    proc = subprocess.Popen(cli(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal gives it, even where this test itself runs with SIGINT ignored (a background job)
+    proc = subprocess.Popen(cli(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, children = time.time() + 240, []
     while proc.poll() is None and time.time() < deadline:
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] or children

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,4 +105,7 @@ def test_two_shards_at_once(tmp_path, ref):
         assert p.returncode == 0, err
     merged = Store.open(target.path)
     assert_same(ref, merged)
-    assert sum("incomplete" in o for o, _ in outs) >= 1  # the first to finish saw the other's chunks pending
+    # each shard ran its own chunks: together all rows, once (a shard that finished first says "incomplete")
+    runs = [re.search(r"(\d+) rows in (\d+) chunks", o) for o, _ in outs]
+    assert all(runs) and all(int(m.group(2)) > 0 for m in runs), outs
+    assert sum(int(m.group(1)) for m in runs) == len(ref), outs
