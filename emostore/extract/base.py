@@ -310,6 +310,15 @@ def describe_encoders() -> list[dict[str, Any]]:
     return out + [{"module": m, "unavailable": why} for m, why in UNAVAILABLE.items()]
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """The weights' precision for inference: ``auto`` is float16 on CUDA, float32 elsewhere."""
+    if precision == "auto":
+        return "float16" if device.startswith("cuda") else "float32"
+    if precision not in ("float32", "float16", "bfloat16"):
+        raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+    return precision
+
+
 def resolve_device(device: str) -> str:
     """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""
     import torch

@@ -21,7 +21,16 @@ import numpy as np
 import pandas as pd
 
 from emostore.errors import UserError
-from emostore.extract.base import Encoded, Encoder, EncoderConfig, Progress, derived, register, resolve_device
+from emostore.extract.base import (
+    Encoded,
+    Encoder,
+    EncoderConfig,
+    Progress,
+    derived,
+    register,
+    resolve_device,
+    resolve_precision,
+)
 from emostore.extract.dialogue_input import INPUT_FORMAT, POOLING, DialogueFormat, TurnTokenizer, dialogue_turns, embed
 from emostore.extract.finetuned import content_hash, is_finetuned, read_meta
 from emostore.store.table import columns_hash
@@ -79,11 +88,7 @@ class FinetunedTextEncoder(Encoder):
         self.folder = folder.resolve()
         self.meta = meta = read_meta(folder)
         self.device = resolve_device(device)
-        precision = config.precision
-        if precision == "auto":
-            precision = "float16" if self.device.startswith("cuda") else "float32"
-        if precision not in ("float32", "float16", "bfloat16"):
-            raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+        precision = resolve_precision(config.precision, self.device)
         self.precision = precision
         self.batch_size = batch_size
         self.format = DialogueFormat.from_dict(meta["input"])

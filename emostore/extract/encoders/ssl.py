@@ -33,7 +33,16 @@ import pandas as pd
 
 from emostore.errors import UserError
 from emostore.extract.audio_io import MediaError, load_audio
-from emostore.extract.base import Encoded, Encoder, EncoderConfig, Progress, derived, register, resolve_device
+from emostore.extract.base import (
+    Encoded,
+    Encoder,
+    EncoderConfig,
+    Progress,
+    derived,
+    register,
+    resolve_device,
+    resolve_precision,
+)
 from emostore.extract.encoders.opensmile import IMAGE_SUFFIXES, row_source
 
 #: ``model_type`` values of Hugging Face speech encoders that take raw waveforms.
@@ -193,11 +202,7 @@ class SSLEncoder(Encoder):
             raise UserError(f"SSL model {self.folder} is not the model these features were made with (its files' "
                             f"sha256 {digest[:12]}... differs from {config.model_sha256[:12]}...); pass that model")
         self.device = resolve_device(device)
-        precision = config.precision
-        if precision == "auto":
-            precision = "float16" if self.device.startswith("cuda") else "float32"
-        if precision not in ("float32", "float16", "bfloat16"):
-            raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+        precision = resolve_precision(config.precision, self.device)
         self.batch_size = batch_size
         self.extractor, self.model = _load(str(self.folder), self.device, precision)
         cfg = self.model.config

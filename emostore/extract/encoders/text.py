@@ -29,6 +29,7 @@ from emostore.extract.base import (
     derived,
     register,
     resolve_device,
+    resolve_precision,
 )
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -129,11 +130,7 @@ class TextEncoder(Encoder):
         self.runtime = {"device": device, "batch_size": batch_size}
         self.model_name = config.model
         self.device = resolve_device(device)
-        precision = config.precision
-        if precision == "auto":
-            precision = "float16" if self.device.startswith("cuda") else "float32"
-        if precision not in ("float32", "float16", "bfloat16"):
-            raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+        precision = resolve_precision(config.precision, self.device)
         if config.context < 0:
             raise UserError(f"--context must be >= 0, got {config.context}")
         self.precision = precision
