@@ -230,7 +230,7 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
     out = {"feature_set": report.feature_set, "encoder": enc.kind, "config_hash": report.config_hash,
            "dim": enc.dim, "seq_dim": enc.seq_dim, "device": getattr(enc, "device", "cpu"), "workers": workers,
            "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,
-           "rows_failed": report.rows_failed, "complete": report.complete,
+           "rows_failed": report.rows_failed, "complete": report.complete, "chunks_damaged": report.chunks_damaged,
            "failures": [{"id": i, "reason": r} for i, r in report.failures]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
@@ -238,6 +238,9 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
         typer.echo(f"{report.feature_set} ({enc.kind}, config {report.config_hash}, {enc.dim}-d) on {out['device']}: "
                    f"{report.rows_run} rows in {report.chunks_run} chunks, {report.rows_failed} failed; "
                    f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
+        if report.chunks_damaged:
+            typer.echo(f"  {report.chunks_damaged} finished chunks were damaged (missing files or failed checksums) "
+                       "and were computed again", err=True)
         for i, r in report.failures[:10]:
             typer.echo(f"  {i}: {r}")
         if len(report.failures) > 10:
@@ -549,6 +552,30 @@ def info(store: StoreArg, as_json: Json = False) -> None:
         show_info(data)
 
 
+@app.command("verify", cls=Command)
+@user_errors
+def verify_cmd(store: StoreArg,
+               feature_set: Annotated[str | None, typer.Option(help="Only this feature set (not the table or "
+                                                                   "indexes).")] = None,
+               repair: Annotated[bool, typer.Option("--repair", help="Mark damaged feature-set chunks pending "
+                                                    "(the next extract recomputes them); remove what cannot be "
+                                                    "kept. The table is never changed.")] = False,
+               as_json: Json = False) -> None:
+    """Check that the store holds what it says: every chunk present and intact (checksums), done
+    consistent with the data, indexes whole. Exits 1 while damage remains."""
+    from emostore.display import show_verify
+    from emostore.store import Store
+    from emostore.store.integrity import verify
+
+    report = verify(Store.open(store), feature_set=feature_set, repair=repair)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        show_verify(report, repair=repair)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command("list", cls=Command)
 @user_errors
 def list_cmd(what: Annotated[str | None, typer.Argument(
@@ -666,6 +693,8 @@ def train(store: StoreArg,
           overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
           speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
                                                      "with that speaker's own utterances (speech emotion).")] = False,
+          allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Train even when a feature "
+                                                         "set has rows not extracted yet (they are masked).")] = False,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
           as_json: Json = False) -> None:
     """Train a head on the train split (early stopping on dev) and save a checkpoint."""
@@ -674,7 +703,7 @@ def train(store: StoreArg,
     config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
                            label_smoothing, ema, seed, device)
     result, path = run_train(store, features, head, out, target=target.value, params=_key_values(param),
-                             speaker_norm=speaker_norm,
+                             speaker_norm=speaker_norm, allow_incomplete=allow_incomplete,
                              config=config, overwrite=overwrite,
                              progress=not quiet and not as_json and sys.stderr.isatty())
     summary = {"checkpoint": str(path), **result.summary()}

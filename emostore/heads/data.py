@@ -71,6 +71,8 @@ class HeadData:
     layers: list[int] = field(default_factory=list)
     #: Speaker of every row across the store (for grouped cross-validation), "" when unknown.
     groups: np.ndarray | None = None
+    #: Per incomplete feature set: how many of its rows are not extracted yet (masked).
+    incomplete: dict[str, int] = field(default_factory=dict)
 
     @property
     def frame_dims(self) -> list[int | None]:
@@ -159,14 +161,9 @@ def read_frames(fs: Any) -> tuple[np.ndarray, np.ndarray]:
         sl = fs.chunk_slice(chunk)
         if not done[sl].all():
             continue  # not finished: its frames do not count yet
-        chunk_lengths = np.asarray(fs.group["seq_lengths"][sl], dtype=np.int64)
-        if chunk_lengths.sum():
-            parts.append(np.asarray(fs.group["seq"][str(chunk)][:], dtype=np.float32))
-        lengths[sl] = chunk_lengths
+        lengths[sl], chunk_frames = fs.chunk_frames(chunk)  # damage: one line naming the chunk
+        parts.append(chunk_frames)
     frames = np.concatenate(parts) if parts else np.zeros((0, int(fs.seq_dim)), np.float32)
-    if len(frames) != lengths.sum():
-        raise UserError(f"feature set {fs.name!r}: {len(frames)} stored frames but the lengths add up to "
-                        f"{int(lengths.sum())}; the store is damaged, re-extract it with --overwrite")
     return frames, lengths
 
 
@@ -277,14 +274,15 @@ def speaker_normalise(X: np.ndarray, mask: np.ndarray, speakers: np.ndarray) -> 
 
 def load_data(store: Store, feature_sets: list[str] | str, target: str | Target = "emotion", *,
               norm: dict[str, dict[str, list[float]]] | None = None, speaker_norm: bool = False,
-              frames: bool = False, split: np.ndarray | None = None) -> HeadData:
+              frames: bool = False, split: np.ndarray | None = None, require_complete: bool = False) -> HeadData:
     """Read the feature sets and the target of every row of ``store``.
 
     A checkpoint passes its :class:`Target` (label map) and ``norm``; otherwise the label map is
     built from the training split and the statistics are computed on it. With ``frames``, the
     frame sequences of the feature sets that keep them are read too, and a row of such a feature
     set counts as present only when it has frames. ``split`` replaces the table's split of each
-    row (cross-validation folds).
+    row (cross-validation folds). ``require_complete``: refuse a feature set with rows not
+    extracted yet (otherwise they are masked, and counted in ``incomplete``).
     """
     names = resolve_feature_sets(store, feature_sets)
     table = store.table
@@ -298,8 +296,16 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
         raise UserError(f"{store.url}: no rows in the train split to compute normalisation statistics from")
     xs, masks, dims, hashes, stats, seqs, layers = [], [], [], [], {}, [], []
     who = np.array([w if isinstance(w, str) and w else f"\0{i}" for i, w in enumerate(table["speaker"])])
+    incomplete = {}
     for name in names:
         fs = store.feature_set(name)
+        missing = int((~fs.done()).sum())
+        if missing and require_complete:
+            raise UserError(f"{store.url}: feature set {name} is incomplete: {missing} of {fs.n_rows} rows are not "
+                            "extracted yet; run its extract command again to finish it, or pass --allow-incomplete "
+                            "to train without them")
+        if missing:
+            incomplete[name] = missing
         _, X, mask = fs.read()
         if speaker_norm:
             X = speaker_normalise(X, mask, who)
@@ -333,7 +339,7 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
     dialogues, speakers = _dialogues(table)
     groups = np.array([w if isinstance(w, str) else "" for w in table["speaker"]], dtype=object)
     return HeadData(names, dims, hashes, tgt, store.ids, split, xs, torch.from_numpy(np.stack(masks, 1)), y,
-                    dialogues, torch.from_numpy(speakers), stats, seqs, layers, groups)
+                    dialogues, torch.from_numpy(speakers), stats, seqs, layers, groups, incomplete)
 
 
 def _load_frames(store: Store, fs: Any, mask: np.ndarray, train: np.ndarray, speakers: np.ndarray | None,

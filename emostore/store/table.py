@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from emostore.store import arrays
+
 TABLE_CHUNK = 16384
 
 
@@ -33,15 +35,15 @@ def write_table(group: zarr.Group, table: pd.DataFrame, attrs: dict[str, Any]) -
         if kind == "str":
             values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
                                for v in table[col]], dtype=object)
-            arr = group.create_array(col, shape=(n,), chunks=(chunk,), dtype=str, fill_value="")
+            arr = arrays.create(group, col, shape=(n,), chunks=(chunk,), dtype=str, fill_value="")
         else:
             values = table[col].to_numpy(dtype=kind)
             fill = np.nan if kind == "float64" else (False if kind == "bool" else 0)
-            arr = group.create_array(col, shape=(n,), chunks=(chunk,), dtype=kind, fill_value=fill)
+            arr = arrays.create(group, col, shape=(n,), chunks=(chunk,), dtype=kind, fill_value=fill)
         arr[:] = values
     # attrs must be JSON: round-trip to turn numpy scalars and the like into plain values
-    group.attrs.update(json.loads(json.dumps({"columns": list(table.columns), "kinds": kinds,
-                                              "n_rows": n, **attrs}, default=str)))
+    group.attrs.update(json.loads(json.dumps({"columns": list(table.columns), "kinds": kinds, "n_rows": n,
+                                              arrays.INTEGRITY: arrays.INTEGRITY_VERSION, **attrs}, default=str)))
 
 
 def read_table(group: zarr.Group) -> pd.DataFrame:
