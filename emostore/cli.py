@@ -466,11 +466,28 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                                                                 "utterances as evidence (default: the training "
                                                                 "store).")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+                timeline: Annotated[bool, typer.Option(
+                    "--timeline", help="Segment a long --audio/--video recording into speech and predict each "
+                                       "segment.")] = False,
+                transcript: Annotated[Path | None, typer.Option(
+                    help="With --timeline: a CSV of start, end, text (else text is masked).")] = None,
+                csv_out: Annotated[Path | None, typer.Option("--csv", help="With --timeline: write the segments "
+                                                                          "as CSV.")] = None,
+                plot: Annotated[Path | None, typer.Option(help="With --timeline: plot it to a PNG.")] = None,
                 as_json: Json = False) -> None:
-    """Emotion of one new utterance, encoded exactly as the checkpoint's training data was."""
+    """Emotion of one new utterance, encoded exactly as the checkpoint's training data was; with
+    --timeline, of each speech segment of a long recording."""
     from emostore.display import show_prediction
     from emostore.serve.predictor import Predictor
 
+    if timeline or transcript or csv_out or plot:
+        if not timeline:
+            raise UserError("--transcript, --csv and --plot go with --timeline")
+        from emostore.serve import timeline_command
+
+        timeline_command.run(checkpoint, audio=audio, video=video, text=text, image=image, transcript=transcript,
+                             as_json=as_json, csv_path=csv_out, plot_path=plot, device=device, store=store)
+        return
     result = Predictor(checkpoint, device=device, evidence_store=store).predict(
         text=text, audio=audio, video=video, image=image)
     if as_json:
