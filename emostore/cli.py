@@ -518,8 +518,12 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
               max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 20.0,
               max_turns: Annotated[int, typer.Option(help="Turns kept per conversation.")] = 50,
               max_conversations: Annotated[int, typer.Option(
-                  help="Conversations kept (least recent dropped).")] = 1000) -> None:
-    """HTTP API: POST /predict, POST /conversations/{id}/turns, GET /health, /openapi.json."""
+                  help="Conversations kept (least recent dropped).")] = 1000,
+              max_streams: Annotated[int, typer.Option(min=1, help="Concurrent /stream WebSockets.")] = 8,
+              max_stream_rate: Annotated[float, typer.Option(
+                  min=1.0, help="Fastest accepted /stream audio, in times real time.")] = 4.0) -> None:
+    """HTTP API: POST /predict, POST /conversations/{id}/turns, POST /timeline, WebSocket /stream, the page at /,
+    GET /health, /openapi.json."""
     import logging
 
     from emostore.search.settings import quiet_openmp
@@ -536,7 +540,8 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
     logging.getLogger("emostore").addHandler(handler)
     logging.getLogger("emostore").setLevel(logging.INFO)
     limits = Limits(max_text_chars=max_text, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                    max_turns=max_turns, max_conversations=max_conversations, max_queue=max_queue)
+                    max_turns=max_turns, max_conversations=max_conversations, max_queue=max_queue,
+                    max_streams=max_streams, max_stream_rate=max_stream_rate)
     batching = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue}
     if workers > 1:
         from emostore.serve.workers import WorkerPool

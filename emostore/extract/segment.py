@@ -197,6 +197,16 @@ class Segmenter:
         return self._origin + self._n
 
     @property
+    def last_end(self) -> int:
+        """End of the last segment returned (no later segment starts before it)."""
+        return self._last_end
+
+    @property
+    def next_id(self) -> int:
+        """The id the next segment will get."""
+        return self._next_id
+
+    @property
     def in_speech(self) -> bool:
         return self._start is not None
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,24 +45,28 @@ class Piece:
 
 
 def read_transcript(path: Path) -> list[Piece]:
-    """A CSV of ``start, end, text`` (seconds; a header row is optional), sorted by start."""
+    """A CSV file of ``start, end, text`` (seconds; a header row is optional), sorted by start."""
     if not path.is_file():
         raise UserError(f"transcript {path} does not exist")
-    pieces = []
     with open(path, newline="", encoding="utf-8") as fh:
-        for n, row in enumerate(csv.reader(fh), start=1):
-            if not row or (n == 1 and row[0].strip().lower() == "start"):
-                continue
-            if len(row) < 3:
-                raise UserError(f"transcript {path} row {n}: expected start, end, text; got {len(row)} column(s)")
-            try:
-                start, end = float(row[0]), float(row[1])
-            except ValueError:
-                raise UserError(f"transcript {path} row {n}: start and end must be seconds, got "
-                                f"{row[0]!r}, {row[1]!r}") from None
-            if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start:
-                raise UserError(f"transcript {path} row {n}: bad span [{row[0]}, {row[1]}]")
-            pieces.append(Piece(start, end, ",".join(row[2:]).strip()))
+        return parse_transcript(fh, f"transcript {path}")
+
+
+def parse_transcript(lines: Iterable[str], name: str = "transcript") -> list[Piece]:
+    """CSV lines of ``start, end, text``; a bad row is a :class:`UserError` naming ``name`` and the row."""
+    pieces = []
+    for n, row in enumerate(csv.reader(lines), start=1):
+        if not row or (n == 1 and row[0].strip().lower() == "start"):
+            continue
+        if len(row) < 3:
+            raise UserError(f"{name} row {n}: expected start, end, text; got {len(row)} column(s)")
+        try:
+            start, end = float(row[0]), float(row[1])
+        except ValueError:
+            raise UserError(f"{name} row {n}: start and end must be seconds, got {row[0]!r}, {row[1]!r}") from None
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start:
+            raise UserError(f"{name} row {n}: bad span [{row[0]}, {row[1]}]")
+        pieces.append(Piece(start, end, ",".join(row[2:]).strip()))
     return sorted(pieces, key=lambda p: p.start)
 
 
