@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emostore import __version__
 from emostore.errors import UserError
-from emostore.search.query import AUDIO, IMAGE, VIDEO
 from emostore.extract.segment import SegmenterConfig
+from emostore.search.query import AUDIO, IMAGE, VIDEO
 from emostore.serve.batcher import Batcher, Busy, Job
 from emostore.serve.predictor import Inputs, Predictor
 from emostore.serve.stream import Hub, StreamLimits

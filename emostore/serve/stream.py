@@ -50,7 +50,8 @@ log = logging.getLogger("emostore.serve")
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 DTYPES = {"pcm_s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 #: WebSocket close codes (RFC 6455).
-NORMAL, PROTOCOL_ERROR, INVALID_DATA, POLICY, TOO_BIG, SERVER_ERROR, TRY_LATER = 1000, 1002, 1007, 1008, 1009, 1011, 1013
+NORMAL, PROTOCOL_ERROR, INVALID_DATA, POLICY = 1000, 1002, 1007, 1008
+TOO_BIG, SERVER_ERROR, TRY_LATER = 1009, 1011, 1013
 
 
 class Misuse(Exception):
@@ -136,7 +137,8 @@ class Hub:
         """One client, from the handshake to the close."""
         await ws.accept()
         if self.open >= self.limits.max_streams:
-            await ws.close(TRY_LATER, f"server full: {self.open} streams open (--max-streams {self.limits.max_streams})")
+            await ws.close(TRY_LATER, f"server full: {self.open} streams open "
+                                      f"(--max-streams {self.limits.max_streams})")
             return
         self.open += 1
         self._ids += 1
