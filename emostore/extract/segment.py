@@ -10,14 +10,15 @@ closes: speech starts when a window's speech probability reaches ``threshold``; 
 ``min_silence_s`` of windows under ``threshold - 0.15`` follow (so short pauses inside an utterance
 do not split it). Segments shorter than ``min_speech_s`` are dropped; the rest get ``pad_s`` of
 audio on each side (never overlapping a neighbour). Speech that goes on past ``max_segment_s`` is
-cut at its quietest 96 ms in the second half of the segment, and the rest continues as a new
-segment. Memory is bounded: the segmenter keeps the audio of the open segment only, which is at
+cut at its quietest 96 ms after its first third (so no piece is tiny), and the rest continues as a
+new segment. Memory is bounded: the segmenter keeps the audio of the open segment only, which is at
 most ``max_segment_s`` plus the padding and the closing silence, whatever the length of the stream.
 The result does not depend on how the stream was chunked.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,7 +107,9 @@ class SileroVad:
         finally:
             torch.set_num_threads(threads)
         self._torch = torch
-        self.model = load_silero_vad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load's notice
+            self.model = load_silero_vad()
         self.model.eval()
 
     def probs(self, windows: list[np.ndarray]) -> list[float]:
@@ -274,18 +277,18 @@ class Segmenter:
         return None
 
     def _cut(self, now: int) -> Segment | None:
-        """The open segment reached the maximum length: end it at its quietest point in the second half."""
+        """The open segment reached the maximum length: end it at its quietest point after the first third."""
         w = self.vad.window
         start = self._start
         assert start is not None
-        half = [(i, a) for i, (a, _) in enumerate(self._quiet) if a >= start + self._max // 2]
+        late = [(i, a) for i, (a, _) in enumerate(self._quiet) if a >= start + self._max // 3]
         rms = np.array([r for _, r in self._quiet], dtype=np.float64)
         smooth = np.convolve(rms, np.ones(QUIET_SPAN) / QUIET_SPAN, mode="same")
-        i, _ = min(half, key=lambda p: smooth[p[0]]) if half else (len(self._quiet) - 1, 0)
+        i, _ = min(late, key=lambda p: smooth[p[0]]) if late else (len(self._quiet) - 1, 0)
         cut = self._quiet[i][0] + w // 2
+        rest = self._quiet[i:]  # the windows of the new segment
         seg = self._emit(start, cut, now, pad_start=True, pad_end=0, cut=True)
-        self._start = cut
-        self._quiet = [q for q in self._quiet if q[0] >= cut - w // 2]
+        self._start, self._quiet = cut, rest
         if self._silence_from is not None and self._silence_from < cut:
             self._silence_from = cut
         return seg
