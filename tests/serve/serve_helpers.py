@@ -84,3 +84,14 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def egemaps_text(audio_sample_store, tmp_path_factory):
+    """An ``mlp`` on text/minilm + audio/egemaps of the sample's speech files (the real-time checkpoint)."""
+
+    def make():
+        data = load_data(audio_sample_store, ["text/minilm", "audio/egemaps"], "emotion")
+        result = fit(data, "mlp", {}, TrainConfig(epochs=8, modality_dropout=0.3, device="cpu"))
+        return ckpt_io.save(result, data, tmp_path_factory.mktemp("ck") / "egemaps_text", store=audio_sample_store)
+
+    return once("egemaps_text", make)
