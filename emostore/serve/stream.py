@@ -142,11 +142,12 @@ class Hub:
             return
         self.open += 1
         self._ids += 1
+        folder = self.tmp / f"s{self._ids}"
         stream: Stream | None = None
         try:
             config = await self._config(ws)
             vad = await self.run(self.take_vad)
-            stream = Stream(self, ws, config, Segmenter(self.segmenter, vad), self.tmp / f"s{self._ids}")
+            stream = Stream(self, ws, config, Segmenter(self.segmenter, vad), folder)
             await stream.serve()
         except Misuse as exc:
             await _close(ws, exc.code, exc.reason)
