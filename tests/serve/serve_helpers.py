@@ -3,11 +3,15 @@ sample, and a server on loopback. (A module, not a conftest: other tests import 
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -95,3 +99,30 @@ def egemaps_text(audio_sample_store, tmp_path_factory):
         return ckpt_io.save(result, data, tmp_path_factory.mktemp("ck") / "egemaps_text", store=audio_sample_store)
 
     return once("egemaps_text", make)
+
+
+@contextmanager
+def serve_process(ckpt: Path, *args: str, tmp: Path | None = None) -> Iterator[str]:
+    """``emostore serve CKPT ARGS`` in a subprocess on a free loopback port (``TMPDIR=tmp``); yields its URL."""
+    import httpx
+
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(root), **({"TMPDIR": str(tmp)} if tmp else {})}
+    proc = subprocess.Popen([sys.executable, "-m", "emostore.cli", "serve", str(ckpt), "--port", str(port),
+                             "--device", "cpu", *args], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -5,11 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,7 +18,6 @@ from emostore.sample.clips import joined_recording, speech_clips
 pytest.importorskip("silero_vad", reason="the audio extra (silero-vad) is not installed")
 ws_client = pytest.importorskip("websockets.sync.client", reason="the serve extra (websockets) is not installed")
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 RATE = 16000
 
 
@@ -38,23 +33,8 @@ def recording(tmp_path_factory):
 def server(audio_sample_store, tmp_path_factory):
     ckpt = helpers.egemaps_text(audio_sample_store, tmp_path_factory)
     tmp = tmp_path_factory.mktemp("server_tmp")
-    port = helpers.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "emostore.cli", "serve", str(ckpt), "--port", str(port),
-                             "--device", "cpu", "--max-streams", "2", "--max-stream-rate", "20"],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    yield url, tmp
-    proc.terminate()
-    proc.wait(timeout=30)
+    with helpers.serve_process(ckpt, "--max-streams", "2", "--max-stream-rate", "20", tmp=tmp) as url:
+        yield url, tmp
 
 
 def ws_url(url: str) -> str:

@@ -217,7 +217,7 @@ async function uploadFile(event) {
     `of speech in ${out.summary.duration_s.toFixed(1)} s`;
   const rows = Object.entries(out.summary.per_emotion || {}).map(([label, v]) => {
     const tr = document.createElement("tr");
-    for (const text of [label, `${v.seconds.toFixed(1)} s`, `${(100 * v.share).toFixed(0)}%`, `${v.segments} segments`]) {
+    for (const text of [label, `${v.seconds.toFixed(1)} s`, `${(100 * v.share).toFixed(0)}%`, `${v.segments} segment${v.segments === 1 ? "" : "s"}`]) {
       const td = document.createElement("td");
       td.textContent = text;
       tr.append(td);

@@ -2,7 +2,8 @@
 class PcmWriter extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.block = new Int16Array(Math.round(sampleRate / 10));
+    this.size = Math.round(sampleRate / 10);
+    this.block = new Int16Array(this.size);
     this.filled = 0;
   }
 
@@ -16,9 +17,9 @@ class PcmWriter extends AudioWorkletProcessor {
       for (let c = 0; c < channels; c++) v += input[c][i];
       v = Math.max(-1, Math.min(1, v / channels));
       this.block[this.filled++] = v < 0 ? v * 32768 : v * 32767;
-      if (this.filled === this.block.length) {
-        this.port.postMessage(this.block.buffer, [this.block.buffer]);
-        this.block = new Int16Array(this.block.length);
+      if (this.filled === this.size) {
+        this.port.postMessage(this.block.buffer, [this.block.buffer]);  // transferred: the next block is new
+        this.block = new Int16Array(this.size);
         this.filled = 0;
       }
     }
