@@ -1,8 +1,9 @@
 """Real-time streams: segment event latency, lag at the end of long streams, `predict --timeline` speed, and
 segment boundary accuracy, with an eGeMAPS + text checkpoint trained on the sample.
 
-- **latency**: streams of about 60 s made from the sample's clips (joined by 1.0-2.5 s of silence) are sent
-  to `emostore serve` over `/stream` at real-time pace in 100 ms frames, by 1 client and then by 8 at once.
+- **latency**: streams of about 60 s made from the sample's clips (in a random order per stream, joined by
+  1.0-2.5 s of silence) are sent to `emostore serve` over `/stream` at real-time pace in 100 ms frames, by
+  1 client and then by 8 at once.
   A segment's latency is the time from sending the frame that let the segmenter close it (the frame holding
   the sample at which its closing silence was complete; the same segmenter run here on the same audio gives
   that sample) to receiving its `segment` message.
@@ -74,24 +75,27 @@ def stream(url: str, pcm: np.ndarray, out: dict) -> None:
     out.update(sent=sent, got=got, end=end, behind=end - t0 - len(pcm) / RATE)
 
 
-def run_streams(url: str, pcm: np.ndarray, n: int) -> dict:
-    offline = Segmenter()
-    expected = offline.feed(pcm.astype(np.float32) / 32768) + offline.flush()
-    results = [{} for _ in range(n)]
-    threads = [threading.Thread(target=stream, args=(url, pcm, r)) for r in results]
-    for i, t in enumerate(threads):
+def run_streams(url: str, pcms: list[np.ndarray]) -> dict:
+    """One stream per recording, all at once; each stream's latencies against the same segmenter run offline."""
+    expected = []
+    for pcm in pcms:
+        offline = Segmenter()
+        expected.append(offline.feed(pcm.astype(np.float32) / 32768) + offline.flush())
+    n = len(pcms)
+    results: list[dict] = [{} for _ in range(n)]
+    threads = [threading.Thread(target=stream, args=(url, pcm, r)) for pcm, r in zip(pcms, results)]
+    for t in threads:
         t.start()
-        time.sleep(0.1 * (i % 10) / max(n, 1))  # spread the frames of concurrent streams a little
     for t in threads:
         t.join()
     latencies, lags, mismatches = [], [], 0
-    for r in results:
+    for r, exp in zip(results, expected):
         segs = [(t, m) for t, m in r["got"] if m["type"] == "segment"]
         done = [t for t, m in r["got"] if m["type"] == "done"]
         if [(round(m["start"] * RATE), round(m["end"] * RATE)) for _, m in segs] != \
-                [(s.start_sample, s.end_sample) for s in expected]:
+                [(s.start_sample, s.end_sample) for s in exp]:
             mismatches += 1
-        for (t, _), seg in zip(segs, expected):
+        for (t, _), seg in zip(segs, exp):
             latencies.append(t - r["sent"][min(len(r["sent"]) - 1, (seg.closed_at - 1) // FRAME)])
         lags.append(done[0] - r["end"] if done else float("inf"))
     ms = np.asarray(latencies) * 1000
@@ -139,16 +143,16 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="emostore-realtime-"))
     ckpt, _ = build(work)
-    rec = work / "stream.wav"
-    recording(rec, args.seconds, seed=1)
-    pcm = sf.read(str(rec), dtype="int16")[0]
+    pcms = []
+    for seed in range(args.streams):  # each stream its own order of clips and silences
+        recording(work / f"stream{seed}.wav", args.seconds, seed=seed)
+        pcms.append(sf.read(str(work / f"stream{seed}.wav"), dtype="int16")[0])
     runs, loads = [], []
     with Server(ckpt, "--max-streams", str(max(8, args.streams))) as server:
-        stream_warmup = pcm[:RATE * 6]
-        run_streams(server.url, stream_warmup, 1)
+        run_streams(server.url, [pcms[0][:RATE * 6]])  # warm-up
         for n in (1, args.streams):
             loads.append(uptime())
-            runs.append(run_streams(server.url, pcm, n))
+            runs.append(run_streams(server.url, pcms[:n]))
             print(json.dumps(runs[-1]))
     loads.append(uptime())
     speed = timeline_speed(ckpt, work)
@@ -157,7 +161,7 @@ def main() -> None:
     bounds = boundaries(work)
     print(json.dumps(bounds))
     if args.write:
-        write(runs, speed, bounds, loads, len(pcm) / RATE)
+        write(runs, speed, bounds, loads, args.seconds)
 
 
 def write(runs: list[dict], speed: dict, bounds: dict, loads: list[str], seconds: float) -> None:
@@ -168,9 +172,11 @@ def write(runs: list[dict], speed: dict, bounds: dict, loads: list[str], seconds
 
 {benchlib.machine()}, {date.today().isoformat()}, `python bench/realtime.py --write`. Checkpoint: `mlp` on
 text/minilm + audio/egemaps of the sample (text is masked in these streams: no transcript is sent). Streams of
-{seconds:.0f} s (the sample's clips joined by 1.0-2.5 s of silence) sent at real-time pace in 100 ms frames;
-default segmenter (Silero VAD, minimum silence 0.8 s, padding 0.05 s). The machine was SHARED (a niced
-fine-tuning run and other developers' tests): the load average is given with each figure.
+about {seconds:.0f} s (the sample's clips in a random order per stream, joined by 1.0-2.5 s of silence) sent at
+real-time pace in 100 ms frames;
+default segmenter (Silero VAD, minimum silence 0.8 s, padding 0.05 s). The machine was SHARED: the benchmark
+ran at normal priority beside niced fine-tuning runs that keep both cores busy; the load average is given
+with each figure.
 
 | streams | segments | latency p50 (ms) | p95 (ms) | max (ms) | end lag mean / max (s) | mismatched | load before |
 |---|---|---|---|---|---|---|---|
