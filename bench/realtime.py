@@ -166,15 +166,14 @@ def main() -> None:
 
 def write(runs: list[dict], speed: dict, bounds: dict, loads: list[str], seconds: float) -> None:
     rows = "\n".join(f"| {r['streams']} | {r['segments']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['max_ms']:.0f} "
-                     f"| {r['lag_mean_s']:.2f} / {r['lag_max_s']:.2f} | {r['mismatched_streams']} | {load} |"
+                     f"| {r['lag_mean_s']:.3f} / {r['lag_max_s']:.3f} | {r['mismatched_streams']} | {load} |"
                      for r, load in zip(runs, loads))
     text = f"""{SECTION}
 
 {benchlib.machine()}, {date.today().isoformat()}, `python bench/realtime.py --write`. Checkpoint: `mlp` on
 text/minilm + audio/egemaps of the sample (text is masked in these streams: no transcript is sent). Streams of
 about {seconds:.0f} s (the sample's clips in a random order per stream, joined by 1.0-2.5 s of silence) sent at
-real-time pace in 100 ms frames;
-default segmenter (Silero VAD, minimum silence 0.8 s, padding 0.05 s). The machine was SHARED: the benchmark
+real-time pace in 100 ms frames; default segmenter (Silero VAD, minimum silence 0.8 s, padding 0.05 s). The machine was SHARED: the benchmark
 ran at normal priority beside niced fine-tuning runs that keep both cores busy; the load average is given
 with each figure.
 
@@ -186,11 +185,11 @@ with each figure.
   message (the segmenter's own wait, the minimum silence, is not counted). Target p95 <= 300 ms.
 - Mismatched: streams whose segments (start and end sample) differ from the same segmenter run offline.
 - Lag: from sending `end` after the last frame to receiving `done` (all segments answered). Target <= 1 s.
-- `predict --timeline` on {speed['audio_s'] / 60:.1f} minutes of audio ({speed['segments']} segments):
+- `predict --timeline` on {speed['audio_s'] / 60:.1f} minutes of audio ({speed['segments']} segments): \
   {speed['wall_s']:.1f} s, **{speed['x_real_time']:.3f}x real time** (target <= 0.1x; {loads[-2]}).
-- Boundaries, all {bounds['clips']} clips joined by known silences: {bounds['segments']} segments,
-  **{100 * bounds['within']:.1f}%** of boundaries within 0.25 s of the truth (mean error: start
-  {bounds.get('mean_start_s', float('nan')):.3f} s, end {bounds.get('mean_end_s', float('nan')):.3f} s;
+- Boundaries, all {bounds['clips']} clips joined by known silences: {bounds['segments']} segments, \
+  **{100 * bounds['within']:.1f}%** of boundaries within 0.25 s of the truth (mean error: start \
+  {bounds.get('mean_start_s', float('nan')):.3f} s, end {bounds.get('mean_end_s', float('nan')):.3f} s; \
   largest {bounds.get('max_s', float('nan')):.3f} s).
 """
     benchlib.write_section(SECTION, text)
