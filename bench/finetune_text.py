@@ -123,10 +123,11 @@ def uptime() -> str:
 
 def one(run: str) -> dict[str, Any]:
     """Fine-tune, extract, train the heads; write results/<run>.json."""
+    from emostore.core.runtime import cpu_threads
     from emostore.finetune.run import FinetuneOptions, extract, finetune
     from emostore.heads.data import load_data
     from emostore.heads.evaluate import evaluate_data
-    from emostore.heads.train import TrainConfig, cpu_threads, fit
+    from emostore.heads.train import TrainConfig, fit
     from emostore.store import Store
 
     group, dataset, options, seed = parse(run)

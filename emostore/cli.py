@@ -262,7 +262,8 @@ def extract_text(store: StoreArg,
                  device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, "
                                                                    "mps [auto].")] = None,
                  precision: Annotated[Precision | None, typer.Option(
-                     help="Weights' precision [default: auto, float16 on CUDA, float32 elsewhere].")] = None,
+                     help="Weights' precision [default: auto: float16 on CUDA, bfloat16 on CPUs with "
+                          "AMX or AVX-512 BF16, float32 elsewhere].")] = None,
                  batch_size: Annotated[int | None, typer.Option(min=1, help="Texts per forward pass [64].")] = None,
                  context: Annotated[int | None, typer.Option(
                      min=0, help="Embed each utterance with its K previous turns (its own feature set, "
@@ -346,7 +347,8 @@ def extract_audio(store: StoreArg,
                   overlap: Annotated[float | None, typer.Option(help="ssl: seconds shared by consecutive "
                                                                         "windows [1].")] = None,
                   precision: Annotated[Precision | None, typer.Option(
-                      help="ssl: weights' precision [auto: float16 on CUDA, float32 elsewhere].")] = None,
+                      help="ssl: weights' precision [auto: float16 on CUDA, bfloat16 on CPUs "
+                           "with AMX or AVX-512 BF16, float32 elsewhere].")] = None,
                   device: Annotated[str | None, typer.Option(help="ssl: auto (CUDA when present), cpu, cuda, "
                                                                      "cuda:1 [auto].")] = None,
                   batch_size: Annotated[int | None, typer.Option(min=1, help="ssl: windows of equal length per "
@@ -791,9 +793,13 @@ def finetune_text(
                                                                      "bert, roberta, distilbert, or a Hugging Face "
                                                                      "name or local folder.")] = "minilm",
         target: TargetOpt = TargetName.emotion,
-        past: Annotated[int, typer.Option(min=0, help="Earlier turns of the dialogue in the input.")] = 0,
-        future: Annotated[int, typer.Option(min=0, help="Later turns of the dialogue in the input.")] = 0,
-        speaker: Annotated[bool, typer.Option(help="Write turns as 'Speaker: text'.")] = True,
+        past: Annotated[int | None, typer.Option(min=0, help="Earlier turns of the dialogue in the input [0, or "
+                                                            "the teacher's].")] = None,
+        future: Annotated[int | None, typer.Option(min=0, help="Later turns of the dialogue in the input [0, or "
+                                                              "the teacher's].")] = None,
+        speaker: Annotated[bool | None, typer.Option("--speaker/--no-speaker", help="Write turns as 'Speaker: "
+                                                                                    "text' [on, or the teacher's]."
+                                                     )] = None,
         epochs: Annotated[int, typer.Option(min=1, help="Epochs (the best one on dev is kept).")] = 4,
         lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-5,
         batch_size: Annotated[int, typer.Option(min=1, help="Utterances per batch.")] = 32,
@@ -809,11 +815,19 @@ def finetune_text(
         folds: Annotated[int, typer.Option(min=0, help="Cross-fitting: also train K models, each without one "
                                                        "fold of the train dialogues (0: none).")] = 0,
         device: Device = "auto",
-        precision: Annotated[Precision, typer.Option(help="auto: bfloat16/float16 autocast on CUDA, float32 "
-                                                          "elsewhere.")] = Precision.auto,
+        precision: Annotated[Precision, typer.Option(help="auto: bfloat16 autocast on CUDA cards and CPUs that "
+                                                          "have it (AMX, AVX-512 BF16), float16 on older cards, "
+                                                          "float32 elsewhere.")] = Precision.auto,
         save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N optimiser "
                                                             "steps (it is saved after every epoch).")] = 200,
         threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's).")] = None,
+        teacher: Annotated[Path | None, typer.Option(metavar="MODEL_DIR", help="Distil a fine-tuned model: train "
+                                                     "on its soft labels mixed with the gold ones, reading its "
+                                                     "input format.")] = None,
+        temperature: Annotated[float, typer.Option(min=0.01, help="--teacher: softmax temperature of the soft "
+                                                                  "labels.")] = 2.0,
+        distill_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="--teacher: share of the loss from "
+                                                                             "the soft labels.")] = 0.5,
         extract: Annotated[bool, typer.Option("--extract", help="Then write the model's vectors into the store "
                                                                 "(text/<name>, and text/<name>-xfit<K> with "
                                                                 "--folds).")] = False,
@@ -829,7 +843,9 @@ def finetune_text(
                               epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                               max_length=max_length, class_weights=class_weights, label_smoothing=label_smoothing,
                               warmup=warmup, weight_decay=weight_decay, seed=seed, folds=folds, device=device,
-                              precision=precision.value, save_every=save_every, threads=threads)
+                              precision=precision.value, save_every=save_every, threads=threads,
+                              teacher=str(teacher) if teacher else None, temperature=temperature,
+                              distill_weight=distill_weight)
 
     def log(line: str) -> None:
         if not quiet:
@@ -838,7 +854,9 @@ def finetune_text(
     progress = not quiet and not as_json and sys.stderr.isatty()
     meta = finetune(store, out, options, overwrite=overwrite, progress=progress, log=log)
     if extract:
-        meta = {**meta, "extracted": extract_features(store, out, name=name, device=device, progress=progress)}
+        meta = {**meta, "extracted": extract_features(store, out, name=name, device=device, progress=progress,
+                                                      precision=None if precision == Precision.auto else
+                                                      precision.value)}
     if as_json:
         typer.echo(json.dumps(meta, indent=2))
         return

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emostore.core.runtime import resolve_device
 from emostore.errors import UserError
-from emostore.extract.base import Encoder, rebuild_encoder, resolve_device
+from emostore.extract.base import Encoder, rebuild_encoder
 from emostore.heads import checkpoint as ckpt_io
 
 log = logging.getLogger("emostore.serve")

@@ -221,10 +221,16 @@ class Store:
         if overwrite and not racing:
             return None
         who = "another writer created it at the same moment" if racing else "it was computed"
+        stored = dict(g.attrs.get("config") or {})
+        diff = [f"{k} {stored.get(k)!r} stored, {config.get(k)!r} asked" for k in sorted(set(stored) | set(config))
+                if stored.get(k) != config.get(k)]
+        hint = (f" (--precision {stored['precision']} resumes it)" if any(d.startswith("precision ") for d in diff)
+                and isinstance(stored.get("precision"), str) else "")
+        what = "; ".join(diff) or f"dimension {g.attrs.get('dim')} stored, {dim} asked"
         raise ConfigMismatch(
-            f"{self.url}: feature set {name!r} exists with another configuration ({who}: "
-            f"stored {stored_hash}: {g.attrs.get('config')}; asked {h}: {config}). "
-            f"Pass --overwrite to replace it, or --name to write a new feature set.")
+            f"{self.url}: feature set {name!r} exists with another configuration ({who} with config "
+            f"{stored_hash}, asked {h}: {what}){hint}. Pass --overwrite to replace it, or --name to write a new "
+            "feature set.")
 
     def _complete(self, name: str) -> FeatureSet:
         """Open feature set ``name``, creating whichever of its arrays are missing (idempotent)."""
