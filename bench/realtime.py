@@ -173,9 +173,9 @@ def write(runs: list[dict], speed: dict, bounds: dict, loads: list[str], seconds
 {benchlib.machine()}, {date.today().isoformat()}, `python bench/realtime.py --write`. Checkpoint: `mlp` on
 text/minilm + audio/egemaps of the sample (text is masked in these streams: no transcript is sent). Streams of
 about {seconds:.0f} s (the sample's clips in a random order per stream, joined by 1.0-2.5 s of silence) sent at
-real-time pace in 100 ms frames; default segmenter (Silero VAD, minimum silence 0.8 s, padding 0.05 s). The machine was SHARED: the benchmark
-ran at normal priority beside niced fine-tuning runs that keep both cores busy; the load average is given
-with each figure.
+real-time pace in 100 ms frames; default segmenter (Silero VAD, minimum silence 0.8 s, padding 0.05 s). The
+machine was SHARED: the benchmark ran at normal priority beside niced fine-tuning runs that keep both cores
+busy; the load average is given with each figure.
 
 | streams | segments | latency p50 (ms) | p95 (ms) | max (ms) | end lag mean / max (s) | mismatched | load before |
 |---|---|---|---|---|---|---|---|
