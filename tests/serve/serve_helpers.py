@@ -126,3 +126,18 @@ def serve_process(ckpt: Path, *args: str, tmp: Path | None = None) -> Iterator[s
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def realtime_server(request, audio_sample_store, tmp_path_factory) -> tuple[str, Path]:
+    """One ``emostore serve`` of :func:`egemaps_text` shared by this session's real-time tests
+    (``--max-streams 2 --max-stream-rate 20``, its own TMPDIR), stopped when the session ends: (URL, TMPDIR)."""
+
+    def make() -> tuple[str, Path]:
+        ckpt = egemaps_text(audio_sample_store, tmp_path_factory)
+        tmp = tmp_path_factory.mktemp("server_tmp")
+        server = serve_process(ckpt, "--max-streams", "2", "--max-stream-rate", "20", tmp=tmp)
+        url = server.__enter__()
+        request.config.add_cleanup(lambda: server.__exit__(None, None, None))
+        return url, tmp
+
+    return once("realtime_server", make)

@@ -21,16 +21,16 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
 
-def test_live_and_file_timelines_in_chromium(audio_sample_store, tmp_path_factory, tmp_path):
+def test_live_and_file_timelines_in_chromium(request, audio_sample_store, tmp_path_factory, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    ckpt = helpers.egemaps_text(audio_sample_store, tmp_path_factory)
+    url, _ = helpers.realtime_server(request, audio_sample_store, tmp_path_factory)
     mic = tmp_path / "mic.wav"  # two utterances, then silence
     spoken = joined_recording(mic, speech_clips()[:2], [1.5, 2.5])
     upload = tmp_path / "upload.wav"
     uploaded = joined_recording(upload, speech_clips()[4:7], [1.2, 1.4, 1.0])
     flags = [*FLAGS, f"--use-file-for-fake-audio-capture={mic}%noloop"]
-    with helpers.serve_process(ckpt) as url, playwright.sync_playwright() as pw:
+    with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})

@@ -30,11 +30,8 @@ def recording(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(audio_sample_store, tmp_path_factory):
-    ckpt = helpers.egemaps_text(audio_sample_store, tmp_path_factory)
-    tmp = tmp_path_factory.mktemp("server_tmp")
-    with helpers.serve_process(ckpt, "--max-streams", "2", "--max-stream-rate", "20", tmp=tmp) as url:
-        yield url, tmp
+def server(request, audio_sample_store, tmp_path_factory):
+    return helpers.realtime_server(request, audio_sample_store, tmp_path_factory)
 
 
 def ws_url(url: str) -> str:
