@@ -49,7 +49,7 @@ def show(result: dict[str, Any], written: list[Path]) -> None:
 
     from emostore.display import console
 
-    t = Table(title=f"{Path(result['file']).name}: {len(result['segments'])} segments")
+    t = Table(title=f"{Path(result['file']).name}: {_count(len(result['segments']), 'segment')}")
     for col in ("#", "start", "end", "emotion", "p", "from"):
         t.add_column(col, justify="right" if col in ("#", "start", "end", "p") else "left")
     for r in result["segments"]:
@@ -60,10 +60,15 @@ def show(result: dict[str, Any], written: list[Path]) -> None:
     console.print(t)
     s = result["summary"]
     console.print(f"{s['speech_s']:.1f} s of speech in {s['duration_s']:.1f} s"
-                  + (f"; {s['failed']} segments failed" if s["failed"] else ""))
+                  + (f"; {_count(s['failed'], 'segment')} failed" if s["failed"] else ""))
     for label, v in s.get("per_emotion", {}).items():
-        console.print(f"  {escape(label):<10} {v['seconds']:7.1f} s  {v['share']:6.1%}  ({v['segments']} segments)")
+        console.print(f"  {escape(label):<10} {v['seconds']:7.1f} s  {v['share']:6.1%}  "
+                      f"({_count(v['segments'], 'segment')})")
     if "mean_score" in s:
         console.print(f"  mean score {s['mean_score']:+.3f}")
     for p in written:
         console.print(f"wrote {p}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
