@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import rounding
 
 from emostore.extract.encoders.text import build_inputs, bundled_model_path, text_encoder
 from emostore.extract.runner import run_extraction
@@ -60,7 +61,7 @@ def test_rows_masked_deduplicated_and_ordered(tmp_path, minilm_encoder, monkeypa
     np.testing.assert_array_equal(X[pos["a2"]], X[pos["b0"]])
     ref = minilm_encoder.encode_texts(["This is absolutely infuriating."])[0]
     # alone or in a padded batch: rounding differences only (bfloat16 keeps about 3 digits)
-    np.testing.assert_allclose(X[pos["b2"]], ref, atol=1e-5 if minilm_encoder.precision == "float32" else 5e-3)
+    np.testing.assert_allclose(X[pos["b2"]], ref, atol=rounding(minilm_encoder.precision))
 
 
 def test_context_inputs_follow_dialogue_order():
