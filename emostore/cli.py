@@ -471,11 +471,28 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                                                                 "utterances as evidence (default: the training "
                                                                 "store).")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+                timeline: Annotated[bool, typer.Option(
+                    "--timeline", help="Segment a long --audio/--video recording into speech and predict each "
+                                       "segment.")] = False,
+                transcript: Annotated[Path | None, typer.Option(
+                    help="With --timeline: a CSV of start, end, text (else text is masked).")] = None,
+                csv_out: Annotated[Path | None, typer.Option("--csv", help="With --timeline: write the segments "
+                                                                          "as CSV.")] = None,
+                plot: Annotated[Path | None, typer.Option(help="With --timeline: plot it to a PNG.")] = None,
                 as_json: Json = False) -> None:
-    """Emotion of one new utterance, encoded exactly as the checkpoint's training data was."""
+    """Emotion of one new utterance, encoded exactly as the checkpoint's training data was; with
+    --timeline, of each speech segment of a long recording."""
     from emostore.display import show_prediction
     from emostore.serve.predictor import Predictor
 
+    if timeline or transcript or csv_out or plot:
+        if not timeline:
+            raise UserError("--transcript, --csv and --plot go with --timeline")
+        from emostore.serve import timeline_command
+
+        timeline_command.run(checkpoint, audio=audio, video=video, text=text, image=image, transcript=transcript,
+                             as_json=as_json, csv_path=csv_out, plot_path=plot, device=device, store=store)
+        return
     result = Predictor(checkpoint, device=device, evidence_store=store).predict(
         text=text, audio=audio, video=video, image=image)
     if as_json:
@@ -506,8 +523,12 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
               max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 20.0,
               max_turns: Annotated[int, typer.Option(help="Turns kept per conversation.")] = 50,
               max_conversations: Annotated[int, typer.Option(
-                  help="Conversations kept (least recent dropped).")] = 1000) -> None:
-    """HTTP API: POST /predict, POST /conversations/{id}/turns, GET /health, /openapi.json."""
+                  help="Conversations kept (least recent dropped).")] = 1000,
+              max_streams: Annotated[int, typer.Option(min=1, help="Concurrent /stream WebSockets.")] = 8,
+              max_stream_rate: Annotated[float, typer.Option(
+                  min=1.0, help="Fastest accepted /stream audio, in times real time.")] = 4.0) -> None:
+    """HTTP API: POST /predict, POST /conversations/{id}/turns, POST /timeline, WebSocket /stream, the page at /,
+    GET /health, /openapi.json."""
     import logging
 
     from emostore.search.settings import quiet_openmp
@@ -524,7 +545,8 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
     logging.getLogger("emostore").addHandler(handler)
     logging.getLogger("emostore").setLevel(logging.INFO)
     limits = Limits(max_text_chars=max_text, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                    max_turns=max_turns, max_conversations=max_conversations, max_queue=max_queue)
+                    max_turns=max_turns, max_conversations=max_conversations, max_queue=max_queue,
+                    max_streams=max_streams, max_stream_rate=max_stream_rate)
     batching = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue}
     if workers > 1:
         from emostore.serve.workers import WorkerPool
