@@ -32,3 +32,29 @@ def write_section(title: str, text: str) -> None:
         end = current.find("\n## ", start + 1)
         current = current[:start] + (current[end + 1:] if end >= 0 else "")
     path.write_text(current.rstrip() + "\n\n" + text.rstrip() + "\n")
+
+
+def emodb_store(feature_sets: tuple[str, ...] = ("egemaps", "compare")):  # type: ignore[no-untyped-def]
+    """Emo-DB from ../shared (535 utterances, 10 speakers) as ``bench/out/emodb``, with these openSMILE
+    feature sets extracted (once; later calls reuse the store)."""
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
+    from emostore.extract.runner import run_extraction
+    from emostore.ingest.run import ingest
+    from emostore.store import Store
+
+    out, shared = ROOT / "bench" / "out", ROOT.parent / "shared" / "data"
+    path = out / "emodb"
+    if not (path / "zarr.json").exists():
+        labels = (shared / "emodb" / "labels.csv").read_text().splitlines()
+        rows = ["id,speaker,emotion,media,split"]
+        for line in labels[1:]:
+            f, spk, _, emo, *_ = line.split(",")
+            rows.append(f"{Path(f).stem},{spk},{emo},{shared / 'emodb' / 'wav' / f},train")
+        out.mkdir(parents=True, exist_ok=True)
+        csv = out / "emodb.csv"
+        csv.write_text("\n".join(rows) + "\n")
+        ingest("csv", [csv], path, dataset="emodb")
+    store = Store.open(path)
+    for fs in feature_sets:
+        run_extraction(store, OpenSmileEncoder.create(feature_set=fs), workers=2, progress=False)
+    return store

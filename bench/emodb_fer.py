@@ -24,28 +24,6 @@ SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "out"
 
 
-def emodb_store():  # type: ignore[no-untyped-def]
-    from emostore.extract.encoders.opensmile import OpenSmileEncoder
-    from emostore.extract.runner import run_extraction
-    from emostore.ingest.run import ingest
-    from emostore.store import Store
-
-    path = OUT / "emodb"
-    if not (path / "zarr.json").exists():
-        labels = (SHARED / "emodb" / "labels.csv").read_text().splitlines()
-        rows = ["id,speaker,emotion,media,split"]
-        for line in labels[1:]:
-            f, spk, _, emo, *_ = line.split(",")
-            rows.append(f"{Path(f).stem},{spk},{emo},{SHARED / 'emodb' / 'wav' / f},train")
-        csv = OUT / "emodb.csv"
-        csv.write_text("\n".join(rows) + "\n")
-        ingest("csv", [csv], path, dataset="emodb")
-    store = Store.open(path)
-    for fs in ("egemaps", "compare"):
-        run_extraction(store, OpenSmileEncoder.create(feature_set=fs), workers=2, progress=False)
-    return store
-
-
 def loso(store, features: list[str], head: str, speaker_norm: bool, seed: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Each speaker in turn is the test split, the next one dev (early stopping), the rest train."""
     data = load_data(store, features, "emotion", speaker_norm=speaker_norm)
@@ -104,7 +82,7 @@ def main() -> None:
              "speaker's own utterances (no labels). UAR = unweighted average recall over the 7 classes, "
              "pooled over the 10 folds; one seed.", "",
              "| features | per-speaker z-score | head | UAR | accuracy |", "|---|---|---|---|---|"]
-    store = emodb_store()
+    store = benchlib.emodb_store(("egemaps", "compare"))
     for fs in ("audio/egemaps", "audio/compare"):
         for norm in (False, True):
             for head in ("linear", "mlp"):

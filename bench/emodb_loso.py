@@ -93,28 +93,6 @@ TABLE = ["svm-egemaps", "svm-egemaps-spk", "svm-compare", "svm-compare-spk", "sv
          "seq-lld-spk", "seq-lld-spk-h64-crop150", "seq-lld-spk-transformer", "seq-lld+compare-spk", "late-svm+seq"]
 
 
-def emodb_store():  # type: ignore[no-untyped-def]
-    from emostore.extract.encoders.opensmile import OpenSmileEncoder
-    from emostore.extract.runner import run_extraction
-    from emostore.ingest.run import ingest
-    from emostore.store import Store
-
-    path = OUT / "emodb"
-    if not (path / "zarr.json").exists():
-        labels = (SHARED / "emodb" / "labels.csv").read_text().splitlines()
-        rows = ["id,speaker,emotion,media,split"]
-        for line in labels[1:]:
-            f, spk, _, emo, *_ = line.split(",")
-            rows.append(f"{Path(f).stem},{spk},{emo},{SHARED / 'emodb' / 'wav' / f},train")
-        csv = OUT / "emodb.csv"
-        csv.write_text("\n".join(rows) + "\n")
-        ingest("csv", [csv], path, dataset="emodb")
-    store = Store.open(path)
-    for fs in FEATURE_SETS:
-        run_extraction(store, OpenSmileEncoder.create(feature_set=fs), workers=2, progress=False)
-    return store
-
-
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
@@ -218,7 +196,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.folds:
         torch.set_num_threads(1)
-        store = emodb_store()
+        store = benchlib.emodb_store(FEATURE_SETS)
         for name in args.runs:
             load = Path("/proc/loadavg").read_text().split()[0]
             r = loso(store, RUNS[name], only=args.folds.split(","))
@@ -232,7 +210,7 @@ def main() -> None:
     torch.set_num_threads(1)
     names = TABLE if args.runs == ["all"] else args.runs
     load_before = Path("/proc/loadavg").read_text().split()[0]
-    store = emodb_store()
+    store = benchlib.emodb_store(FEATURE_SETS)
     results = {}
     for name in names:
         saved = PROBS / f"{name}.json"

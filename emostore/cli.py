@@ -210,6 +210,10 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
     if cluster and workers > 1:
         raise UserError("--workers and --cluster do not mix: a cluster's workers are its own (local:N for N here)")
     options = {**options, **_key_values(param)}
+    from emostore.extract.base import encoder_class
+
+    if "store" in encoder_class(modality, kind).runtime_options():  # encoders that record paths relative to it
+        runtime = {**runtime, "store": store}
     # workers start first and build their encoders while this process opens the store and builds its own
     pool = start_workers(workers, (modality, kind, options, runtime, name)) if workers > 1 else None
     try:
@@ -503,12 +507,26 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
         show_prediction(result)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address that cannot be bound (a port in use, a host not here)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port, or "
+                        "stop what uses it") from None
+
+
 @app.command("serve", cls=Command)
 @user_errors
 def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                                                           help="Checkpoint directory from `emostore train`.")],
               host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-              port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+              port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
               store: Annotated[str | None, typer.Option(
                   help="Store (directory or URL) whose index gives evidence.")] = None,
@@ -544,6 +562,14 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     logging.getLogger("emostore").addHandler(handler)
     logging.getLogger("emostore").setLevel(logging.INFO)
+    from emostore.heads.checkpoint import load as load_checkpoint
+
+    for f in load_checkpoint(checkpoint).meta["feature_sets"]:  # a bad checkpoint is refused here, in one line
+        if (f.get("config") or {}).get("future"):
+            typer.echo(f"warning: {f['name']} was made with {f['config']['future']} future turns in each input; "
+                       "live conversation turns have no future turns yet, so they are encoded without them",
+                       err=True)
+    _check_port(host, port)  # before the models load (tens of seconds), not after
     limits = Limits(max_text_chars=max_text, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                     max_turns=max_turns, max_conversations=max_conversations, max_queue=max_queue,
                     max_streams=max_streams, max_stream_rate=max_stream_rate)

@@ -28,11 +28,43 @@ def is_finetuned(path: str | Path) -> bool:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
+    """``finetune.json``, checked: a damaged or hand-edited one is refused in one line."""
     p = Path(path) / META
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{p}: cannot read it ({exc})") from None
+    problem = meta_problem(meta)
+    if problem:
+        raise UserError(f"{p}: not a valid fine-tuned model description: {problem}; fine-tune it again or restore "
+                        "the folder")
+    return meta
+
+
+def meta_problem(meta: Any) -> str | None:
+    """What is wrong with a ``finetune.json`` (None when it holds what its readers use)."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    inp = meta.get("input")
+    if not isinstance(inp, dict):
+        return "'input' is missing"
+    for key, kind in (("past", int), ("future", int), ("max_length", int), ("speaker", bool)):
+        if not isinstance(inp.get(key), kind) or (kind is int and (isinstance(inp[key], bool) or inp[key] < 0)):
+            return f"input {key!r} should be a{'n integer >= 0' if kind is int else ' boolean'}, got {inp.get(key)!r}"
+    target = meta.get("target")
+    if not isinstance(target, dict) or not isinstance(target.get("name"), str) or \
+            not isinstance(target.get("column"), str):
+        return "'target' (name, column) is missing"
+    labels = target.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not labels or len(set(labels)) != len(labels)):
+        return f"target labels should be distinct strings (or null), got {labels!r}"
+    if not isinstance(meta.get("model_hash"), str):
+        return "'model_hash' is missing"
+    for m in (meta.get("cross_fit") or {}).get("models", []):
+        if not isinstance(m, dict) or not isinstance(m.get("path"), str) or Path(m["path"]).is_absolute() \
+                or ".." in Path(m["path"]).parts:
+            return f"a cross-fitting model path is not a folder inside the model ({m!r})"
+    return None
 
 
 def content_hash(path: str | Path) -> str:

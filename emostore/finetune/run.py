@@ -305,7 +305,8 @@ def extract(store_path: Path, out: Path, *, name: str | None = None, device: str
     for cross_fit in ([False, True] if folds else [False]):
         feature_name = None if name is None else name + (f"-xfit{folds}" if cross_fit else "")
         with build_encoder("text", "finetuned", {"model": str(out), "cross_fit": cross_fit, "precision": precision},
-                           {"device": device, "batch_size": batch_size}, name=feature_name) as enc:
+                           {"device": device, "batch_size": batch_size, "store": str(store_path)},
+                           name=feature_name) as enc:
             report = run_extraction(store, enc, progress=progress)
         reports.append({"feature_set": report.feature_set, "config_hash": report.config_hash,
                         "rows_run": report.rows_run, "rows_failed": report.rows_failed, "complete": report.complete})

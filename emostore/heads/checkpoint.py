@@ -9,21 +9,25 @@ feature sets were computed with another configuration.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from emostore import __version__
 from emostore.errors import UserError
+from emostore.heads import manifest
 from emostore.heads.base import Head, build_head, make_params
 from emostore.heads.data import HeadData, Target, load_data
 from emostore.heads.train import FitResult
 from emostore.store import Store
 from emostore.store.feature_set import now
 
+BadCheckpoint = manifest.BadCheckpoint
 FORMAT = "emostore-head"
 FORMAT_VERSION = 1
 WEIGHTS, META = "model.safetensors", "checkpoint.json"
@@ -53,6 +57,19 @@ class Checkpoint:
     @property
     def norm(self) -> dict[str, dict[str, list[float]]]:
         return self.meta["normalisation"]
+
+    @property
+    def store_address(self) -> str | None:
+        """The training store: where it was, or, when the checkpoint and its store were moved
+        together, where it is now (the path recorded relative to the checkpoint)."""
+        info = self.meta.get("store") or {}
+        path = info.get("path")
+        relative = info.get("relative_path")
+        if path and ("://" in str(path) or Path(path, "zarr.json").is_file()):
+            return str(path)
+        if relative and (self.path / relative / "zarr.json").is_file():
+            return str((self.path / relative).resolve())
+        return str(path) if path else None
 
     @property
     def frames(self) -> bool:
@@ -113,7 +130,9 @@ def save(result: FitResult, data: HeadData, out: Path, *, store: Store | None = 
         "target": data.target.to_dict(),
         "normalisation": data.norm,
         "training": {**result.summary(), "history": result.history},
-        "store": {"path": _store_address(store), "dataset": store.dataset} if store is not None else None,
+        "store": {"path": _store_address(store), "dataset": store.dataset,
+                  **({"relative_path": os.path.relpath(store.path.resolve(), out.resolve())}
+                     if store.location.is_local else {})} if store is not None else None,
         **(extra or {}),
     }
     save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT, "head": result.head})
@@ -134,17 +153,31 @@ def load(path: Path, store: Store | None = None) -> Checkpoint:
                         "make one with `emostore train`")
     try:
         meta = json.loads((path / META).read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path / META}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{path / META}: not a checkpoint this emostore version can read "
-                        f"(format {meta.get('format')!r} v{meta.get('format_version')})")
-    t = meta["target"]
-    n_out = 1 if t["labels"] is None else len(t["labels"])
-    fsets = meta["feature_sets"]
-    model = build_head(meta["head"], [f["dim"] for f in fsets], n_out, make_params(meta["head"], meta["params"]),
-                       frame_dims=[f.get("frame_dim") for f in fsets], layers=[int(f.get("layers", 1)) for f in fsets])
-    model.load_weights(load_file(str(path / WEIGHTS)))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadCheckpoint(f"{path / META}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise BadCheckpoint(f"{path / META}: not a checkpoint this emostore version can read (format {got!r})")
+    m = manifest.check(path, meta)
+    try:
+        model = build_head(m.head, [f.dim for f in m.feature_sets], m.n_out, make_params(m.head, m.params),
+                           frame_dims=[f.frame_dim for f in m.feature_sets],
+                           layers=[f.layers for f in m.feature_sets])
+    except UserError as exc:
+        raise BadCheckpoint(f"{path / META}: {exc}") from None
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own errors for a damaged file)
+        raise BadCheckpoint(f"{path / WEIGHTS}: cannot be read ({type(exc).__name__}: {str(exc)[:80]}); "
+                            "retrain it or restore the folder") from None
+    try:
+        model.load_weights(weights)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise BadCheckpoint(f"{path / WEIGHTS}: the weights do not fit the head checkpoint.json describes "
+                            f"({first}); retrain it or restore the folder") from None
+    if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
+        raise BadCheckpoint(f"{path / WEIGHTS}: holds weights that are not finite (NaN or inf); retrain it")
     ckpt = Checkpoint(path, model.eval(), meta)
     if store is not None:
         ckpt.check_store(store)

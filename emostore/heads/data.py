@@ -258,18 +258,31 @@ def _dialogues(table: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
     return dialogues, speakers
 
 
+#: With --speaker-norm, a feature whose spread within a speaker is below this share of its spread
+#: over all rows counts as constant for that speaker (its z-score is 0, not a division by ~0).
+RELATIVE_STD_FLOOR = 1e-3
+
+
 def speaker_normalise(X: np.ndarray, mask: np.ndarray, speakers: np.ndarray) -> np.ndarray:
     """Z-score each speaker's rows with that speaker's own statistics (all their valid rows, no
-    labels): removes voice and recording differences that swamp emotion in acoustic features."""
-    out = X.copy()
+    labels): removes voice and recording differences that swamp emotion in acoustic features.
+
+    The result is already standardised, so no second standardisation follows (one computed on
+    the training speakers would divide by the tiny spread of a feature that is nearly constant
+    for them, and blow up that feature for a new speaker). A feature nearly constant for a
+    speaker (relative to its spread over all rows) is 0 for that speaker."""
+    out = np.zeros_like(X, dtype=np.float32)
+    scale = X[mask].std(0) if mask.any() else np.ones(X.shape[1], np.float32)
+    floor = np.maximum(MIN_STD, RELATIVE_STD_FLOOR * np.nan_to_num(scale, nan=0.0))
     for who in pd.unique(speakers):
         rows = (speakers == who) & mask
         if rows.sum() < 2:
             continue
         mean = X[rows].mean(0)
         std = X[rows].std(0)
-        out[rows] = (X[rows] - mean) / np.where(std < MIN_STD, 1.0, std)
-    return out.astype(np.float32)
+        constant = std < floor
+        out[rows] = np.where(constant, 0.0, (X[rows] - mean) / np.where(constant, 1.0, std))
+    return out
 
 
 def load_data(store: Store, feature_sets: list[str] | str, target: str | Target = "emotion", *,
@@ -312,6 +325,10 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
         if norm is not None:
             mean = np.asarray(norm[name]["mean"], dtype=np.float32)
             std = np.asarray(norm[name]["std"], dtype=np.float32)
+        elif speaker_norm:  # already standardised, per speaker (see speaker_normalise)
+            mean, std = np.zeros(fs.dim, np.float32), np.ones(fs.dim, np.float32)
+            if not (train & mask).any():
+                raise UserError(f"{store.url}: feature set {name!r} has no valid row in the train split")
         else:
             ref = X[train & mask]
             if not len(ref):

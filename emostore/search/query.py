@@ -25,7 +25,7 @@ def encoder_for(store: Store, feature_set: str) -> Any:
 
     fs = store.feature_set(feature_set)
     return rebuild_encoder(fs.modality, {"encoder": fs.attrs.get("encoder"), **fs.config},
-                           name=feature_set.split("/", 1)[1])
+                           name=feature_set.split("/", 1)[1], store=store.url)
 
 
 def query_kind(query: str) -> str:

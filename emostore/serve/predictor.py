@@ -168,7 +168,8 @@ class Predictor:
         if name not in self._encoders:
             f = next(f for f in self.meta["feature_sets"] if f["name"] == name)
             modality, short = name.split("/", 1)
-            self._encoders[name] = rebuild_encoder(modality, f["config"], name=short, device=self.device)
+            self._encoders[name] = rebuild_encoder(modality, f["config"], name=short, device=self.device,
+                                                   store=self.checkpoint.store_address)
         return self._encoders[name]
 
     def load_encoders(self) -> None:
@@ -333,6 +334,9 @@ class Predictor:
                                                  for n in self.feature_sets}}
         if unused:
             result["unused_inputs"] = unused
+        if not torch.isfinite(output).all():  # never an answer of NaN: a bug or an input beyond the checkpoint
+            raise UserError(f"the head gave a non-finite output for this input ({self.checkpoint.path}); no "
+                            "prediction is made")
         if target.regression:
             result["score"] = round(float(output[0]), 4)
         else:
@@ -427,7 +431,7 @@ class Predictor:
         """The first up-to-date index of the training store (or ``store_path``, a path or URL) over this
         checkpoint's feature sets; ``None`` (with a log line saying why) when there is none."""
         if store_path is None:
-            store_path = (self.meta.get("store") or {}).get("path")
+            store_path = self.checkpoint.store_address
         say = log.warning if explicit else log.info
         if not store_path:
             return None

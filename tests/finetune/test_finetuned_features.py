@@ -236,3 +236,40 @@ def test_search_encodes_a_text_query_with_the_fine_tuned_model(minilm_run):
     assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)["neighbours"]
     assert len(hits) == 3 and all(h["id"] in set(store.table["id"]) for h in hits)
+
+
+def test_a_store_its_model_and_checkpoint_moved_together_still_predict(context_model, tmp_path):
+    """The feature set records the model folder relative to the store, the checkpoint the store
+    relative to itself: moved elsewhere (another machine), the three still predict, the same."""
+    _, trained = context_model
+    here = tmp_path / "here"
+    store, _ = ingest("csv", [SAMPLE], here / "store", dataset="sample")
+    shutil.copytree(trained, here / "models" / "ctx")
+    assert run("extract", "text", store.path, "--model", here / "models" / "ctx", "--device", "cpu",
+               "--quiet").exit_code == 0
+    fs = Store.open(store.path).feature_set("text/ctx")
+    assert fs.config["model_from_store"] == "../models/ctx"
+    assert run("train", store.path, "--features", "text/ctx", "--out", here / "ckpt", "--epochs", "2",
+               "--device", "cpu", "--quiet").exit_code == 0
+    before = run("predict", here / "ckpt", "--text", "Fine.", "--json")
+    assert before.exit_code == 0, before.output
+    there = tmp_path / "there"
+    here.rename(there)
+    after = run("predict", there / "ckpt", "--text", "Fine.", "--json")
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.stdout)["probabilities"] == json.loads(before.stdout)["probabilities"]
+    # a model made with future turns: serve says that live turns have none
+    from emostore.heads import checkpoint as ckpt_io
+
+    meta = json.loads((there / "ckpt" / "checkpoint.json").read_text())
+    meta["feature_sets"][0]["config"]["future"] = 1
+    (there / "ckpt" / "checkpoint.json").write_text(json.dumps(meta))
+    ckpt_io.load(there / "ckpt")
+    import socket
+
+    with socket.socket() as busy:  # a port in use: serve warns, then refuses in one line before loading models
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run("serve", there / "ckpt", "--port", busy.getsockname()[1])
+    assert r.exit_code == 1 and "live conversation turns have no future turns yet" in r.stderr, r.output
+    assert r.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:"), r.stderr

@@ -12,6 +12,7 @@ turn, gets the full model's.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +50,9 @@ class FinetunedConfig(EncoderConfig):
     cross_fit: bool = False
     precision: str = "auto"
     model_hash: str | None = derived()
+    #: Where the model folder lies relative to the store (both on a local disk), so that a store
+    #: and its model moved together to another machine still find each other.
+    model_from_store: str | None = derived()
     fold_hashes: list[str] | None = derived()
     base_model: str | None = derived()
     input_format: str | None = derived()
@@ -57,6 +61,28 @@ class FinetunedConfig(EncoderConfig):
     speaker: bool | None = derived()
     max_length: int | None = derived()
     pooling: str | None = derived()
+
+
+def _relative_to(folder: Path, store: str | None) -> str | None:
+    """``folder`` relative to a local store's directory (None for object storage or no store)."""
+    if not store or "://" in str(store):
+        return None
+    return os.path.relpath(folder, Path(store).resolve())
+
+
+def locate(config: FinetunedConfig, store: str | None) -> Path:
+    """The model folder: where the configuration says, or, for a store moved with its model to
+    another place, at the recorded path relative to the store (the content hash is checked after)."""
+    folder = Path(config.model).expanduser()
+    if not is_finetuned(folder) and config.model_from_store and store and "://" not in str(store):
+        moved = Path(store) / config.model_from_store
+        if is_finetuned(moved):
+            return moved
+    if not is_finetuned(folder):
+        raise UserError(f"{folder} is not a fine-tuned model folder (no finetune.json); make one with "
+                        "`emostore finetune text`" + (" (or move it beside its store as it was)"
+                                                      if config.model_from_store else ""))
+    return folder
 
 
 def default_name(folder: Path, cross_fit: int) -> str:
@@ -76,14 +102,11 @@ class FinetunedTextEncoder(Encoder):
     block_rows: ClassVar[int] = 1 << 30
 
     def __init__(self, config: FinetunedConfig, *, name: str | None = None, device: str = "auto",
-                 batch_size: int = 64):
-        self.runtime = {"device": device, "batch_size": batch_size}
+                 batch_size: int = 64, store: str | None = None):
+        self.runtime = {"device": device, "batch_size": batch_size, "store": store}
         if not config.model:
             raise UserError("the finetuned encoder needs --model: a folder written by `emostore finetune text`")
-        folder = Path(config.model).expanduser()
-        if not is_finetuned(folder):
-            raise UserError(f"{folder} is not a fine-tuned model folder (no finetune.json); make one with "
-                            "`emostore finetune text`")
+        folder = locate(config, store)
         self.folder = folder.resolve()
         self.meta = meta = read_meta(folder)
         self.device = resolve_device(device)
@@ -100,14 +123,17 @@ class FinetunedTextEncoder(Encoder):
         fold_hashes = [self._check_hash(d, h) for d, h in zip(self.fold_dirs, recorded)]
         self.fold_of: dict[str, int] = {str(k): int(v) for k, v in cf.get("fold_of", {}).items()} if config.cross_fit \
             else {}
-        store = meta.get("store") or {}
-        self.table_columns = list(store.get("columns") or [*READ_COLUMNS, meta["target"]["column"]])
-        self.table_hash = store.get("table_hash")
+        trained_on = meta.get("store") or {}
+        self.table_columns = list(trained_on.get("columns") or [*READ_COLUMNS, meta["target"]["column"]])
+        self.table_hash = trained_on.get("table_hash")
         self._checked: tuple[int, bool] | None = None
         self._load()
         self.name = name or default_name(self.folder, len(self.fold_dirs))
         inp = meta["input"]
-        self.config = replace(config, model=str(self.folder), precision=precision, model_hash=model_hash,
+        rebuilt = config.model_hash is not None  # from a stored configuration: keep it as recorded
+        self.config = replace(config, model=config.model if rebuilt else str(self.folder), precision=precision,
+                              model_hash=model_hash, model_from_store=config.model_from_store if rebuilt else
+                              _relative_to(self.folder, store),
                               fold_hashes=fold_hashes or None, base_model=meta.get("base_model"),
                               input_format=inp.get("format", INPUT_FORMAT), past=self.format.past,
                               future=self.format.future, speaker=self.format.speaker,
