@@ -102,6 +102,8 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
 
     app = FastAPI(title="emostore", version=__version__, lifespan=lifespan,
                   description="Emotion of utterances and conversation turns from text, voice and face.")
+    app.add_middleware(BodyLimit, json_bytes=6 * limits.max_text_chars + (64 << 10),
+                       form_bytes=limits.max_upload_bytes + 6 * limits.max_text_chars + (2 << 20))
     app.state.engine = engine
     conversations: OrderedDict[str, None] = OrderedDict()  # ids, least recently used first
 
@@ -119,45 +121,57 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _plain(exc.errors())})
 
-    async def read_inputs(request: Request, model: type[BaseModel],
-                          form_model: type[BaseModel] | None = None) -> tuple[BaseModel, Path | None, str | None]:
+    @asynccontextmanager
+    async def read_inputs(request: Request, model: type[BaseModel], form_model: type[BaseModel] | None = None
+                          ) -> AsyncIterator[tuple[BaseModel, Upload | None]]:
+        """The request's fields and its uploaded file (saved to a temporary file, removed when the
+        block ends, whatever happens: a refusal, an error, a client that went away)."""
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/json"):
             try:
                 body = model.model_validate_json(await request.body())
             except ValidationError as exc:
                 raise RequestValidationError(exc.errors()) from None
-            return body, None, None
-        if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            try:
-                form = await request.form(max_files=1, max_fields=8, max_part_size=limits.max_upload_bytes + 1)
-            except Exception as exc:  # noqa: BLE001  (malformed multipart bodies)
-                raise HTTPException(422, f"malformed multipart body: {exc}") from None
+            yield body, None
+            return
+        if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            raise HTTPException(415, "send application/json, or multipart/form-data (text and a media file)")
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=limits.max_upload_bytes + 1)
+        except HTTPException:
+            raise
+        except Exception as exc:  # noqa: BLE001  (malformed multipart bodies)
+            raise HTTPException(422, f"malformed multipart body: {_first_line(exc)}") from None
+        upload = None
+        try:
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
             try:
                 body = (form_model or model).model_validate(fields)
             except ValidationError as exc:
                 raise RequestValidationError(exc.errors()) from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                return body, None, None
-            return body, *await save_upload(upload)
-        raise HTTPException(415, "send application/json, or multipart/form-data (text and a media file)")
+            file = form.get("file")
+            if file is not None and not isinstance(file, str):
+                upload = await save_upload(file)
+            yield body, upload
+        finally:
+            await form.close()
+            if upload is not None:
+                upload.path.unlink(missing_ok=True)
 
-    async def save_upload(upload: Any) -> tuple[Path, str]:
-        name = upload.filename or ""
+    async def save_upload(file: Any) -> Upload:
+        name = Path(file.filename or "").name
         suffix = Path(name).suffix.lower()
         if suffix not in limits.media_suffixes:
             raise HTTPException(415, f"unsupported media type {suffix or name!r}; accepted: "
                                      f"{', '.join(limits.media_suffixes)}")
-        data = await upload.read(limits.max_upload_bytes + 1)
+        data = await file.read(limits.max_upload_bytes + 1)
         if len(data) > limits.max_upload_bytes:
             raise HTTPException(413, f"upload larger than {limits.max_upload_bytes} bytes")
         if not data:
             raise HTTPException(422, "the uploaded file is empty")
         path = await run_in_threadpool(write_temp, data, suffix)
         kind = "audio" if suffix in AUDIO else ("video" if suffix in VIDEO else "image")
-        return path, kind
+        return Upload(path, kind, name or f"upload{suffix}")
 
     def check_text(text: str | None, required: bool) -> None:
         if text is not None and len(text) > limits.max_text_chars:
@@ -165,7 +179,7 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
         if required and (text is None or not text.strip()):
             raise HTTPException(422, "give a non-empty text or a media file")
 
-    async def run(job: Job) -> dict[str, Any]:
+    async def run(job: Job, upload: Upload | None = None) -> dict[str, Any]:
         try:
             future = engine.submit(job)
         except Busy as exc:
@@ -173,7 +187,7 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
         try:
             return await asyncio.wrap_future(future)
         except UserError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(422, _scrub(str(exc), upload)) from None
         except Busy as exc:
             raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
 
@@ -190,14 +204,10 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
     @app.post("/predict", openapi_extra=_body_schema(TextRequest, "An audio, video or image file."))
     async def predict(request: Request) -> dict[str, Any]:
         """Emotion of one utterance: JSON ``{"text": ...}`` or multipart text + media file."""
-        body, path, kind = await read_inputs(request, TextRequest, MediaForm)
-        text = getattr(body, "text", None)
-        check_text(text, required=path is None)
-        try:
-            return await run(Job("predict", Inputs(text=text, **({kind: path} if path else {}))))
-        finally:
-            if path:
-                path.unlink(missing_ok=True)
+        async with read_inputs(request, TextRequest, MediaForm) as (body, upload):
+            text = getattr(body, "text", None)
+            check_text(text, required=upload is None)
+            return await run(Job("predict", Inputs(text=text, **(upload.inputs() if upload else {}))), upload)
 
     @app.post("/conversations/{conversation_id}/turns",
               openapi_extra=_body_schema(TurnRequest, "Optional audio, video or image of the turn."))
@@ -205,19 +215,15 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
         """Append a turn to a conversation and get its emotion from the turns so far."""
         if not re.match(CONVERSATION_ID, conversation_id):
             raise HTTPException(422, f"conversation id must match {CONVERSATION_ID}")
-        body, path, kind = await read_inputs(request, TurnRequest)
-        text = getattr(body, "text", None)
-        check_text(text, required=path is None)
-        try:
+        async with read_inputs(request, TurnRequest) as (body, upload):
+            text = getattr(body, "text", None)
+            check_text(text, required=upload is None)
             touch(conversation_id)
             out = await run(Job("turn", Inputs(text=text, speaker=getattr(body, "speaker", None),
-                                               **({kind: path} if path else {})),
-                                conversation=conversation_id, max_turns=limits.max_turns))
+                                               **(upload.inputs() if upload else {})),
+                                conversation=conversation_id, max_turns=limits.max_turns), upload)
             out["conversation"] = conversation_id
             return out
-        finally:
-            if path:
-                path.unlink(missing_ok=True)
 
     @app.post("/timeline", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "additionalProperties": False, "required": ["file"], "properties": {
@@ -228,16 +234,17 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
         (what ``emostore predict --timeline`` gives)."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send multipart/form-data with the recording as 'file'")
-        body, path, kind = await read_inputs(request, TimelineForm)
-        if path is None:
-            raise HTTPException(422, "upload the recording as the multipart field 'file'")
-        try:
-            if kind == "image":
+        async with read_inputs(request, TimelineForm) as (body, upload):
+            if upload is None:
+                raise HTTPException(422, "upload the recording as the multipart field 'file'")
+            if upload.kind == "image":
                 raise HTTPException(422, "a timeline needs an audio or video recording, not an image")
-            return await timeline_of_upload(engine, path, kind or "audio", getattr(body, "transcript", None),
-                                            segmenter, hub.run)
-        finally:
-            path.unlink(missing_ok=True)
+            try:
+                out = await timeline_of_upload(engine, upload.path, upload.kind, getattr(body, "transcript", None),
+                                               segmenter, hub.run)
+            except UserError as exc:
+                raise HTTPException(422, _scrub(str(exc), upload)) from None
+            return {**out, "file": upload.name}
 
     @app.websocket("/stream")
     async def stream(websocket: WebSocket) -> None:
@@ -259,6 +266,64 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
         return {"deleted": conversation_id}
 
     return app
+
+
+class BodyLimit:
+    """Cap request bodies while they arrive, before anything reads them whole: a declared
+    Content-Length above the cap is refused at once, and a body that grows past it (chunked, or
+    lying about its length) stops the request with 413 at the first byte too many."""
+
+    def __init__(self, app: Any, *, json_bytes: int, form_bytes: int):
+        self.app, self.json_bytes, self.form_bytes = app, json_bytes, form_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        cap = self.form_bytes if headers.get("content-type", "").startswith("multipart/") else self.json_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            response = JSONResponse(status_code=413, content={"detail": f"request body larger than {cap} bytes"})
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise HTTPException(413, f"request body larger than {cap} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+@dataclass
+class Upload:
+    """An uploaded file: where it was saved, its kind (audio, video, image) and the client's name."""
+
+    path: Path
+    kind: str
+    name: str
+
+    def inputs(self) -> dict[str, Path]:
+        return {self.kind: self.path}
+
+
+def _scrub(message: str, upload: Upload | None) -> str:
+    """A message without server paths: the upload's temporary file by the client's name, any
+    other path under the temporary folder as ``<temporary file>``."""
+    if upload is not None:
+        message = message.replace(str(upload.path), upload.name)
+    return re.sub(re.escape(tempfile.gettempdir()) + r"/[^\s'\",;:)]+", "<temporary file>", message)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def write_temp(data: bytes, suffix: str) -> Path:

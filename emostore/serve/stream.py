@@ -111,7 +111,7 @@ class Hub:
         self.visual = any(f.startswith("visual/") for f in engine.info.get("feature_sets", []))
         self.open = 0
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emostore-stream")
-        self.tmp = Path(tempfile.mkdtemp(prefix="emostore-streams-"))
+        self._tmp: Path | None = None  # made for the first stream with video frames
         self._vads: list[Vad] = []
         self._ids = 0
 
@@ -129,9 +129,17 @@ class Hub:
             vad.reset()
             self._vads.append(vad)
 
+    @property
+    def tmp(self) -> Path:
+        """The streams' temporary folder (one per server, removed at shutdown)."""
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="emostore-streams-"))
+        return self._tmp
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     async def handle(self, ws: WebSocket) -> None:
         """One client, from the handshake to the close."""
