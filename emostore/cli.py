@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from emostore.errors import UserError
+from emostore.errors import UserError, unreachable_storage
 
 
 class Command(TyperCommand):
@@ -43,6 +43,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except Exception as exc:
+            unreachable = unreachable_storage(exc)
+            if unreachable is None:
+                raise
+            typer.echo(f"error: {unreachable}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: finished chunks are kept; run the same command again to resume",
@@ -182,6 +188,9 @@ StoreArg = Annotated[str, typer.Argument(metavar="STORE", help=STORE_HELP, show_
 Cluster = Annotated[str | None, typer.Option(
     metavar="ADDRESS", help="Run on a Dask cluster: a scheduler (tcp://host:8786) or local:N (N worker processes "
                             "here); one task per chunk, written by the workers.")]
+DashboardAddress = Annotated[str | None, typer.Option(
+    metavar="HOST:PORT", help="--cluster local:N: where its dashboard listens [127.0.0.1:8787, this machine only].")]
+
 
 
 def _encoder_kind(modality: str) -> Callable[[str], str]:
@@ -200,8 +209,10 @@ def _encoder_kind(modality: str) -> Callable[[str], str]:
 
 def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runtime: dict[str, Any], *,
              name: str | None, param: list[str] | None, shard: str | None, chunk_rows: int | None,
-             workers: int, overwrite: bool, quiet: bool, as_json: bool, cluster: str | None = None) -> None:
+             workers: int, overwrite: bool, quiet: bool, as_json: bool, cluster: str | None = None,
+             dashboard_address: str | None = None) -> None:
     """Build the encoder from the flags given (and ``-p`` options), run the extraction, report."""
+    from emostore.cluster import dashboard_at
     from emostore.extract.base import build_encoder
     from emostore.extract.runner import run_extraction, start_workers
     from emostore.store import Shard as StoreShard
@@ -220,9 +231,10 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
         st = Store.open(store)
         sh = StoreShard.parse(shard)
         with build_encoder(modality, kind, options, runtime, name=name) as enc:
-            report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows, workers=workers,
-                                    cluster=cluster, progress=not quiet and not as_json and sys.stderr.isatty(),
-                                    pool=pool)
+            with dashboard_at(dashboard_address):
+                report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows,
+                                        workers=workers, cluster=cluster, pool=pool,
+                                        progress=not quiet and not as_json and sys.stderr.isatty())
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -279,7 +291,8 @@ def extract_text(store: StoreArg,
                  name: Annotated[str | None, typer.Option(
                      help="Feature set name under text/ [from the model].")] = None,
                  param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
-                 cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
+                 cluster: Cluster = None, dashboard_address: DashboardAddress = None,
+                 overwrite: FeatureOverwrite = False, quiet: Quiet = False,
                  as_json: Json = False) -> None:
     """Text embeddings for every utterance; resumable, safe to kill, shardable."""
     if encoder == "auto":
@@ -290,7 +303,7 @@ def extract_text(store: StoreArg,
                "max_length": max_length}
     _extract(store, "text", encoder, options, {"device": device, "batch_size": batch_size}, name=name, param=param,
              shard=shard, chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json,
-             cluster=cluster)
+             cluster=cluster, dashboard_address=dashboard_address)
 
 
 @extract_app.command("visual", cls=Command)
@@ -315,14 +328,16 @@ def extract_visual(store: StoreArg,
                    name: Annotated[str | None, typer.Option(help="Feature set name under visual/ "
                                                                "[the encoder's].")] = None,
                    param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
-                   cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
+                   cluster: Cluster = None, dashboard_address: DashboardAddress = None,
+                 overwrite: FeatureOverwrite = False, quiet: Quiet = False,
                    as_json: Json = False) -> None:
     """Face features from each utterance's video (its video column, else its media, cut to
     start/end) or image; media without a usable face become masked rows with a reason."""
     options = {"fps": fps, "min_size": min_size, "num_faces": num_faces}
     runtime = {"face_model": face_model, "fer_model": fer_model}
     _extract(store, "visual", encoder, options, runtime, name=name, param=param, shard=shard,
-             chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster)
+             chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster,
+             dashboard_address=dashboard_address)
 
 
 @extract_app.command("audio", cls=Command)
@@ -363,7 +378,8 @@ def extract_audio(store: StoreArg,
                   name: Annotated[str | None, typer.Option(help="Feature set name under audio/ "
                                                               "[the feature set, or the model's name].")] = None,
                   param: Param = None, workers: Workers = 1, shard: Shard = None, chunk_rows: ChunkRows = None,
-                  cluster: Cluster = None, overwrite: FeatureOverwrite = False, quiet: Quiet = False,
+                  cluster: Cluster = None, dashboard_address: DashboardAddress = None,
+                 overwrite: FeatureOverwrite = False, quiet: Quiet = False,
                   as_json: Json = False) -> None:
     """Acoustic features (openSMILE) or self-supervised speech embeddings (wav2vec 2.0, HuBERT,
     WavLM) from each utterance's audio file or video (its audio column, else its media, cut to
@@ -373,7 +389,8 @@ def extract_audio(store: StoreArg,
                "precision": precision.value if precision else None}
     runtime = {"device": device, "batch_size": batch_size}
     _extract(store, "audio", encoder, options, runtime, name=name, param=param, shard=shard, chunk_rows=chunk_rows,
-             workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster)
+             workers=workers, overwrite=overwrite, quiet=quiet, as_json=as_json, cluster=cluster,
+             dashboard_address=dashboard_address)
 
 
 class IndexKind(StrEnum):
@@ -406,7 +423,7 @@ def index_build(store: StoreArg,
                                                           "the quantizer [50 per list, 10,000 to 200,000].")] = None,
                 shards: Annotated[int, typer.Option(min=1, metavar="N", help="Build in N parts (ivf, flat: merged "
                                                     "into one; hnsw: searched as N shards).")] = 1,
-                cluster: Cluster = None,
+                cluster: Cluster = None, dashboard_address: DashboardAddress = None,
                 quiet: Annotated[bool, typer.Option("--quiet", "-q",
                                                     help="No progress bar or cluster messages.")] = False,
                 as_json: Json = False) -> None:
@@ -415,13 +432,15 @@ def index_build(store: StoreArg,
     from emostore.search.settings import quiet_openmp
 
     quiet_openmp()
+    from emostore.cluster import dashboard_at
     from emostore.search.run import build_index
 
-    idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
-                      shards=shards, cluster=cluster, train_size=train_size,
-                      progress=not quiet and not as_json and sys.stderr.isatty(),
-                      nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
-                      ef_search=ef_search)
+    with dashboard_at(dashboard_address):
+        idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
+                          shards=shards, cluster=cluster, train_size=train_size,
+                          progress=not quiet and not as_json and sys.stderr.isatty(),
+                          nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
+                          ef_search=ef_search)
     summary = {"index": idx.where, "shards": idx.meta.get("shards", 1),
                **{k: idx.meta[k] for k in ("features", "kind", "params", "dim", "n_vectors", "build_seconds")}}
     if as_json:

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from emostore.errors import UserError
@@ -43,9 +44,26 @@ def parse_local(address: str) -> int | None:
     return n
 
 
+#: Where a local cluster's dashboard listens: this machine only, unless asked otherwise.
+DASHBOARD = "127.0.0.1:8787"
+_dashboard: ContextVar[str | None] = ContextVar("dashboard_address", default=None)
+
+
 @contextmanager
-def connect(cluster: Any, *, quiet: bool = False) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``cluster``: a Client (used as is), ``local:N`` or an address."""
+def dashboard_at(address: str | None) -> Iterator[None]:
+    """Local clusters started within the block put their dashboard at ``address`` (``--dashboard-address``)."""
+    token = _dashboard.set(address)
+    try:
+        yield
+    finally:
+        _dashboard.reset(token)
+
+
+@contextmanager
+def connect(cluster: Any, *, quiet: bool = False, dashboard_address: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``cluster``: a Client (used as is), ``local:N`` or an address.
+    A local cluster's scheduler and dashboard bind to 127.0.0.1 (``dashboard_address`` to change
+    the dashboard's, e.g. ``0.0.0.0:8787`` to reach it from other machines)."""
     distributed = require_distributed()
     if isinstance(cluster, distributed.Client):
         yield cluster
@@ -58,7 +76,9 @@ def connect(cluster: Any, *, quiet: bool = False) -> Iterator[Any]:
         if n is not None:
             with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
                 local = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                 silence_logs=logging.ERROR)
+                                                 silence_logs=logging.ERROR, host="127.0.0.1",
+                                                 dashboard_address=dashboard_address or _dashboard.get()
+                                                 or DASHBOARD)
             client = distributed.Client(local)
         else:
             try:

@@ -149,9 +149,40 @@ def finalize(df: pd.DataFrame, dataset: str, problems: list[Problem], source: st
     return df[COLUMNS + extra].reset_index(drop=True)
 
 
+def sniff_encoding(path: Path) -> str | None:
+    """The text encoding a file's first bytes show (a byte-order mark, or UTF-16's zero bytes);
+    ``"binary"`` for a file that is not text; None to try UTF-8 (then Windows-1252)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if len(head) >= 4 and b"\x00" in head:
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        if odd > 0.4 * len(head) / 2 and even == 0:
+            return "utf-16-le"
+        if even > 0.4 * len(head) / 2 and odd == 0:
+            return "utf-16-be"
+        return "binary"
+    return None
+
+
 def read_csv(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
-    """Read a CSV as strings; on failure record a problem naming the file and return None."""
+    """Read a CSV as strings (UTF-8, UTF-16 with or without a byte-order mark, else Windows-1252,
+    saying so); on failure record a problem naming the file and return None."""
     try:
+        encoding = sniff_encoding(path)
+        if encoding == "binary":
+            problems.append(Problem(str(path), "not a text file (binary bytes, such as a spreadsheet or an archive); "
+                                               "save it as CSV text (UTF-8)"))
+            return None
+        if encoding is not None:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+            if encoding != "utf-8-sig":
+                problems.append(Problem(str(path), f"read as {encoding.upper()} (its byte-order mark or zero "
+                                                   "bytes say so)", level="warning"))
+            return df
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
     except UnicodeDecodeError:
         try:

@@ -35,6 +35,7 @@ from emostore.ingest.base import (
     finalize,
     hashed_split,
     normalize_split,
+    read_csv,
     register,
 )
 
@@ -167,14 +168,6 @@ def csd_rows(labels: Sequence, words: Sequence | None, problems: list[Problem]) 
     return pd.DataFrame(rows)
 
 
-def _read_csv(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        problems.append(Problem(str(path), f"unreadable CSV: {exc}"))
-        return None
-
-
 def _numeric(raw: pd.DataFrame, column: str) -> pd.Series:
     if column not in raw:
         return pd.Series(np.nan, index=raw.index)
@@ -268,7 +261,7 @@ def load_cmu(name: str, root: Path, folds: Path | None = None) -> IngestResult:
     else:
         source = "csv"
         for path in csv_paths:
-            raw = _read_csv(path, problems)
+            raw = read_csv(path, problems)
             if raw is None:
                 continue
             if SEGMENT_COLUMNS <= set(raw.columns):

@@ -27,6 +27,8 @@ from emostore.errors import UserError
 ENV_OPTIONS = "EMOSTORE_STORAGE_OPTIONS"
 #: Extra that provides each protocol's filesystem.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+#: Attempts of each S3 request (botocore's standard mode: exponential backoff between them).
+S3_ATTEMPTS = 4
 #: Directory listings must never be served from a cache: other machines write the same store.
 NO_LISTING_CACHE = {"s3", "s3a", "gs", "gcs"}
 
@@ -62,6 +64,9 @@ class Location:
         opts = env_storage_options()
         if protocol in NO_LISTING_CACHE:
             opts.setdefault("use_listings_cache", False)
+        if protocol in ("s3", "s3a"):  # transient errors: a few retries with exponential backoff, then fail
+            opts.setdefault("config_kwargs", {"retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+                                              "connect_timeout": 10, "read_timeout": 60})
         return cls(text.rstrip("/"), opts)
 
     def __getstate__(self) -> dict[str, Any]:

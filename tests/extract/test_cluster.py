@@ -223,3 +223,20 @@ def test_the_client_decides_the_precision_for_every_worker(tmp_path, client, mon
     for other in (on_cluster, workers):
         assert Store.open(other.path).feature_set("text/minilm").config["precision"] == enc.config.precision
         assert_same(one, Store.open(other.path))
+
+
+def test_a_local_cluster_listens_on_this_machine_only():
+    """The scheduler and its dashboard bind to 127.0.0.1, not to every interface; --dashboard-address
+    moves the dashboard."""
+    import psutil
+
+    from emostore.cluster import connect, dashboard_at
+
+    with connect("local:1", quiet=True) as client:
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        port = int(client.dashboard_link.split(":")[2].split("/")[0])
+        listening = [c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port]
+        assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
+    with dashboard_at("127.0.0.1:0"), connect("local:1", quiet=True) as client:
+        assert client.dashboard_link.startswith("http://127.0.0.1:") and ":8787" not in client.dashboard_link

@@ -132,3 +132,29 @@ def test_no_usable_rows_is_an_error(tmp_path):
     f = write(tmp_path / "empty.csv", "text,emotion\n,joy\n")
     with pytest.raises(IngestError, match="no usable"):
         CsvAdapter().load([f])
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-8-sig"])
+def test_utf16_and_byte_order_marks_are_read_and_said(tmp_path, encoding):
+    """UTF-16 (with a byte-order mark, or without: its zero bytes) reads as the same table, and
+    the problems say which encoding was used; a UTF-8 byte-order mark needs no word."""
+    f = tmp_path / "sample.csv"
+    f.write_text(SAMPLE.read_text(encoding="utf-8"), encoding=encoding)
+    r = CsvAdapter().load([f], dataset="sample")
+    ref = CsvAdapter().load([SAMPLE], dataset="sample")
+    assert r.table["text"].tolist() == ref.table["text"].tolist()
+    said = [p.reason for p in r.problems]
+    assert said == ([] if encoding == "utf-8-sig" else [f"read as {encoding.upper()} (its byte-order mark or "
+                                                        "zero bytes say so)"])
+
+
+def test_a_binary_file_is_refused_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from emostore.cli import app
+
+    f = tmp_path / "corpus.csv"
+    f.write_bytes(b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)) * 8)  # a spreadsheet saved as .csv
+    r = CliRunner().invoke(app, ["ingest", "csv", str(f), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "corpus.csv" in r.stderr and "not a text file" in r.stderr, r.stderr

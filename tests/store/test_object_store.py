@@ -143,3 +143,31 @@ def test_plain_zarr_reads_the_whole_store_without_warnings(sample_store, tmp_pat
     assert {"table/id", "features/text/minilm/done", "features/audio/frames/seq/0"} <= set(members)
     assert any(k.startswith("indexes/sharded/") and k.endswith("faiss-1") for k in members)
     assert not list((tmp_path / "s").glob("**/.emostore*"))
+
+
+@pytest.mark.slow
+def test_an_object_store_that_goes_away_is_one_line_and_a_rerun_resumes(s3_server, tmp_path):
+    """The endpoint stops answering during a single-process extraction: after the storage
+    client's retries with backoff, one line says which endpoint failed and that a rerun resumes;
+    with the endpoint back, the rerun completes."""
+    from conftest import SAMPLE
+
+    from emostore.ingest.run import ingest
+
+    url = s3_server.bucket("gone") + "/store"
+    ingest("csv", [SAMPLE], url, dataset="sample")
+    cmd = [sys.executable, "-m", "emostore.cli", "extract", "text", url, "--device", "cpu", "--chunk-rows", "32",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    s3_server.stop()
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        s3_server.start()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, err[-2000:]
+    assert "cannot reach the storage" in lines[0] and s3_server.endpoint in lines[0] and "resumes" in lines[0]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    assert Store.open(url, mode="r").feature_set("text/minilm").is_complete()
