@@ -895,6 +895,9 @@ def finetune_text(
         save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N optimiser "
                                                             "steps (it is saved after every epoch).")] = 200,
         threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's).")] = None,
+        max_batch_tokens: Annotated[int, typer.Option(min=0, help="Compute batches wider than this many padded "
+                                                                  "tokens in parts (same step, bounded memory; 0: "
+                                                                  "never).")] = 4096,
         teacher: Annotated[Path | None, typer.Option(metavar="MODEL_DIR", help="Distil a fine-tuned model: train "
                                                      "on its soft labels mixed with the gold ones, reading its "
                                                      "input format.")] = None,
@@ -918,6 +921,7 @@ def finetune_text(
                               max_length=max_length, class_weights=class_weights, label_smoothing=label_smoothing,
                               warmup=warmup, weight_decay=weight_decay, seed=seed, folds=folds, device=device,
                               precision=precision.value, save_every=save_every, threads=threads,
+                              max_batch_tokens=max_batch_tokens,
                               teacher=str(teacher) if teacher else None, temperature=temperature,
                               distill_weight=distill_weight)
 

@@ -69,6 +69,9 @@ class FinetuneOptions:
     teacher: str | None = None
     temperature: float = 2.0
     distill_weight: float = 0.5
+    #: Batches wider than this many padded tokens are computed in parts (the same step; memory
+    #: stays bounded with long context inputs). 0: never split.
+    max_batch_tokens: int = 4096
 
 
 
@@ -141,7 +144,7 @@ def train_one(out: Path, *, backbone_loader: Any, data: FinetuneData, tokenizer:
     model = TextClassifier(backbone, data.target.n_out, config.dropout)
     result: TrainResult = train_model(model, data, tokenizer, train_rows, config, state_dir=out / TRAINING,
                                       device=device, save_every=options.save_every, progress=progress, log=log,
-                                      label=label, distill=distill)
+                                      label=label, distill=distill, max_batch_tokens=options.max_batch_tokens)
     export(model, hf_tokenizer, out, max_length=tokenizer.max_length)
     test_rows = data.rows("test")
     test = None

@@ -120,8 +120,10 @@ class Trainer:
     """One model's training run: the optimiser, the schedule, the loss and the resumable counters."""
 
     def __init__(self, model: TextClassifier, data: FinetuneData, tokenizer: TurnTokenizer, train_rows: np.ndarray,
-                 config: FinetuneConfig, *, state_dir: Path, device: str, distill: Distillation | None = None):
+                 config: FinetuneConfig, *, state_dir: Path, device: str, distill: Distillation | None = None,
+                 max_batch_tokens: int = 0):
         self.model, self.data, self.tokenizer, self.config = model, data, tokenizer, config
+        self.max_batch_tokens = max_batch_tokens
         self.train_rows, self.state_dir, self.device = train_rows, state_dir, device
         self.lengths = np.array([len(t.input_ids) if t is not None else 0 for t in data.inputs])
         self.n_batches = math.ceil(len(train_rows) / config.batch_size)
@@ -178,14 +180,16 @@ class Trainer:
         started, cpu = time.perf_counter(), time.process_time()
         for b in range(c["batch"], len(batches)):
             rows = batches[b]
-            batch = {k: v.to(self.device) for k, v in self.tokenizer.collate(
-                [self.data.inputs[r] for r in rows]).items()}
-            with autocast(self.device, config.precision):
-                out = self.model(batch).float()
-            loss = self.loss(out, rows)
-            (self.scaler.scale(loss / config.grad_accum) if self.scaler else loss / config.grad_accum).backward()
-            c["loss_sum"] += float(loss.item()) * len(rows)
-            c["loss_n"] += len(rows)
+            for part in token_parts(rows, self.lengths, self.max_batch_tokens):
+                batch = {k: v.to(self.device) for k, v in self.tokenizer.collate(
+                    [self.data.inputs[r] for r in part]).items()}
+                with autocast(self.device, config.precision):
+                    out = self.model(batch).float()
+                loss = self.loss(out, part)
+                share = len(part) / len(rows) / config.grad_accum  # the parts add up to the batch's mean loss
+                (self.scaler.scale(loss * share) if self.scaler else loss * share).backward()
+                c["loss_sum"] += float(loss.item()) * len(part)
+                c["loss_n"] += len(part)
             last = b == len(batches) - 1
             if (b + 1) % config.grad_accum == 0 or last:
                 self.step()
@@ -229,6 +233,22 @@ class Trainer:
         return entry, mark
 
 
+def token_parts(rows: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """``rows`` (one batch) in parts of at most ``max_tokens`` padded tokens each (0: one part):
+    long inputs are computed a few at a time, so that memory stays bounded (attention grows with
+    the square of the length), and their gradients add up to the whole batch's."""
+    if max_tokens <= 0 or len(rows) * int(lengths[rows].max()) <= max_tokens:
+        return [rows]
+    ordered = rows[np.argsort(lengths[rows], kind="stable")]
+    parts, start = [], 0
+    for end in range(1, len(ordered) + 1):
+        if end - start > 1 and (end - start) * int(lengths[ordered[end - 1]]) > max_tokens:
+            parts.append(ordered[start:end - 1])
+            start = end - 1
+    parts.append(ordered[start:])
+    return parts
+
+
 def make_loss(data: FinetuneData, train_rows: np.ndarray, config: FinetuneConfig, device: str,
               distill: Distillation | None) -> Callable[[Tensor, np.ndarray], Tensor]:
     """The loss of a batch's outputs: cross-entropy (L1 for regression) on the gold labels, mixed
@@ -268,12 +288,12 @@ def make_loss(data: FinetuneData, train_rows: np.ndarray, config: FinetuneConfig
 def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokenizer, train_rows: np.ndarray,
                 config: FinetuneConfig, *, state_dir: Path, device: str, save_every: int = 0,
                 progress: bool = False, log: Log = print, label: str = "",
-                distill: Distillation | None = None) -> TrainResult:
+                distill: Distillation | None = None, max_batch_tokens: int = 0) -> TrainResult:
     """Train ``model`` on ``train_rows``; keep the best epoch on the dev split. Resumes from
     ``state_dir`` when it holds a state; leaves the best weights in ``model``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, data, tokenizer, train_rows, config, state_dir=state_dir, device=device,
-                      distill=distill)
+                      distill=distill, max_batch_tokens=max_batch_tokens)
     resumed = trainer.resume(log, label)
     c = trainer.counters
     notes = [] if len(data.rows("dev")) else [f"no labelled dev rows: the last of {config.epochs} epochs is kept"]

@@ -230,3 +230,23 @@ def test_bad_inputs_are_one_line_and_overwrite_nothing(store, tiny, tmp_path, mo
     one_line_error(r, "holds something other than a fine-tuned model")
     assert files_digest(existing) == before and (other / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_wide_batches_are_computed_in_parts_that_cover_them_once():
+    from emostore.finetune.train import token_parts
+
+    lengths = np.array([5, 40, 12, 33, 7, 90, 3, 64])
+    rows = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    parts = token_parts(rows, lengths, 128)
+    assert sorted(np.concatenate(parts).tolist()) == rows.tolist()
+    assert all(len(p) == 1 or len(p) * lengths[p].max() <= 128 for p in parts) and len(parts) > 1
+    assert [p.tolist() for p in token_parts(rows, lengths, 0)] == [rows.tolist()]
+    assert [p.tolist() for p in token_parts(rows, lengths, 10_000)] == [rows.tolist()]
+
+
+def test_fine_tuning_with_batches_in_parts_trains(store, tiny, tmp_path):
+    r = run("finetune", "text", store, "--out", tmp_path / "m", "--model", tiny["bert"], "--past", "2",
+            "--max-batch-tokens", "64", *TINY, "--lr", "1e-3", "--json")
+    assert r.exit_code == 0, r.output
+    losses = [h["train_loss"] for h in json.loads(r.stdout)["history"]]
+    assert np.isfinite(losses).all() and losses[1] < losses[0]
