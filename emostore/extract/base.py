@@ -19,7 +19,6 @@ import importlib
 import inspect
 import pkgutil
 import re
-import types
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import pandas as pd
 
+from emostore.core.convert import convert
 from emostore.core.runtime import resolve_device, stored_precision
 from emostore.errors import UserError
 
@@ -111,36 +111,6 @@ class EncoderConfig:
         if unknown:
             raise UserError(f"no encoder option {', '.join(map(repr, unknown))}; options: {', '.join(allowed)}")
         return cls.from_dict(converted)
-
-
-def convert(value: Any, kind: Any, where: str) -> Any:
-    """``value`` (often a string from the command line) as type ``kind``: bool, int, float, str,
-    ``X | None`` (``none`` or empty is None) and ``list[X]`` (comma-separated)."""
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return convert(value, a, where)
-            except UserError as exc:
-                errors.append(str(exc))
-        raise UserError(errors[0])
-    if typing.get_origin(kind) is list:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return [convert(v.strip() if isinstance(v, str) else v, args[0] if args else str, where) for v in items]
-    if kind is Any or not isinstance(value, str):
-        return value
-    try:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        return kind(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
 
 
 # ----- encoders --------------------------------------------------------------------------------

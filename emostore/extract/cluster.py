@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from emostore.cluster import RETRIES, connect, require_distributed
 from emostore.extract.base import Encoder
-from emostore.extract.runner import ChunkDone, RunReport, extract_chunk
+from emostore.extract.chunk import ChunkDone, RunReport, extract_chunk
 from emostore.store import FeatureSet, Location, Store
 
 distributed = require_distributed()

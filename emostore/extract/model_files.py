@@ -3,12 +3,12 @@ or (for the face landmarker only) a verified download into that cache."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.request
 from pathlib import Path
 
+from emostore.core.hashing import sha256_file
 from emostore.errors import UserError
 
 FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/"
@@ -35,13 +35,6 @@ def _packaged(package: str, relative: str, sha256: str) -> Path | None:
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     return path if path.is_file() and sha256_file(path) == sha256 else None
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -1,7 +1,7 @@
 """The one extraction loop: pending chunks of this shard -> encoder -> write -> mark done.
 
-:func:`extract_chunk` is the unit of work, the same code in a local run and in a task on a Dask
-cluster (:mod:`emostore.extract.cluster`).
+:func:`~emostore.extract.chunk.extract_chunk` is the unit of work, the same code in a local run
+and in a task on a Dask cluster (:mod:`emostore.extract.cluster`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ import logging
 import multiprocessing as mp
 import os
 import sys
-import time
 import types
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,63 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from emostore.errors import UserError
 from emostore.extract import worker
 from emostore.extract.base import Encoded, Encoder
+from emostore.extract.chunk import RunReport, extract_chunk
 from emostore.store import FeatureSet, Shard, Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunReport:
-    feature_set: str
-    config_hash: str
-    chunks_total: int
-    chunks_run: int
-    rows_run: int
-    rows_failed: int
-    complete: bool
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    #: Chunks whose task failed on a cluster (after its retries): left pending for a rerun.
-    chunk_errors: list[tuple[int, str]] = field(default_factory=list)
-    #: Encoders loaded by cluster workers (one per worker that ran a chunk).
-    encoder_loads: int = 0
-    #: Finished chunks found damaged (missing files, failed checksums) and computed again.
-    chunks_damaged: int = 0
-    #: Seconds spent encoding and writing chunks, summed over the processes that ran them.
-    encode_seconds: float = 0.0
-    write_seconds: float = 0.0
-
-    def add(self, done: ChunkDone) -> None:
-        self.encoder_loads += int(done.encoder_loaded)
-        self.encode_seconds += done.encode_seconds
-        self.write_seconds += done.write_seconds
-        self.chunks_run += 1
-        self.rows_run += done.rows
-        self.rows_failed += len(done.failures)
-        self.failures.extend(done.failures)
-
-
-@dataclass
-class ChunkDone:
-    chunk: int
-    rows: int
-    failures: list[tuple[str, str]]
-    encoder_loaded: bool = False  # this task loaded its worker's encoder (the first on that worker)
-    encode_seconds: float = 0.0
-    write_seconds: float = 0.0
-
-
-def extract_chunk(fs: FeatureSet, table: pd.DataFrame, chunk: int,
-                  encode: Callable[[np.ndarray], Encoded]) -> ChunkDone:
-    """Encode the rows of ``chunk`` and write them, ``done`` last: the unit of work of every run."""
-    sl = fs.chunk_slice(chunk)
-    rows = np.arange(sl.start, sl.stop)
-    t0 = time.perf_counter()
-    out = encode(rows)
-    t1 = time.perf_counter()
-    fs.write_chunk(chunk, out.values, out.ok, out.reasons, out.sequences)
-    bad = np.flatnonzero(~np.asarray(out.ok, dtype=bool))
-    return ChunkDone(chunk, len(rows), [(str(table["id"].iat[rows[i]]), out.reasons[i]) for i in bad],
-                     encode_seconds=t1 - t0, write_seconds=time.perf_counter() - t1)
 
 
 #: Thread-count variables of the OpenMP and BLAS runtimes (PyTorch's CPU threads follow OMP_NUM_THREADS).

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from emostore import __version__
+from emostore.core.clock import now
 from emostore.core.runtime import cpu_threads, resolve_device, resolve_precision
 from emostore.errors import UserError
 from emostore.extract.dialogue_input import POOLING, DialogueFormat, TurnTokenizer
@@ -31,7 +32,6 @@ from emostore.finetune.state import RUN, cleanup, read_json, write_json
 from emostore.finetune.teacher import OUTPUTS, Teacher, check_format, load_teacher, teacher_outputs
 from emostore.finetune.train import Distillation, FinetuneConfig, Log, TrainResult, metrics_of, predict, train_model
 from emostore.store import Store
-from emostore.store.feature_set import now
 
 FORMAT = "emostore-finetuned-text"
 TRAINING, FOLDS, DONE = "training", "folds", "done.json"

@@ -22,12 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
+from emostore.core.metrics import classification_metrics, regression_metrics
 from emostore.core.runtime import autocast
 from emostore.extract.dialogue_input import TurnTokenizer
 from emostore.finetune.data import FinetuneData, epoch_batches
 from emostore.finetune.model import TextClassifier, parameter_groups
 from emostore.finetune.state import load_state, save_state, save_tensors
-from emostore.heads.evaluate import classification_metrics, regression_metrics
 
 #: Rows per forward pass when evaluating.
 EVAL_BATCH = 64

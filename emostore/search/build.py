@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from emostore.core.clock import now
 from emostore.errors import UserError
 from emostore.search.index import NearestIndex, _faiss, combine, new_index, store_meta
 from emostore.store import Location, Store
-from emostore.store.feature_set import now
 
 #: Target bytes of vectors in one block (rounded to whole chunks of the first feature set).
 BLOCK_BYTES = 4 * 1024 * 1024

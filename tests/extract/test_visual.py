@@ -17,6 +17,7 @@ pytest.importorskip("ai_edge_litert")
 
 from conftest import SHARED, shared_data  # noqa: E402
 
+from emostore.core.hashing import sha256_file  # noqa: E402
 from emostore.errors import UserError  # noqa: E402
 from emostore.extract.encoders.face import FER_LABELS, FaceLandmarkerEncoder, FerEncoder  # noqa: E402
 from emostore.extract.face_features import GEOMETRY_POINTS, POINTS, Face, frontal_geometry  # noqa: E402
@@ -25,7 +26,6 @@ from emostore.extract.model_files import (  # noqa: E402
     FACE_MODEL_SHA256,
     resolve_face_model,
     resolve_fer_model,
-    sha256_file,
 )
 from emostore.extract.runner import run_extraction  # noqa: E402
 from emostore.extract.video_io import iter_frames, sample_times  # noqa: E402

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emostore.core.hashing import files_hash
 from emostore.core.runtime import resolve_device, resolve_precision
 from emostore.errors import UserError
 from emostore.extract.audio_io import MediaError, load_audio
@@ -64,7 +65,14 @@ def model_files(folder: Path) -> list[Path]:
 
 
 def content_hash(folder: Path) -> str:
-    """sha256 over the names and contents of :func:`model_files`."""
+    """The identity of a speech model folder: :func:`~emostore.core.hashing.files_hash` of its
+    :func:`model_files`."""
+    return files_hash(model_files(folder))
+
+
+def _stream_hash(folder: Path) -> str:
+    """How emostore 0.1 recorded the same (names and contents in one stream): still accepted, so
+    feature sets recorded then keep their configuration."""
     h = hashlib.sha256()
     for path in model_files(folder):
         h.update(path.name.encode() + b"\0")
@@ -196,6 +204,8 @@ class SSLEncoder(Encoder):
         self.runtime = {"device": device, "batch_size": batch_size}
         self.folder = resolve_model(config.model)
         digest = content_hash(self.folder)
+        if config.model_sha256 and config.model_sha256 != digest and config.model_sha256 == _stream_hash(self.folder):
+            digest = config.model_sha256  # recorded by emostore 0.1: the same files
         if config.model_sha256 and digest != config.model_sha256:
             raise UserError(f"SSL model {self.folder} is not the model these features were made with (its files' "
                             f"sha256 {digest[:12]}... differs from {config.model_sha256[:12]}...); pass that model")
