@@ -213,7 +213,7 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
              dashboard_address: str | None = None) -> None:
     """Build the encoder from the flags given (and ``-p`` options), run the extraction, report."""
     from emostore.cluster import dashboard_at
-    from emostore.extract.base import build_encoder
+    from emostore.extract.base import EncoderSpec, build_encoder
     from emostore.extract.runner import run_extraction, start_workers
     from emostore.store import Shard as StoreShard
     from emostore.store import Store
@@ -226,7 +226,8 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
     if "store" in encoder_class(modality, kind).runtime_options():  # encoders that record paths relative to it
         runtime = {**runtime, "store": store}
     # workers start first and build their encoders while this process opens the store and builds its own
-    pool = start_workers(workers, (modality, kind, options, runtime, name)) if workers > 1 else None
+    request = EncoderSpec.requested(modality, kind, options, runtime, name)
+    pool = start_workers(workers, request) if workers > 1 else None
     try:
         st = Store.open(store)
         sh = StoreShard.parse(shard)

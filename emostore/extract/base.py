@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import pkgutil
 import re
 import typing
@@ -178,9 +179,14 @@ class Encoder(ABC):
         runtime = {k: options.pop(k) for k in list(options) if k in cls.runtime_options()}
         return build_encoder(cls.modality, cls.kind, options, runtime, name=name, cls=cls)  # type: ignore[return-value]
 
+    @property
+    def spec(self) -> EncoderSpec:
+        """What identifies this encoder in another process (see :class:`EncoderSpec`)."""
+        return EncoderSpec(type(self), self.stored_config, self.name, dict(self.runtime))
+
     def rebuild(self) -> Encoder:
         """A fresh copy of this encoder (in a worker process, say), from its stored config."""
-        return type(self).from_config(self.stored_config, name=self.name, **self.runtime)
+        return self.spec.build()
 
     @abstractmethod
     def encode_rows(self, table: pd.DataFrame, rows: np.ndarray, progress: Progress | None = None) -> Encoded:
@@ -194,6 +200,38 @@ class Encoder(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How an encoder travels to another process (a ``--workers`` process, a Dask worker): either
+    an encoder already built (its class, stored configuration, name and runtime options), or a
+    request made from user options (``modality``, ``kind``, ``options``) that a worker builds
+    while the main process builds the same. Picklable; :meth:`build` makes the encoder and
+    :attr:`key` tells whether a process's encoder is this one."""
+
+    cls: type[Encoder] | None = None
+    config: dict[str, Any] | None = None
+    name: str | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    request: tuple[str, str, dict[str, Any]] | None = None  # (modality, kind, options)
+
+    @classmethod
+    def requested(cls, modality: str, kind: str, options: Mapping[str, Any], runtime: Mapping[str, Any],
+                  name: str | None) -> EncoderSpec:
+        return cls(name=name, runtime=dict(runtime), request=(modality, kind, dict(options)))
+
+    def build(self) -> Encoder:
+        if self.request is not None:
+            modality, kind, options = self.request
+            return build_encoder(modality, kind, options, self.runtime, name=self.name)
+        assert self.cls is not None and self.config is not None
+        return self.cls.from_config(self.config, name=self.name, **self.runtime)
+
+    @property
+    def key(self) -> str:
+        who = [self.cls.__module__, self.cls.__qualname__] if self.cls is not None else None
+        return json.dumps([who, self.config, self.name, self.runtime, self.request], sort_keys=True, default=str)
 
 
 # ----- registry --------------------------------------------------------------------------------

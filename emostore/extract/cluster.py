@@ -1,8 +1,8 @@
 """Extraction on a Dask cluster: one task per pending chunk, one encoder per worker.
 
 The client creates the feature set (so no two workers ever race to create it), registers a worker
-plugin that rebuilds the encoder from its stored configuration
-(``type(enc).from_config(enc.stored_config, name=enc.name, **enc.runtime)``), and submits one task per
+plugin that rebuilds the encoder from its stored configuration (its
+:class:`~emostore.extract.base.EncoderSpec`), and submits one task per
 pending chunk. Each worker loads the encoder and the utterance table once, on its first task, and
 runs :func:`emostore.extract.runner.extract_chunk` (the same code as a local run): it writes its
 chunk straight into the store, ``done`` last. The client only schedules and shows progress.
@@ -45,10 +45,7 @@ class EncoderPlugin(distributed.WorkerPlugin):
     def __init__(self, location: Location, feature_set: str, encoder: Encoder):
         self.location = location
         self.feature_set = feature_set
-        self.encoder_cls = type(encoder)
-        self.config = encoder.stored_config
-        self.name = encoder.name
-        self.runtime = dict(encoder.runtime)
+        self.spec = encoder.spec
         self._lock: threading.Lock | None = None
         self._encoder: Encoder | None = None
         self._store: Store | None = None
@@ -77,7 +74,7 @@ class EncoderPlugin(distributed.WorkerPlugin):
             if loaded:
                 self._store = Store.open(self.location)
                 self._fs = self._store.feature_set(self.feature_set)
-                self._encoder = self.encoder_cls.from_config(self.config, name=self.name, **self.runtime)
+                self._encoder = self.spec.build()
             store, fs, encoder = self._store, self._fs, self._encoder
             assert store is not None and fs is not None and encoder is not None
             table = store.table

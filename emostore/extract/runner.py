@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from emostore.errors import UserError
 from emostore.extract import worker
-from emostore.extract.base import Encoded, Encoder
+from emostore.extract.base import Encoded, Encoder, EncoderSpec
 from emostore.extract.chunk import RunReport, extract_chunk
 from emostore.store import FeatureSet, Shard, Store
 
@@ -56,8 +56,7 @@ def _spawning(threads: int) -> Iterator[None]:
                 os.environ.pop(k, None)
 
 
-def start_workers(n: int, build: tuple[str, str, dict[str, Any], dict[str, Any], str | None] | None = None
-                  ) -> ProcessPoolExecutor:
+def start_workers(n: int, build: EncoderSpec | None = None) -> ProcessPoolExecutor:
     """``n`` worker processes, started now, so that they load while the caller goes on (opening the
     store, building its own encoder). With ``build`` (see :func:`emostore.extract.worker.start`)
     each worker builds its encoder right away too."""
@@ -100,7 +99,7 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
     own_pool = pool is None and workers > 1 and bool(pending)
     if own_pool:
         pool = start_workers(workers)  # they load while the table is read
-    spec = (type(encoder), encoder.stored_config, encoder.name, encoder.runtime)
+    spec = encoder.spec
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task(f"{encoder.feature_set}", total=total_rows)
@@ -143,7 +142,7 @@ def _gather(blocks: list[tuple[np.ndarray, Future[Encoded]]], chunk: int, advanc
     return Encoded.concat(parts)
 
 
-def _submit_all(pool: ProcessPoolExecutor, spec: worker.Spec, table: pd.DataFrame, fs: Any, chunks: list[int],
+def _submit_all(pool: ProcessPoolExecutor, spec: EncoderSpec, table: pd.DataFrame, fs: Any, chunks: list[int],
                 block_rows: int) -> dict[int, list[tuple[np.ndarray, Future[Encoded]]]]:
     """Queue every block of every pending chunk, so workers never wait for the writer. A block goes with
     the other turns of its dialogues, so encoders that read surrounding turns see them as in one process."""
