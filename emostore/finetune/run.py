@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from emostore.extract.dialogue_input import POOLING, DialogueFormat, TurnTokeniz
 from emostore.extract.finetuned import META, content_hash, load_transformer, model_max_length, read_meta
 from emostore.finetune.data import READ_COLUMNS, FinetuneData, build_data, describe_rows, fold_of_rows, target_of
 from emostore.finetune.model import TextClassifier, export
+from emostore.finetune.options import FinetuneOptions
 from emostore.finetune.state import RUN, cleanup, read_json, write_json
 from emostore.finetune.teacher import OUTPUTS, Teacher, check_format, load_teacher, teacher_outputs
 from emostore.finetune.train import Distillation, FinetuneConfig, Log, TrainResult, metrics_of, predict, train_model
@@ -35,44 +35,6 @@ from emostore.store import Store
 
 FORMAT = "emostore-finetuned-text"
 TRAINING, FOLDS, DONE = "training", "folds", "done.json"
-
-
-@dataclass
-class FinetuneOptions:
-    """The command's options (see ``emostore finetune text --help``)."""
-
-    model: str = "minilm"
-    target: str = "emotion"
-    #: Turns around the utterance, and speaker names (None: 0, 0 and on, or the teacher's).
-    past: int | None = None
-    future: int | None = None
-    speaker: bool | None = None
-    epochs: int = 4
-    lr: float = 5e-5
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_length: int | None = None
-    class_weights: bool = False
-    label_smoothing: float = 0.0
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 0
-    folds: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    #: Also save the training state every this many optimiser steps (0: once per epoch only).
-    save_every: int = 200
-    #: CPU threads (None: torch's default). On a busy machine one thread can be the fastest.
-    threads: int | None = None
-    #: Distil from this fine-tuned model folder: its soft labels, at ``temperature``, make up
-    #: ``distill_weight`` of the loss (the gold labels the rest).
-    teacher: str | None = None
-    temperature: float = 2.0
-    distill_weight: float = 0.5
-    #: Batches wider than this many padded tokens are computed in parts (the same step; memory
-    #: stays bounded with long context inputs). 0: never split.
-    max_batch_tokens: int = 4096
-
 
 
 def is_empty(out: Path) -> bool:
@@ -315,10 +277,4 @@ def extract(store_path: Path, out: Path, *, name: str | None = None, device: str
                         "rows_run": report.rows_run, "rows_failed": report.rows_failed, "complete": report.complete})
     return reports
 
-
-def summary_line(meta: dict[str, Any]) -> str:
-    t = meta.get("test_metrics") or {}
-    score = (f"test MAE {t['mae']:.4f}, corr {t['corr']:.4f}" if t.get("task") == "regression" else
-             f"test weighted F1 {t['weighted_f1']:.4f}, accuracy {t['accuracy']:.4f}" if t else "no test rows")
-    return f"best epoch {meta['best_epoch']} of {len(meta['history'])}; {score}"
 

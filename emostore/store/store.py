@@ -342,6 +342,10 @@ class Store:
                     pass
         return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.url, self.location)
 
+    def remove_feature_set(self, name: str) -> None:
+        """Delete feature set ``name`` (all its arrays)."""
+        self.location.fs.rm(self.location.key(f"features/{name}"), recursive=True)
+
     def reopen_feature_set(self, name: str) -> FeatureSet:
         """Open ``name``, re-creating any of its arrays that is missing (all rows of a re-created
         ``done`` are pending)."""
