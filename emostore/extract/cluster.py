@@ -21,9 +21,8 @@ import threading
 import uuid
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from emostore.cluster import RETRIES, connect, require_distributed
+from emostore.core.progress import progress_bar
 from emostore.extract.base import Encoder
 from emostore.extract.chunk import ChunkDone, RunReport, extract_chunk
 from emostore.store import FeatureSet, Location, Store
@@ -94,9 +93,6 @@ def run_on_cluster(cluster: Any, store: Store, encoder: Encoder, fs: FeatureSet,
     if not pending:
         return
     total = sum(fs.chunk_slice(c).stop - fs.chunk_slice(c).start for c in pending)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed:.0f}/{task.total:.0f} rows, {task.fields[failed]} failed"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
     token = hashlib.sha256(f"{store.url}|{fs.name}|{fs.config_hash}".encode()).hexdigest()[:10]
     name = f"emostore-extract-{token}"
     with connect(cluster, quiet=not progress) as client:
@@ -105,7 +101,8 @@ def run_on_cluster(cluster: Any, store: Store, encoder: Encoder, fs: FeatureSet,
         futures = {client.submit(_run_chunk, name, c, key=f"emostore-chunk-{c}-{run}", retries=RETRIES,
                                  pure=False): c for c in pending}
         try:
-            with Progress(*columns, disable=not progress, transient=False) as bar:
+            with progress_bar(enabled=progress,
+                              counts="{task.completed:.0f}/{task.total:.0f} rows, {task.fields[failed]} failed") as bar:
                 task = bar.add_task(fs.name, total=total, failed=0)
                 for fut in distributed.as_completed(futures):
                     chunk = futures[fut]

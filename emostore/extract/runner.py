@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from emostore.core.progress import progress_bar
 from emostore.errors import UserError
 from emostore.extract import worker
 from emostore.extract.base import Encoded, Encoder, EncoderSpec
@@ -94,14 +94,12 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
         return _finish(store, fs, report)
     table = store.table
     total_rows = sum(fs.chunk_slice(c).stop - fs.chunk_slice(c).start for c in pending)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn()]
     own_pool = pool is None and workers > 1 and bool(pending)
     if own_pool:
         pool = start_workers(workers)  # they load while the table is read
     spec = encoder.spec
     try:
-        with Progress(*columns, disable=not progress, transient=False) as bar:
+        with progress_bar(enabled=progress) as bar:
             task = bar.add_task(f"{encoder.feature_set}", total=total_rows)
             futures = _submit_all(pool, spec, table, fs, pending, encoder.block_rows) if pool else {}
             for chunk in pending:

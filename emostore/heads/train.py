@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import f1_score, mean_absolute_error
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
+from emostore.core.progress import progress_bar
 from emostore.core.runtime import cpu_threads, resolve_device
 from emostore.errors import UserError
 from emostore.heads.base import Head, HeadParams, build_head, head_class, make_params
@@ -268,8 +268,7 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     best_score: float | None = None
     best_state, best_epoch, history = copy.deepcopy(model.state_dict()), 0, []
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    with progress_bar(enabled=progress, transient=True, eta=False) as bar:
         task = bar.add_task(f"train {head}", total=config.epochs)
         epoch = 0
         for epoch in range(1, config.epochs + 1):
