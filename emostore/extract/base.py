@@ -52,6 +52,12 @@ class Encoded:
     reasons: list[str]
     sequences: list[np.ndarray | None] | None = None
 
+    @classmethod
+    def empty(cls, n: int, dim: int, *, frames: bool = False) -> Encoded:
+        """``n`` rows not encoded yet: NaN values, not ok, no reason, no frames (filled in place)."""
+        return cls(np.full((n, dim), np.nan, dtype=np.float32), np.zeros(n, dtype=bool), [""] * n,
+                   [None] * n if frames else None)
+
     @staticmethod
     def concat(parts: list[Encoded]) -> Encoded:
         seqs = None

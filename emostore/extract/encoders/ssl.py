@@ -258,10 +258,9 @@ class SSLEncoder(Encoder):
 
     def encode_rows(self, table: pd.DataFrame, rows: np.ndarray, progress: Progress | None = None) -> Encoded:
         n = len(rows)
-        values = np.full((n, self.dim), np.nan, dtype=np.float32)
-        ok = np.zeros(n, dtype=bool)
-        reasons = [""] * n
-        seqs: list[np.ndarray | None] = [None] * n
+        out = Encoded.empty(n, self.dim, frames=True)
+        values, ok, reasons, seqs = out.values, out.ok, out.reasons, out.sequences
+        assert seqs is not None
         signals: dict[int, np.ndarray] = {}
         for i, r in enumerate(rows):
             reasons[i], signal = self._read(table, int(r))
@@ -294,7 +293,9 @@ class SSLEncoder(Encoder):
                 seqs[i] = layers[-1]
         if progress:
             progress(n)
-        return Encoded(values, ok, reasons, seqs if self.seq_dim else None)
+        if not self.seq_dim:
+            out.sequences = None
+        return out
 
     def _read(self, table: pd.DataFrame, row: int) -> tuple[str, np.ndarray | None]:
         path, start, end = row_source(table, row)
