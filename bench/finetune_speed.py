@@ -1,5 +1,6 @@
-"""Speed on one device: minutes per epoch of fine-tuning MiniLM on MELD, and extraction
-throughput (utterances/s) of the bundled MiniLM and of the fine-tuned model, float16 on CUDA.
+"""Speed on one device: minutes per epoch of fine-tuning MiniLM and all-mpnet-base-v2 on MELD
+(without context, and with 3 past and 1 future turns), and extraction throughput (utterances/s)
+of the base and fine-tuned models in float16 and bfloat16 on CUDA (auto and float32 on a CPU).
 
 The GPU check of issue 9 (goal: at least 10,000 utterances/s for MiniLM extraction on an H100):
 
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024, help="extraction batch size")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--mpnet", type=Path, default=OUT / "models" / "all-mpnet-base-v2",
+                    help="all-mpnet-base-v2 folder (scripts/fetch_mpnet.py); measured too when it is there")
     args = ap.parse_args()
 
     from emostore.finetune.run import FinetuneOptions, finetune
@@ -78,24 +81,31 @@ def main() -> None:
         ingest("meld", SHARED / "meld", store)
     result: dict = {"device": args.device, "card": device_name(args.device), "store": str(store), "finetune": [],
                     "extraction": []}
+    bases = {"minilm": "minilm", **({"mpnet": str(args.mpnet)} if (args.mpnet / "config.json").is_file() else {})}
     models = {}
-    for past, future in ((0, 0), (3, 1)):
-        out = OUT / f"speed-ft-{args.device.replace(':', '')}-p{past}f{future}"
-        shutil.rmtree(out, ignore_errors=True)
-        meta = finetune(store, out, FinetuneOptions(epochs=args.epochs, past=past, future=future, device=args.device,
-                                                    save_every=0), log=print)
-        models[(past, future)] = out
-        result["finetune"].append({"past": past, "future": future, "precision": meta["training"]["precision"],
-                                   "minutes_per_epoch": [round(h["train_seconds"] / 60, 2) for h in meta["history"]],
-                                   "dev": meta["history"][-1].get("dev")})
-        print(json.dumps(result["finetune"][-1]), flush=True)
+    for label, base in bases.items():
+        for past, future in ((0, 0), (3, 1)):
+            out = OUT / f"speed-ft-{args.device.replace(':', '')}-{label}-p{past}f{future}"
+            shutil.rmtree(out, ignore_errors=True)
+            meta = finetune(store, out, FinetuneOptions(model=base, epochs=args.epochs, past=past, future=future,
+                                                        device=args.device, save_every=0,
+                                                        lr=2e-5 if label == "mpnet" else 5e-5), log=print)
+            models[(label, past, future)] = out
+            result["finetune"].append({"model": label, "past": past, "future": future,
+                                       "precision": meta["training"]["precision"],
+                                       "minutes_per_epoch": [round(h["train_seconds"] / 60, 2)
+                                                             for h in meta["history"]],
+                                       "dev": meta["history"][-1].get("dev")})
+            print(json.dumps(result["finetune"][-1]), flush=True)
     runtime = {"device": args.device, "batch_size": args.batch_size}
-    precision = "float16" if args.device.startswith("cuda") else "float32"
-    for options in ({"model": "minilm", "precision": precision},
-                    {"model": str(models[(0, 0)]), "precision": precision},
-                    {"model": str(models[(3, 1)]), "precision": precision}):
-        result["extraction"].append(extraction_rate(store, options, runtime, args.repeats))
-        print(json.dumps(result["extraction"][-1]), flush=True)
+    # half precision on a card; on a CPU, what --precision auto picks (bfloat16 where the CPU has it) and float32
+    precisions = ("float16", "bfloat16") if args.device.startswith("cuda") else ("auto", "float32")
+    sources = [*bases.values(), *(str(m) for m in models.values())]
+    for model in sources:
+        for precision in precisions:
+            result["extraction"].append(extraction_rate(store, {"model": model, "precision": precision}, runtime,
+                                                        args.repeats))
+            print(json.dumps(result["extraction"][-1]), flush=True)
     path = OUT / f"finetune_speed_{args.device.replace(':', '')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
