@@ -70,10 +70,13 @@ class Shard:
 class FeatureSet:
     """Reader/writer of one feature set group ``features/<modality>/<name>``."""
 
-    def __init__(self, group: zarr.Group, name: str, ids: np.ndarray | Callable[[], np.ndarray]):
+    def __init__(self, group: zarr.Group, name: str, ids: np.ndarray | Callable[[], np.ndarray],
+                 ids_of: Callable[[np.ndarray], np.ndarray] | None = None):
         self.group = group
         self.name = name
         self._ids_or_loader = ids
+        #: Reads the ids of some rows only (so that a few errors do not load every id).
+        self._ids_of = ids_of
 
     @property
     def _ids(self) -> np.ndarray:
@@ -138,11 +141,15 @@ class FeatureSet:
         """True where the row holds valid data (done and no error)."""
         return np.asarray(self.group["mask"][:], dtype=bool)
 
-    def errors(self) -> list[tuple[int, str, str]]:
-        """``(row, utterance id, reason)`` for every row that was processed and failed."""
-        reasons = self.group["error"][:]
-        rows = np.flatnonzero(reasons != "")
-        return [(int(r), str(self._ids[r]), str(reasons[r])) for r in rows]
+    def errors(self, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """``(row, utterance id, reason)`` for every row that was processed and failed (the first
+        ``limit`` of them); only those rows' reasons and ids are read."""
+        rows = np.flatnonzero(self.done() & ~self.mask())[:limit]
+        if not len(rows):
+            return []
+        reasons = np.asarray(self.group["error"].oindex[rows]).tolist()
+        ids = self._ids_of(rows) if callable(self._ids_or_loader) and self._ids_of else self._ids[rows]
+        return [(int(r), str(i), str(why)) for r, i, why in zip(rows, ids, reasons) if why != ""]
 
     def pending_chunks(self, shard: Shard = Shard()) -> list[int]:
         done = self.done()
@@ -244,14 +251,17 @@ class FeatureSet:
                 out[k] = frames[offsets[i]:offsets[i + 1]]
         return out
 
+    def read_values(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, mask)`` of a range of rows (all by default), without reading the ids."""
+        X = np.asarray(self.group["values"][rows], dtype=np.float32)
+        return X, np.asarray(self.group["mask"][rows], dtype=bool)
+
     def read(self, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(ids, X, mask)`` for ``rows`` (all rows by default); invalid rows are NaN in X."""
         if rows is None:
             rows = slice(None)
         if isinstance(rows, slice):
-            X = np.asarray(self.group["values"][rows], dtype=np.float32)
-            mask = np.asarray(self.group["mask"][rows], dtype=bool)
-            return self._ids[rows], X, mask
+            return (self._ids[rows], *self.read_values(rows))
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)

@@ -17,7 +17,6 @@ feature set relies instead on a create-if-absent write of its metadata (one winn
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from emostore import __version__
 from emostore.errors import UserError
 from emostore.store.feature_set import FeatureSet, config_hash, default_chunk_rows, now
 from emostore.store.location import Location
-from emostore.store.table import read_table, write_table
+from emostore.store.table import read_codes, read_rows, read_table, table_summary, write_table
 
 
 class StoreNotFound(UserError):
@@ -119,6 +118,22 @@ class Store:
             self._table = read_table(self.root["table"])
         return self._table
 
+    def columns(self, names: list[str]) -> pd.DataFrame:
+        """Only these columns of the table (the whole table when it is already loaded)."""
+        if self._table is not None:
+            return self._table[names]
+        return read_table(self.root["table"], names)
+
+    def codes(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, categories)`` of a string column (see :func:`emostore.store.table.read_codes`)."""
+        return read_codes(self.root["table"], column)
+
+    def rows(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
+        """Some rows of some columns, reading only the chunks that hold them."""
+        if self._table is not None:
+            return self._table[columns].iloc[np.asarray(rows, dtype=np.int64)].reset_index(drop=True)
+        return read_rows(self.root["table"], rows, columns)
+
     @property
     def table_attrs(self) -> dict[str, Any]:
         return dict(self.root["table"].attrs)
@@ -128,6 +143,12 @@ class Store:
         if self._ids is None:
             self._ids = np.array(self.root["table"]["id"][:].tolist(), dtype=object)
         return self._ids
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """The ids of some rows, reading only the chunks that hold them."""
+        if self._ids is not None:
+            return self._ids[rows]
+        return np.array(np.asarray(self.root["table"]["id"].oindex[np.asarray(rows)]).tolist(), dtype=object)
 
     def iter_ids(self, block: int = 8192) -> Iterator[list[str]]:
         """The utterance ids, a block at a time (without holding them all)."""
@@ -171,7 +192,7 @@ class Store:
             have = ", ".join(self.feature_sets()) or "none"
             raise UserError(f"{self.url}: no feature set {name!r} (have: {have}); "
                             f"run `emostore extract` first")
-        return FeatureSet(self.root["features"][name], name, lambda: self.ids)
+        return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.ids_of)
 
     def create_feature_set(self, name: str, *, dim: int, config: dict[str, Any], encoder: str,
                            version: dict[str, str], chunk_rows: int | None = None,
@@ -250,7 +271,7 @@ class Store:
                     g.create_array(key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
                 except zarr.errors.ContainsArrayError:  # another writer made it just now: same metadata
                     pass
-        return FeatureSet(self.root["features"][name], name, lambda: self.ids)
+        return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.ids_of)
 
     def touch_feature_set(self, name: str) -> None:
         """Record when a feature set was last written. Writers may race here; each writes the
@@ -268,32 +289,19 @@ class Store:
 
     # ----- summary -----------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        t = self.table
+        """What the store holds. The table's counts come from its summary, written with it (stores
+        made before it had one are counted here, reading the whole table)."""
         ta = self.table_attrs
-
-        def counts(col: str) -> dict[str, int]:
-            return {str(k): int(v) for k, v in Counter(x for x in t[col] if x is not None).most_common()}
-
-        labels_by_split = {s: {str(k): int(v) for k, v in Counter(
-            x for x in t.loc[t["split"] == s, "emotion"] if x is not None).most_common()}
-            for s in counts("split")}
+        summary = ta.get("summary") or table_summary(self.table)
         features = {}
         for name in self.feature_sets():
             fs = self.feature_set(name)
             features[name] = fs.summary()
-            features[name]["errors"] = [{"row": r, "id": i, "reason": why} for r, i, why in fs.errors()[:20]]
+            features[name]["errors"] = [{"row": r, "id": i, "reason": why} for r, i, why in fs.errors(limit=20)]
         return {
             "path": self.url,
             "dataset": self.dataset,
-            "utterances": len(t),
-            "dialogues": int(t["dialogue"].nunique()),
-            "speakers": int(t["speaker"].nunique()),
-            "splits": counts("split"),
-            "labels": counts("emotion"),
-            "labels_by_split": labels_by_split,
-            "sentiments": counts("sentiment"),
-            "with_text": int(t["text"].notna().sum()),
-            "with_media": int(t["media"].notna().sum()),
+            **summary,
             "problems": len(ta.get("problems", [])),
             "repairs": len(ta.get("repairs", [])),
             "features": features,
