@@ -623,6 +623,9 @@ LabelSmoothing = Annotated[float, typer.Option(min=0.0, max=1.0, help="Cross-ent
 Ema = Annotated[float, typer.Option(min=0.0, max=1.0, help="Keep an exponential moving average of the weights "
                                                            "with this decay (0: off).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1.")]
+MemoryBudget = Annotated[str | None, typer.Option(
+    metavar="SIZE", help="Memory the feature vectors may take (e.g. 4G, 512M); beyond it they stream from the "
+                         "store [half of the free memory].")]
 
 
 def _train_config(epochs: int, batch_size: int | None, lr: float, weight_decay: float, patience: int,
@@ -664,6 +667,7 @@ def train(store: StoreArg,
           overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
           speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
                                                      "with that speaker's own utterances (speech emotion).")] = False,
+          memory_budget: MemoryBudget = None,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
           as_json: Json = False) -> None:
     """Train a head on the train split (early stopping on dev) and save a checkpoint."""
@@ -672,7 +676,7 @@ def train(store: StoreArg,
     config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
                            label_smoothing, ema, seed, device)
     result, path = run_train(store, features, head, out, target=target.value, params=_key_values(param),
-                             speaker_norm=speaker_norm,
+                             speaker_norm=speaker_norm, memory_budget=memory_budget,
                              config=config, overwrite=overwrite,
                              progress=not quiet and not as_json and sys.stderr.isatty())
     summary = {"checkpoint": str(path), **result.summary()}
@@ -696,12 +700,13 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
              report: Annotated[Path | None, typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,
              device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+             memory_budget: MemoryBudget = None,
              as_json: Json = False) -> None:
     """Metrics of a checkpoint on a split: per-class and averaged, confusion matrix; or regression metrics."""
     from emostore.heads.evaluate import evaluate as run_evaluate
     from emostore.heads.evaluate import show, write_report
 
-    ev = run_evaluate(checkpoint, store, split=split, device=device)
+    ev = run_evaluate(checkpoint, store, split=split, device=device, memory_budget=memory_budget)
     if report is not None:
         ev.metrics["report"] = [str(p) for p in write_report(ev, report)]
     if as_json:
@@ -731,6 +736,12 @@ def sweep(store: StoreArg,
           device: Device = "auto",
           speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
                                                      "with that speaker's own utterances (speech emotion).")] = False,
+          memory_budget: MemoryBudget = None,
+          checkpoints: Annotated[str | None, typer.Option(
+              metavar="DIR|URL", help="Write each run's checkpoint under this folder or URL.")] = None,
+          cluster: Annotated[str | None, typer.Option(
+              metavar="ADDRESS", help="Run on a Dask cluster: a scheduler (tcp://host:8786) or local:N; one task per "
+                                      "run, the workers read the store themselves.")] = None,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
           as_json: Json = False) -> None:
     """Train a grid of heads x feature sets x parameters x seeds; mean and std per configuration.
@@ -747,7 +758,8 @@ def sweep(store: StoreArg,
                            label_smoothing, ema, seed, device)
     result = run_sweep(st, [h.strip() for h in heads.split(",") if h.strip()], combos, seeds=seeds,
                        target=target.value, split=split, grid=parse_grid(param), config=config,
-                       progress=not quiet and not as_json and sys.stderr.isatty(), speaker_norm=speaker_norm)
+                       progress=not quiet and not as_json and sys.stderr.isatty(), speaker_norm=speaker_norm,
+                       memory_budget=memory_budget, checkpoints=checkpoints, cluster=cluster)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -49,4 +49,7 @@ def resolve_budget(budget: str | int | float | None) -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+    """A size in bytes, readable: GiB, MiB or KiB."""
+    if n >= 2**28:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**18 else f"{n / 2**10:.0f} KiB"
