@@ -139,3 +139,25 @@ def write_derived(store_path: Path, meld: Path, work: Path, seed: int = 0, progr
             fs.write_chunk(chunk, deriver.vectors(texts, rng), np.ones(n, bool), [""] * n)
             bar.advance(task)
     store.touch_feature_set("text/minilm")
+
+
+def write_table_in_blocks(csv: Path, store_path: Path, n: int, rows_per_block: int = 1_000_000) -> None:
+    """The store of a corpus too large for ``ingest`` on this machine: the CSV read a block at a time,
+    each block made into table rows by the same CSV adapter as ``ingest csv``, written one after the
+    other (``Store.create`` with blocks), so no more than one block is in memory."""
+    import tempfile
+
+    from emostore.ingest.base import get_adapter
+    from emostore.store import Store
+
+    def blocks():  # type: ignore[no-untyped-def]
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, raw in enumerate(pd.read_csv(csv, dtype=str, keep_default_na=False, chunksize=rows_per_block)):
+                piece = Path(tmp) / f"block{k}.csv"
+                raw.to_csv(piece, index=False)
+                yield get_adapter("csv").load([piece], dataset="meld-recombined").table
+                piece.unlink()
+
+    Store.create(store_path, blocks(), dataset="meld-recombined", overwrite=True, n_rows=n,
+                 table_attrs={"adapter": "csv", "source": [str(csv)], "problems": [], "repairs": [],
+                              "notes": [f"written in blocks of {rows_per_block:,} rows"], "meta": {}})

@@ -17,7 +17,7 @@ feature set relies instead on a create-if-absent write of its metadata (one winn
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,11 @@ class Store:
 
     # ----- lifecycle ---------------------------------------------------------------------
     @classmethod
-    def create(cls, where: str | Path | Location, table: pd.DataFrame, *, dataset: str,
-               table_attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Store:
+    def create(cls, where: str | Path | Location, table: pd.DataFrame | Iterable[pd.DataFrame], *, dataset: str,
+               table_attrs: dict[str, Any] | None = None, overwrite: bool = False,
+               n_rows: int | None = None) -> Store:
+        """A new store holding ``table``: a DataFrame, or blocks of rows (``n_rows`` in all, ids
+        unique across them: only each block's are checked) written one at a time."""
         loc = Location.parse(where)
         loc.check_container()
         if loc.has_content():
@@ -77,12 +80,12 @@ class Store:
             if not loc.exists("zarr.json"):
                 raise UserError(f"{loc} exists and is not an emostore store; refusing to delete it")
             loc.remove()
-        if table["id"].duplicated().any():
+        n = len(table) if isinstance(table, pd.DataFrame) else int(n_rows or 0)
+        if isinstance(table, pd.DataFrame) and table["id"].duplicated().any():
             raise UserError(f"{loc}: the utterance table has duplicate ids")
         root = zarr.open_group(loc.zarr_store(), mode="w")
-        root.attrs.update({"emostore_version": __version__, "dataset": dataset, "created": now(),
-                           "n_rows": len(table)})
-        write_table(root.create_group("table"), table, table_attrs or {})
+        root.attrs.update({"emostore_version": __version__, "dataset": dataset, "created": now(), "n_rows": n})
+        write_table(root.create_group("table"), table, table_attrs or {}, n_rows=n)
         root.create_group("features")
         return cls(loc, root)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -29,49 +30,85 @@ def _column_kind(series: pd.Series) -> str:
     return "str"
 
 
-def write_table(group: zarr.Group, table: pd.DataFrame, attrs: dict[str, Any]) -> None:
-    """Write ``table`` under ``group`` (one array per column) with its attributes."""
-    n = len(table)
+def write_table(group: zarr.Group, table: pd.DataFrame | Iterable[pd.DataFrame], attrs: dict[str, Any],
+                n_rows: int | None = None) -> None:
+    """Write ``table`` under ``group`` (one array per column) with its attributes. ``table`` may be
+    blocks of rows with the same columns (``n_rows`` in all), so that no more than one block is
+    ever held: the column kinds are the first block's."""
+    blocks: Iterable[pd.DataFrame] = [table] if isinstance(table, pd.DataFrame) else table
+    n = len(table) if isinstance(table, pd.DataFrame) else int(n_rows or 0)
     chunk = max(1, min(TABLE_CHUNK, n))
     kinds: dict[str, str] = {}
-    for col in table.columns:
-        kind = _column_kind(table[col])
-        kinds[col] = kind
-        if kind == "str":
-            values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                               for v in table[col]], dtype=object)
-            arr = group.create_array(col, shape=(n,), chunks=(chunk,), dtype=str, fill_value="")
-        else:
-            values = table[col].to_numpy(dtype=kind)
-            fill = np.nan if kind == "float64" else (False if kind == "bool" else 0)
-            arr = group.create_array(col, shape=(n,), chunks=(chunk,), dtype=kind, fill_value=fill)
-        arr[:] = values
+    columns: list[str] = []
+    summary, start = TableSummary(), 0
+    for block in blocks:
+        if not columns:
+            columns = list(block.columns)
+            kinds = {col: _column_kind(block[col]) for col in columns}
+            for col, kind in kinds.items():
+                fill = "" if kind == "str" else (np.nan if kind == "float64" else (False if kind == "bool" else 0))
+                group.create_array(col, shape=(n,), chunks=(chunk,), dtype=str if kind == "str" else kind,
+                                   fill_value=fill)
+        if list(block.columns) != columns or start + len(block) > n:
+            raise ValueError(f"table block at row {start}: other columns, or more than {n} rows in all")
+        for col, kind in kinds.items():
+            if kind == "str":
+                values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                                   for v in block[col]], dtype=object)
+            else:
+                values = block[col].to_numpy(dtype=kind)
+            group[col][start:start + len(block)] = values
+        summary.add(block)
+        start += len(block)
+    if start != n:
+        raise ValueError(f"the table blocks hold {start} rows, not {n}")
     # attrs must be JSON: round-trip to turn numpy scalars and the like into plain values
-    group.attrs.update(json.loads(json.dumps({"columns": list(table.columns), "kinds": kinds,
-                                              "n_rows": n, "summary": table_summary(table), **attrs}, default=str)))
+    group.attrs.update(json.loads(json.dumps({"columns": columns, "kinds": kinds, "n_rows": n,
+                                              "summary": summary.result(), **attrs}, default=str)))
+
+
+class TableSummary:
+    """Counts of the table that ``emostore info`` shows (most common first), added up block by block."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.counts: dict[str, Counter[str]] = {c: Counter() for c in ("split", "emotion", "sentiment")}
+        self.by_split: dict[str, Counter[str]] = {}
+        self.distinct: dict[str, set[str]] = {"dialogue": set(), "speaker": set()}
+        self.present = {"text": 0, "media": 0}
+
+    def add(self, table: pd.DataFrame) -> TableSummary:
+        def column(col: str) -> list[Any]:
+            return table[col].tolist() if col in table else [None] * len(table)
+
+        self.rows += len(table)
+        for col, counter in self.counts.items():
+            counter.update(x for x in column(col) if x is not None)
+        for split, emotion in zip(column("split"), column("emotion")):
+            if split is not None and emotion is not None:
+                self.by_split.setdefault(split, Counter())[emotion] += 1
+        for col, seen in self.distinct.items():
+            seen.update(x for x in column(col) if isinstance(x, str))
+        for col in self.present:
+            self.present[col] += int(table[col].notna().sum()) if col in table else 0
+        return self
+
+    def result(self) -> dict[str, Any]:
+        def ordered(counter: Counter[str]) -> dict[str, int]:
+            return {str(k): int(v) for k, v in counter.most_common()}
+
+        splits = ordered(self.counts["split"])
+        return {"utterances": self.rows, "dialogues": len(self.distinct["dialogue"]),
+                "speakers": len(self.distinct["speaker"]), "splits": splits,
+                "labels": ordered(self.counts["emotion"]),
+                "labels_by_split": {s: ordered(self.by_split.get(s, Counter())) for s in splits},
+                "sentiments": ordered(self.counts["sentiment"]),
+                "with_text": self.present["text"], "with_media": self.present["media"]}
 
 
 def table_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Counts of the table that ``emostore info`` shows (most common first)."""
-
-    def counts(values: Any) -> dict[str, int]:
-        return {str(k): int(v) for k, v in Counter(x for x in values if x is not None).most_common()}
-
-    def column(col: str) -> pd.Series:
-        return table[col] if col in table else pd.Series([None] * len(table), dtype=object)
-
-    split = column("split")
-    return {
-        "utterances": len(table),
-        "dialogues": int(column("dialogue").nunique()),
-        "speakers": int(column("speaker").nunique()),
-        "splits": counts(split),
-        "labels": counts(column("emotion")),
-        "labels_by_split": {s: counts(column("emotion")[split == s]) for s in counts(split)},
-        "sentiments": counts(column("sentiment")),
-        "with_text": int(column("text").notna().sum()),
-        "with_media": int(column("media").notna().sum()),
-    }
+    return TableSummary().add(table).result()
 
 
 def read_table(group: zarr.Group, columns: list[str] | None = None) -> pd.DataFrame:
