@@ -153,6 +153,37 @@ class Store:
             return self._ids[rows]
         return np.array(np.asarray(self.root["table"]["id"].oindex[np.asarray(rows)]).tolist(), dtype=object)
 
+    def ids_hash(self) -> str:
+        """A short hash of all ids (lines ``str(id)``), to tell whether the rows changed. The table is
+        written once, so it is computed once: kept in the table's attributes when the store is open
+        for writing, read from there afterwards."""
+        import hashlib
+
+        table = self.root["table"]
+        if "ids_hash" in table.attrs:
+            return str(table.attrs["ids_hash"])
+        h = hashlib.sha256()
+        for i, block in enumerate(self.iter_ids()):
+            h.update((("\n" if i else "") + "\n".join(map(str, block))).encode("utf-8"))
+        digest = h.hexdigest()[:16]
+        if not self.root.read_only:
+            table.attrs["ids_hash"] = digest
+        return digest
+
+    def find_id(self, utterance: str) -> int | None:
+        """The row of utterance id ``utterance`` (None: no such id), reading the ids a block at a time;
+        a text with spaces is no id when the table has none with spaces (known from its summary)."""
+        summary = self.table_attrs.get("summary") or {}
+        if summary.get("ids_with_spaces") is False and any(c.isspace() for c in utterance):
+            return None
+        start = 0
+        for block in self.iter_ids():
+            hit = [i for i, v in enumerate(block) if v == utterance]
+            if hit:
+                return start + hit[0]
+            start += len(block)
+        return None
+
     def iter_ids(self, block: int = 8192) -> Iterator[list[str]]:
         """The utterance ids, a block at a time (without holding them all)."""
         if self._ids is not None:

@@ -76,6 +76,7 @@ class TableSummary:
         self.by_split: dict[str, Counter[str]] = {}
         self.distinct: dict[str, set[str]] = {"dialogue": set(), "speaker": set()}
         self.present = {"text": 0, "media": 0}
+        self.spaced_ids = False
 
     def add(self, table: pd.DataFrame) -> TableSummary:
         def column(col: str) -> list[Any]:
@@ -91,6 +92,7 @@ class TableSummary:
             seen.update(x for x in column(col) if isinstance(x, str))
         for col in self.present:
             self.present[col] += int(table[col].notna().sum()) if col in table else 0
+        self.spaced_ids = self.spaced_ids or any(any(c.isspace() for c in str(i)) for i in column("id"))
         return self
 
     def result(self) -> dict[str, Any]:
@@ -103,7 +105,8 @@ class TableSummary:
                 "labels": ordered(self.counts["emotion"]),
                 "labels_by_split": {s: ordered(self.by_split.get(s, Counter())) for s in splits},
                 "sentiments": ordered(self.counts["sentiment"]),
-                "with_text": self.present["text"], "with_media": self.present["media"]}
+                "with_text": self.present["text"], "with_media": self.present["media"],
+                "ids_with_spaces": self.spaced_ids}
 
 
 def table_summary(table: pd.DataFrame) -> dict[str, Any]:
