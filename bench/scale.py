@@ -102,10 +102,11 @@ def extract(size: Size, log: Path) -> dict[str, Any]:
     """The real encoder over every row; a resumed run adds its rows and times to the earlier ones."""
     partial = size.dir / "extract_runs.json"
     runs = json.loads(partial.read_text()) if partial.exists() else []
+    before = rows_done(size.store)
     res = scale_run.run(emostore("extract", "text", str(size.store), "--device", "cpu", "--quiet", "--json"),
                         cap_mb=cap_mb(), log=log)
-    out = res.pop("output") or {}
-    res["rows_run"] = out.get("rows_run", 0) if isinstance(out, dict) else 0
+    res.pop("output")
+    res["rows_run"] = rows_done(size.store) - before  # a stopped run counts the chunks it finished
     runs.append(res)
     partial.write_text(json.dumps(runs, indent=1))
     if res["returncode"]:
@@ -115,6 +116,13 @@ def extract(size: Size, log: Path) -> dict[str, Any]:
     return {**runs[-1], **total, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "rows_run": rows,
             "runs": len(runs), "per_100k_wall_s": round(total["wall_s"] / max(rows, 1) * 1e5, 2),
             "per_100k_cpu_s": round(total["cpu_s"] / max(rows, 1) * 1e5, 2)}
+
+
+def rows_done(store: Path) -> int:
+    from emostore.store import Store
+
+    st = Store.open(store, mode="r")
+    return int(st.feature_set(FEATURES).done().sum()) if st.has_feature_set(FEATURES) else 0
 
 
 def timed(fn: Callable[[], Any]) -> dict[str, Any]:
