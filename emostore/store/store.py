@@ -17,6 +17,7 @@ feature set relies instead on a create-if-absent write of its metadata (one winn
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -155,26 +156,30 @@ class Store:
 
     def ids_hash(self) -> str:
         """A short hash of all ids (lines ``str(id)``), to tell whether the rows changed. The table is
-        written once, so it is computed once: kept in the table's attributes when the store is open
-        for writing, read from there afterwards."""
+        written once, so it is computed once: kept in the table's attributes (with whether any id
+        holds a space, for :meth:`find_id`) when the store is open for writing, read from there
+        afterwards."""
         import hashlib
 
         table = self.root["table"]
         if "ids_hash" in table.attrs:
             return str(table.attrs["ids_hash"])
-        h = hashlib.sha256()
+        h, spaced = hashlib.sha256(), False
         for i, block in enumerate(self.iter_ids()):
-            h.update((("\n" if i else "") + "\n".join(map(str, block))).encode("utf-8"))
+            text = "\n".join(map(str, block))
+            spaced = spaced or re.search(r"[^\S\n]", text) is not None or text.count("\n") != len(block) - 1
+            h.update((("\n" if i else "") + text).encode("utf-8"))
         digest = h.hexdigest()[:16]
         if not self.root.read_only:
-            table.attrs["ids_hash"] = digest
+            table.attrs.update({"ids_hash": digest, "ids_with_spaces": spaced})
         return digest
 
     def find_id(self, utterance: str) -> int | None:
         """The row of utterance id ``utterance`` (None: no such id), reading the ids a block at a time;
         a text with spaces is no id when the table has none with spaces (known from its summary)."""
-        summary = self.table_attrs.get("summary") or {}
-        if summary.get("ids_with_spaces") is False and any(c.isspace() for c in utterance):
+        attrs = self.table_attrs
+        spaced = (attrs.get("summary") or {}).get("ids_with_spaces", attrs.get("ids_with_spaces"))
+        if spaced is False and any(c.isspace() for c in utterance):
             return None
         start = 0
         for block in self.iter_ids():

@@ -5,7 +5,6 @@ worker killed with SIGKILL in the middle of a run, whose task is run again elsew
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import threading
@@ -22,16 +21,8 @@ CONFIG = TrainConfig(epochs=12, patience=12, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def client():
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 5}):
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           silence_logs=logging.ERROR, dashboard_address=":0")
-    c = distributed.Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
+def client(dask_client):
+    return dask_client
 
 
 def table(result) -> list[tuple]:

@@ -24,3 +24,13 @@ def test_blocks_make_the_same_store_as_one_table(tmp_path):
     assert {k: info[k] for k in summary} == summary
     codes, names = blocks.codes("split")
     assert list(names) == ["dev", "test", "train"] and (names[codes] == table["split"].to_numpy()).all()
+
+
+def test_ids_are_found_and_hashed_once(tmp_path):
+    table = get_adapter("csv").load([SAMPLE], dataset="sample").table
+    store = Store.create(tmp_path / "s", table, dataset="sample")
+    first = table["id"].iloc[7]
+    assert store.find_id(first) == 7 and store.find_id("no such id") is None
+    assert store.table_attrs["summary"]["ids_with_spaces"] is False
+    digest = store.ids_hash()
+    assert Store.open(tmp_path / "s", mode="r").table_attrs["ids_hash"] == digest  # kept for readers
