@@ -162,17 +162,28 @@ class FeatureSet:
     def is_complete(self) -> bool:
         return bool(self.done().all())
 
-    def summary(self) -> dict[str, Any]:
+    def counts(self) -> tuple[int, int, int]:
+        """``(rows done, rows valid, rows failed)``. A complete feature set without a failed row is
+        known from the listing of its chunks alone: every ``done`` chunk stored, no ``error`` chunk
+        (a chunk equal to the fill value everywhere, all ``""``, is not stored); else both arrays
+        are read."""
+        g = self.group
+        if g["done"].nchunks_initialized == self.n_chunks and g["error"].nchunks_initialized == 0:
+            return self.n_rows, self.n_rows, 0
         done, mask = self.done(), self.mask()
+        return int(done.sum()), int(mask.sum()), int((done & ~mask).sum())
+
+    def summary(self) -> dict[str, Any]:
+        rows_done, rows_valid, rows_failed = self.counts()
         a = self.attrs
         return {
             "dim": self.dim,
             "dtype": a.get("dtype", "float32"),
             "rows": self.n_rows,
-            "rows_done": int(done.sum()),
-            "rows_valid": int(mask.sum()),
-            "rows_failed": int((done & ~mask).sum()),
-            "complete": bool(done.all()),
+            "rows_done": rows_done,
+            "rows_valid": rows_valid,
+            "rows_failed": rows_failed,
+            "complete": rows_done == self.n_rows,
             "config_hash": self.config_hash,
             "config": self.config,
             "encoder": a.get("encoder"),

@@ -336,7 +336,8 @@ class Store:
         for name in self.feature_sets():
             fs = self.feature_set(name)
             features[name] = fs.summary()
-            features[name]["errors"] = [{"row": r, "id": i, "reason": why} for r, i, why in fs.errors(limit=20)]
+            failed = fs.errors(limit=20) if features[name]["rows_failed"] else []
+            features[name]["errors"] = [{"row": r, "id": i, "reason": why} for r, i, why in failed]
         return {
             "path": self.url,
             "dataset": self.dataset,
