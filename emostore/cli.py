@@ -230,7 +230,7 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
     out = {"feature_set": report.feature_set, "encoder": enc.kind, "config_hash": report.config_hash,
            "dim": enc.dim, "seq_dim": enc.seq_dim, "device": getattr(enc, "device", "cpu"), "workers": workers,
            "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,
-           "rows_failed": report.rows_failed, "complete": report.complete,
+           "rows_failed": report.rows_failed, "complete": report.complete, "chunks_damaged": report.chunks_damaged,
            "failures": [{"id": i, "reason": r} for i, r in report.failures]}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
@@ -238,6 +238,9 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
         typer.echo(f"{report.feature_set} ({enc.kind}, config {report.config_hash}, {enc.dim}-d) on {out['device']}: "
                    f"{report.rows_run} rows in {report.chunks_run} chunks, {report.rows_failed} failed; "
                    f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
+        if report.chunks_damaged:
+            typer.echo(f"  {report.chunks_damaged} finished chunks were damaged (missing files or failed checksums) "
+                       "and were computed again", err=True)
         for i, r in report.failures[:10]:
             typer.echo(f"  {i}: {r}")
         if len(report.failures) > 10:
@@ -262,7 +265,8 @@ def extract_text(store: StoreArg,
                  device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, "
                                                                    "mps [auto].")] = None,
                  precision: Annotated[Precision | None, typer.Option(
-                     help="Weights' precision [default: auto, float16 on CUDA, float32 elsewhere].")] = None,
+                     help="Weights' precision [default: auto: float16 on CUDA, bfloat16 on CPUs with "
+                          "AMX or AVX-512 BF16, float32 elsewhere].")] = None,
                  batch_size: Annotated[int | None, typer.Option(min=1, help="Texts per forward pass [64].")] = None,
                  context: Annotated[int | None, typer.Option(
                      min=0, help="Embed each utterance with its K previous turns (its own feature set, "
@@ -346,7 +350,8 @@ def extract_audio(store: StoreArg,
                   overlap: Annotated[float | None, typer.Option(help="ssl: seconds shared by consecutive "
                                                                         "windows [1].")] = None,
                   precision: Annotated[Precision | None, typer.Option(
-                      help="ssl: weights' precision [auto: float16 on CUDA, float32 elsewhere].")] = None,
+                      help="ssl: weights' precision [auto: float16 on CUDA, bfloat16 on CPUs "
+                           "with AMX or AVX-512 BF16, float32 elsewhere].")] = None,
                   device: Annotated[str | None, typer.Option(help="ssl: auto (CUDA when present), cpu, cuda, "
                                                                      "cuda:1 [auto].")] = None,
                   batch_size: Annotated[int | None, typer.Option(min=1, help="ssl: windows of equal length per "
@@ -466,11 +471,28 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                                                                 "utterances as evidence (default: the training "
                                                                 "store).")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+                timeline: Annotated[bool, typer.Option(
+                    "--timeline", help="Segment a long --audio/--video recording into speech and predict each "
+                                       "segment.")] = False,
+                transcript: Annotated[Path | None, typer.Option(
+                    help="With --timeline: a CSV of start, end, text (else text is masked).")] = None,
+                csv_out: Annotated[Path | None, typer.Option("--csv", help="With --timeline: write the segments "
+                                                                          "as CSV.")] = None,
+                plot: Annotated[Path | None, typer.Option(help="With --timeline: plot it to a PNG.")] = None,
                 as_json: Json = False) -> None:
-    """Emotion of one new utterance, encoded exactly as the checkpoint's training data was."""
+    """Emotion of one new utterance, encoded exactly as the checkpoint's training data was; with
+    --timeline, of each speech segment of a long recording."""
     from emostore.display import show_prediction
     from emostore.serve.predictor import Predictor
 
+    if timeline or transcript or csv_out or plot:
+        if not timeline:
+            raise UserError("--transcript, --csv and --plot go with --timeline")
+        from emostore.serve import timeline_command
+
+        timeline_command.run(checkpoint, audio=audio, video=video, text=text, image=image, transcript=transcript,
+                             as_json=as_json, csv_path=csv_out, plot_path=plot, device=device, store=store)
+        return
     result = Predictor(checkpoint, device=device, evidence_store=store).predict(
         text=text, audio=audio, video=video, image=image)
     if as_json:
@@ -501,8 +523,12 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
               max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 20.0,
               max_turns: Annotated[int, typer.Option(help="Turns kept per conversation.")] = 50,
               max_conversations: Annotated[int, typer.Option(
-                  help="Conversations kept (least recent dropped).")] = 1000) -> None:
-    """HTTP API: POST /predict, POST /conversations/{id}/turns, GET /health, /openapi.json."""
+                  help="Conversations kept (least recent dropped).")] = 1000,
+              max_streams: Annotated[int, typer.Option(min=1, help="Concurrent /stream WebSockets.")] = 8,
+              max_stream_rate: Annotated[float, typer.Option(
+                  min=1.0, help="Fastest accepted /stream audio, in times real time.")] = 4.0) -> None:
+    """HTTP API: POST /predict, POST /conversations/{id}/turns, POST /timeline, WebSocket /stream, the page at /,
+    GET /health, /openapi.json."""
     import logging
 
     from emostore.search.settings import quiet_openmp
@@ -519,7 +545,8 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
     logging.getLogger("emostore").addHandler(handler)
     logging.getLogger("emostore").setLevel(logging.INFO)
     limits = Limits(max_text_chars=max_text, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                    max_turns=max_turns, max_conversations=max_conversations, max_queue=max_queue)
+                    max_turns=max_turns, max_conversations=max_conversations, max_queue=max_queue,
+                    max_streams=max_streams, max_stream_rate=max_stream_rate)
     batching = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue}
     if workers > 1:
         from emostore.serve.workers import WorkerPool
@@ -545,6 +572,30 @@ def info(store: StoreArg, as_json: Json = False) -> None:
         typer.echo(json.dumps(data, indent=2, default=str))
     else:
         show_info(data)
+
+
+@app.command("verify", cls=Command)
+@user_errors
+def verify_cmd(store: StoreArg,
+               feature_set: Annotated[str | None, typer.Option(help="Only this feature set (not the table or "
+                                                                   "indexes).")] = None,
+               repair: Annotated[bool, typer.Option("--repair", help="Mark damaged feature-set chunks pending "
+                                                    "(the next extract recomputes them); remove what cannot be "
+                                                    "kept. The table is never changed.")] = False,
+               as_json: Json = False) -> None:
+    """Check that the store holds what it says: every chunk present and intact (checksums), done
+    consistent with the data, indexes whole. Exits 1 while damage remains."""
+    from emostore.display import show_verify
+    from emostore.store import Store
+    from emostore.store.integrity import verify
+
+    report = verify(Store.open(store), feature_set=feature_set, repair=repair)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        show_verify(report, repair=repair)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command("list", cls=Command)
@@ -667,6 +718,8 @@ def train(store: StoreArg,
           overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
           speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
                                                      "with that speaker's own utterances (speech emotion).")] = False,
+          allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Train even when a feature "
+                                                         "set has rows not extracted yet (they are masked).")] = False,
           memory_budget: MemoryBudget = None,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
           as_json: Json = False) -> None:
@@ -676,7 +729,8 @@ def train(store: StoreArg,
     config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
                            label_smoothing, ema, seed, device)
     result, path = run_train(store, features, head, out, target=target.value, params=_key_values(param),
-                             speaker_norm=speaker_norm, memory_budget=memory_budget,
+                             speaker_norm=speaker_norm, allow_incomplete=allow_incomplete,
+                             memory_budget=memory_budget,
                              config=config, overwrite=overwrite,
                              progress=not quiet and not as_json and sys.stderr.isatty())
     summary = {"checkpoint": str(path), **result.summary()}
@@ -781,9 +835,13 @@ def finetune_text(
                                                                      "bert, roberta, distilbert, or a Hugging Face "
                                                                      "name or local folder.")] = "minilm",
         target: TargetOpt = TargetName.emotion,
-        past: Annotated[int, typer.Option(min=0, help="Earlier turns of the dialogue in the input.")] = 0,
-        future: Annotated[int, typer.Option(min=0, help="Later turns of the dialogue in the input.")] = 0,
-        speaker: Annotated[bool, typer.Option(help="Write turns as 'Speaker: text'.")] = True,
+        past: Annotated[int | None, typer.Option(min=0, help="Earlier turns of the dialogue in the input [0, or "
+                                                            "the teacher's].")] = None,
+        future: Annotated[int | None, typer.Option(min=0, help="Later turns of the dialogue in the input [0, or "
+                                                              "the teacher's].")] = None,
+        speaker: Annotated[bool | None, typer.Option("--speaker/--no-speaker", help="Write turns as 'Speaker: "
+                                                                                    "text' [on, or the teacher's]."
+                                                     )] = None,
         epochs: Annotated[int, typer.Option(min=1, help="Epochs (the best one on dev is kept).")] = 4,
         lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-5,
         batch_size: Annotated[int, typer.Option(min=1, help="Utterances per batch.")] = 32,
@@ -799,11 +857,19 @@ def finetune_text(
         folds: Annotated[int, typer.Option(min=0, help="Cross-fitting: also train K models, each without one "
                                                        "fold of the train dialogues (0: none).")] = 0,
         device: Device = "auto",
-        precision: Annotated[Precision, typer.Option(help="auto: bfloat16/float16 autocast on CUDA, float32 "
-                                                          "elsewhere.")] = Precision.auto,
+        precision: Annotated[Precision, typer.Option(help="auto: bfloat16 autocast on CUDA cards and CPUs that "
+                                                          "have it (AMX, AVX-512 BF16), float16 on older cards, "
+                                                          "float32 elsewhere.")] = Precision.auto,
         save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N optimiser "
                                                             "steps (it is saved after every epoch).")] = 200,
         threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's).")] = None,
+        teacher: Annotated[Path | None, typer.Option(metavar="MODEL_DIR", help="Distil a fine-tuned model: train "
+                                                     "on its soft labels mixed with the gold ones, reading its "
+                                                     "input format.")] = None,
+        temperature: Annotated[float, typer.Option(min=0.01, help="--teacher: softmax temperature of the soft "
+                                                                  "labels.")] = 2.0,
+        distill_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="--teacher: share of the loss from "
+                                                                             "the soft labels.")] = 0.5,
         extract: Annotated[bool, typer.Option("--extract", help="Then write the model's vectors into the store "
                                                                 "(text/<name>, and text/<name>-xfit<K> with "
                                                                 "--folds).")] = False,
@@ -819,7 +885,9 @@ def finetune_text(
                               epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                               max_length=max_length, class_weights=class_weights, label_smoothing=label_smoothing,
                               warmup=warmup, weight_decay=weight_decay, seed=seed, folds=folds, device=device,
-                              precision=precision.value, save_every=save_every, threads=threads)
+                              precision=precision.value, save_every=save_every, threads=threads,
+                              teacher=str(teacher) if teacher else None, temperature=temperature,
+                              distill_weight=distill_weight)
 
     def log(line: str) -> None:
         if not quiet:
@@ -828,7 +896,9 @@ def finetune_text(
     progress = not quiet and not as_json and sys.stderr.isatty()
     meta = finetune(store, out, options, overwrite=overwrite, progress=progress, log=log)
     if extract:
-        meta = {**meta, "extracted": extract_features(store, out, name=name, device=device, progress=progress)}
+        meta = {**meta, "extracted": extract_features(store, out, name=name, device=device, progress=progress,
+                                                      precision=None if precision == Precision.auto else
+                                                      precision.value)}
     if as_json:
         typer.echo(json.dumps(meta, indent=2))
         return

@@ -50,6 +50,8 @@ def show_info(info: dict[str, Any]) -> None:
         f.add_column(col, overflow="fold")
     for name, s in info["features"].items():
         done = f"{s['rows_done']}/{s['rows']}" + ("" if s["complete"] else " [yellow](incomplete)[/yellow]")
+        if s.get("chunks_missing"):
+            done += f" [red](damaged: {len(s['chunks_missing'])} chunks; run emostore verify --repair)[/red]"
         model = str(s["config"].get("model", s["encoder"])).split("/")[-1]
         f.add_row(name, str(s["dim"]), done, str(s["rows_failed"]), s["config_hash"], model)
     console.print(f)
@@ -117,3 +119,28 @@ def show_prediction(result: dict[str, Any]) -> None:
         console.print(escape(f"--{name} {why}"), style="yellow")
     for e in result.get("evidence", []):
         console.print(escape(f"  similar: {e['similarity']:.3f} ({e['label']}) {e['id']}: {e['text']}"))
+
+
+def show_verify(report: Any, *, repair: bool) -> None:
+    """What ``emostore verify`` found (and repaired): one line per damaged thing."""
+    checked = report.checked
+    what = [f"{len(checked.get('table', []))} table columns" if "table" in checked else "",
+            f"{len(checked.get('feature sets', []))} feature sets", f"{len(checked.get('indexes', []))} indexes"
+            if "indexes" in checked else ""]
+    console.print(f"checked {report.store}: " + ", ".join(w for w in what if w), highlight=False, soft_wrap=True)
+    for d in report.damage:
+        console.print(escape(f"  damaged: {d.line()}"), highlight=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(escape(f"  note: {note}"), highlight=False, soft_wrap=True)
+    left = [d for d in report.damage if not d.repaired]
+    if not report.damage:
+        console.print("no damage found", highlight=False, soft_wrap=True)
+    elif not left:
+        console.print("repaired: run the same `emostore extract` commands again to recompute what was marked "
+                      "pending (and `emostore index build` for removed indexes)", highlight=False, soft_wrap=True)
+    elif any(not d.repairable for d in left):
+        console.print("the utterance table is damaged and cannot be recomputed: ingest the corpus again "
+                      "(`emostore ingest ... --overwrite`), then extract", highlight=False, soft_wrap=True)
+    elif not repair:
+        console.print(f"{len(left)} damaged: `emostore verify {report.store} --repair` marks them pending for the "
+                      "next extract", highlight=False, soft_wrap=True)

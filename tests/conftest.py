@@ -18,6 +18,12 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def rounding(precision: str) -> float:
+    """How far the same model's vectors may differ with other batching or padding: float32
+    rounding, or bfloat16's three significant digits (``--precision auto`` on CPUs with AMX)."""
+    return 1e-5 if precision == "float32" else 5e-3
+
+
 @pytest.fixture(scope="session")
 def minilm_encoder():
     """The bundled all-MiniLM-L6-v2 on CPU (loaded once; other text encoders share its weights)."""

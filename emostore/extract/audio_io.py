@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from av.audio.stream import AudioStream
     from av.container import InputContainer
 
-__all__ = ["MediaError", "load_audio"]
+__all__ = ["MediaError", "audio_duration", "load_audio", "stream_audio"]
 
 #: A segment may end this far past the end of the media (timestamps are often rounded); the
 #: excess is dropped. Further out, the segment is out of range.
@@ -84,6 +85,91 @@ def load_audio(path: str | Path, sample_rate: int = 16000, start: float | None =
 
         signal = soxr.resample(signal, rate, sample_rate, quality=RESAMPLE_QUALITY)
     return np.ascontiguousarray(signal, dtype=np.float32)
+
+
+def stream_audio(path: str | Path, sample_rate: int = 16000, block_s: float = 5.0) -> Iterator[np.ndarray]:
+    """The whole audio of ``path`` as mono float32 blocks of about ``block_s`` seconds at ``sample_rate``,
+    decoded and resampled (libsoxr, streaming) a block at a time, so memory does not grow with the file.
+
+    Raises :class:`MediaError` as :func:`load_audio` does (possibly after some blocks were yielded)."""
+    import soxr
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"missing file: {path}" if not path.exists() else f"not a file: {path}")
+    resampler: soxr.ResampleStream | None = None
+    got = 0
+    for block, rate in _blocks(path, block_s):
+        if resampler is None and rate != sample_rate:
+            resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+        out = block if resampler is None else resampler.resample_chunk(block)
+        got += len(block)
+        if len(out):
+            yield np.ascontiguousarray(out, dtype=np.float32)
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        if len(tail):
+            yield tail.astype(np.float32)
+    if got == 0:
+        raise MediaError(f"empty audio: {path} holds no samples")
+
+
+def _blocks(path: Path, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
+    """(mono block, its rate) from libsndfile, or from FFmpeg for what libsndfile cannot open."""
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError) as sf_err:
+        yield from _av_blocks(path, str(getattr(sf_err, "error_string", None) or sf_err))
+        return
+    with f:
+        rate = int(f.samplerate)
+        try:
+            for block in f.blocks(blocksize=max(1, int(block_s * rate)), dtype="float32", always_2d=True):
+                yield block.mean(axis=1), rate
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise MediaError(f"corrupt or truncated file: {path} ({exc})") from None
+
+
+def _av_blocks(path: Path, sf_reason: str) -> Iterator[tuple[np.ndarray, int]]:
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, EOFError) as exc:
+        raise _open_failure(path, sf_reason, str(getattr(exc, "strerror", None) or exc)) from None
+    with container:
+        if not container.streams.audio:
+            what = "is an image" if container.format.name in _IMAGE_DEMUXERS else "has no audio track"
+            raise MediaError(f"no audio: {path} {what}")
+        stream = container.streams.audio[0]
+        try:
+            for frame in container.decode(stream):
+                yield _mono(frame), frame.sample_rate
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"corrupt file: {path}: decoding failed ({exc.strerror or exc})") from None
+
+
+def audio_duration(path: str | Path) -> float | None:
+    """The duration a file declares, in seconds (None when it declares none or cannot be opened)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        return float(info.duration)
+    except (sf.LibsndfileError, RuntimeError):
+        pass
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            if container.streams.audio and container.streams.audio[0].duration:
+                s = container.streams.audio[0]
+                return float(s.duration * s.time_base)
+            return container.duration / 1_000_000 if container.duration else None
+    except Exception:  # noqa: BLE001  (only for a progress bar's total)
+        return None
 
 
 class _NotRecognised(Exception):

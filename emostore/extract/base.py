@@ -14,6 +14,7 @@ found by :func:`discover`: a new encoder is one new file there.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import pkgutil
@@ -28,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import pandas as pd
 
+from emostore.core.runtime import resolve_device, stored_precision
 from emostore.errors import UserError
 
 Progress = Callable[[int], None]
@@ -190,8 +192,13 @@ class Encoder(ABC):
     def from_config(cls: type[E], config: Mapping[str, Any] | EncoderConfig, *, name: str | None = None,
                     **runtime: Any) -> E:
         """The encoder a stored configuration describes. Runtime options the class does not
-        take (``device`` for an encoder that has none) are dropped."""
+        take (``device`` for an encoder that has none) are dropped; a recorded precision is kept
+        (float16 becomes float32 on a CPU: :func:`emostore.core.runtime.stored_precision`)."""
         cfg = config if isinstance(config, EncoderConfig) else cls.Config.from_dict(config)
+        precision = getattr(cfg, "precision", None)
+        if precision and precision != "auto":
+            device = resolve_device(runtime.get("device", "auto"))
+            cfg = dataclasses.replace(cfg, precision=stored_precision(precision, device))  # type: ignore[type-var]
         accepted = cls.runtime_options()
         return cls(cfg, name=name, **{k: v for k, v in runtime.items() if k in accepted})  # type: ignore[call-arg]
 
@@ -308,27 +315,3 @@ def describe_encoders() -> list[dict[str, Any]]:
         out.append({"modality": cls.modality, "kind": cls.kind, "summary": doc, "options": options,
                     "runtime": cls.runtime_options()})
     return out + [{"module": m, "unavailable": why} for m, why in UNAVAILABLE.items()]
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """The weights' precision for inference: ``auto`` is float16 on CUDA, float32 elsewhere."""
-    if precision == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
-    if precision not in ("float32", "float16", "bfloat16"):
-        raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
-    return precision
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""
-    import torch
-
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {device}: CUDA is not available on this machine")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from emostore.errors import UserError
 from emostore.extract import worker
 from emostore.extract.base import Encoded, Encoder
 from emostore.store import FeatureSet, Shard, Store
@@ -44,6 +45,8 @@ class RunReport:
     chunk_errors: list[tuple[int, str]] = field(default_factory=list)
     #: Encoders loaded by cluster workers (one per worker that ran a chunk).
     encoder_loads: int = 0
+    #: Finished chunks found damaged (missing files, failed checksums) and computed again.
+    chunks_damaged: int = 0
     #: Seconds spent encoding and writing chunks, summed over the processes that ran them.
     encode_seconds: float = 0.0
     write_seconds: float = 0.0
@@ -120,14 +123,6 @@ def start_workers(n: int, build: tuple[str, str, dict[str, Any], dict[str, Any],
     return pool
 
 
-def _failed(n: int, dim: int, reason: str) -> Encoded:
-    return Encoded(np.full((n, dim), np.nan, np.float32), np.zeros(n, bool), [reason] * n)
-
-
-def _failed(n: int, dim: int, reason: str) -> Encoded:
-    return Encoded(np.full((n, dim), np.nan, np.float32), np.zeros(n, bool), [reason] * n)
-
-
 def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), overwrite: bool = False,
                    chunk_rows: int | None = None, progress: bool = True, workers: int = 1,
                    cluster: Any = None, pool: ProcessPoolExecutor | None = None) -> RunReport:
@@ -145,8 +140,9 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
                                   chunk_rows=chunk_rows or encoder.chunk_rows,
                                   seq_dim=encoder.seq_dim, layers=getattr(encoder, "stacked_layers", None),
                                   overwrite=overwrite)
-    pending = fs.pending_chunks(shard)
+    pending = fs.pending_chunks(shard, check=True)  # damaged chunks (missing files, bad checksums) again
     report = RunReport(encoder.feature_set, fs.config_hash, fs.n_chunks, 0, 0, 0, False)
+    report.chunks_damaged = len(set(pending) - set(fs.pending_chunks(shard)))
     if cluster is not None:
         from emostore.extract.cluster import run_on_cluster
 
@@ -169,7 +165,7 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
                 if pool is None:
                     encode = functools.partial(encoder.encode_rows, table, progress=advance)
                 else:
-                    encode = functools.partial(_gather, futures.pop(chunk), encoder.dim, advance)
+                    encode = functools.partial(_gather, futures.pop(chunk), chunk, advance)
                 report.add(extract_chunk(fs, table, chunk, encode))
     finally:
         if own_pool and pool is not None:
@@ -184,17 +180,20 @@ def _finish(store: Store, fs: FeatureSet, report: RunReport) -> RunReport:
     return report
 
 
-def _gather(blocks: list[tuple[np.ndarray, Future[Encoded]]], dim: int, advance: Callable[[int], Any],
+def _gather(blocks: list[tuple[np.ndarray, Future[Encoded]]], chunk: int, advance: Callable[[int], Any],
             rows: np.ndarray) -> Encoded:
-    """The encoded rows of one chunk from its blocks' futures; a block whose encoder raised fails alone."""
+    """The encoded rows of one chunk from its blocks' futures. As in one process, an encoder that
+    raises stops the run: the chunk stays pending (a rerun retries it) and finished chunks are
+    kept; only rows the encoder itself reports as failed (unreadable media) are failed rows."""
+    from concurrent.futures.process import BrokenProcessPool
+
     parts = []
     for block, fut in blocks:
         try:
             parts.append(fut.result())
-        except Exception as exc:  # an encoder bug must not stop the batch
-            if type(exc).__name__ == "BrokenProcessPool":
-                raise
-            parts.append(_failed(len(block), dim, f"encoder error: {exc!r}"))
+        except BrokenProcessPool:
+            raise UserError(f"a worker process died while encoding chunk {chunk} (out of memory?); the chunk "
+                            "stays pending and finished chunks are kept: run the same command again") from None
         advance(len(block))
     return Encoded.concat(parts)
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -66,11 +65,3 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
-
-def autocast(device: str, precision: str) -> Any:
-    """Mixed precision on CUDA (or bfloat16 on the CPU when asked); a no-op for float32."""
-    import contextlib
-
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, precision))

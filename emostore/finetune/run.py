@@ -21,15 +21,15 @@ import numpy as np
 import torch
 
 from emostore import __version__
+from emostore.core.runtime import cpu_threads, resolve_device, resolve_precision
 from emostore.errors import UserError
-from emostore.extract.base import resolve_device
 from emostore.extract.dialogue_input import POOLING, DialogueFormat, TurnTokenizer
 from emostore.extract.finetuned import META, content_hash, load_transformer, model_max_length, read_meta
 from emostore.finetune.data import READ_COLUMNS, FinetuneData, build_data, describe_rows, fold_of_rows, target_of
 from emostore.finetune.model import TextClassifier, export
 from emostore.finetune.state import RUN, cleanup, read_json, write_json
-from emostore.finetune.train import FinetuneConfig, Log, TrainResult, metrics_of, predict, train_model
-from emostore.heads.train import cpu_threads
+from emostore.finetune.teacher import OUTPUTS, Teacher, check_format, load_teacher, teacher_outputs
+from emostore.finetune.train import Distillation, FinetuneConfig, Log, TrainResult, metrics_of, predict, train_model
 from emostore.store import Store
 from emostore.store.feature_set import now
 
@@ -43,9 +43,10 @@ class FinetuneOptions:
 
     model: str = "minilm"
     target: str = "emotion"
-    past: int = 0
-    future: int = 0
-    speaker: bool = True
+    #: Turns around the utterance, and speaker names (None: 0, 0 and on, or the teacher's).
+    past: int | None = None
+    future: int | None = None
+    speaker: bool | None = None
     epochs: int = 4
     lr: float = 5e-5
     batch_size: int = 32
@@ -63,18 +64,12 @@ class FinetuneOptions:
     save_every: int = 200
     #: CPU threads (None: torch's default). On a busy machine one thread can be the fastest.
     threads: int | None = None
+    #: Distil from this fine-tuned model folder: its soft labels, at ``temperature``, make up
+    #: ``distill_weight`` of the loss (the gold labels the rest).
+    teacher: str | None = None
+    temperature: float = 2.0
+    distill_weight: float = 0.5
 
-
-def resolve_precision(precision: str, device: str) -> str:
-    if precision == "auto":
-        if device.startswith("cuda"):
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "float32"
-    if precision not in ("float32", "float16", "bfloat16"):
-        raise UserError(f"--precision must be auto, float32, float16 or bfloat16, got {precision!r}")
-    if precision == "float16" and not device.startswith("cuda"):
-        raise UserError("--precision float16 needs a CUDA device; use float32 (or bfloat16) on the CPU")
-    return precision
 
 
 def is_empty(out: Path) -> bool:
@@ -135,7 +130,7 @@ def _evaluation(data: FinetuneData, outputs: np.ndarray, rows: np.ndarray, *, ou
 
 def train_one(out: Path, *, backbone_loader: Any, data: FinetuneData, tokenizer: TurnTokenizer, hf_tokenizer: Any,
               train_rows: np.ndarray, config: FinetuneConfig, device: str, options: FinetuneOptions, store: Store,
-              progress: bool, log: Log, label: str = "") -> dict[str, Any]:
+              progress: bool, log: Log, label: str = "", distill: Distillation | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse) one model into ``out``; returns its summary (``done.json``)."""
     done = out / TRAINING / DONE
     if done.is_file():
@@ -146,7 +141,7 @@ def train_one(out: Path, *, backbone_loader: Any, data: FinetuneData, tokenizer:
     model = TextClassifier(backbone, data.target.n_out, config.dropout)
     result: TrainResult = train_model(model, data, tokenizer, train_rows, config, state_dir=out / TRAINING,
                                       device=device, save_every=options.save_every, progress=progress, log=log,
-                                      label=label)
+                                      label=label, distill=distill)
     export(model, hf_tokenizer, out, max_length=tokenizer.max_length)
     test_rows = data.rows("test")
     test = None
@@ -161,6 +156,14 @@ def train_one(out: Path, *, backbone_loader: Any, data: FinetuneData, tokenizer:
     write_json(done, summary)
     cleanup_weights(out / TRAINING)
     return summary
+
+
+def distillation(teacher: Teacher, options: FinetuneOptions, store: Store, data: FinetuneData,
+                 train_rows: np.ndarray, *, device: str, cache: Path, log: Log) -> Distillation:
+    """The teacher's outputs on the train rows (computed once, kept in ``cache`` while training)."""
+    outputs = teacher_outputs(teacher, store, data.target, train_rows, device=device, cache=cache / OUTPUTS,
+                              log=log)
+    return Distillation(options.temperature, options.distill_weight, outputs)
 
 
 def cleanup_weights(directory: Path) -> None:
@@ -182,8 +185,16 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
     target = target_of(store, options.target)
     check_out(out)
     device = resolve_device(options.device)
-    precision = resolve_precision(options.precision, device)
-    fmt = DialogueFormat(options.past, options.future, options.speaker)
+    precision = resolve_precision(options.precision, device, training=True)
+    teacher = load_teacher(options.teacher, target) if options.teacher else None
+    if teacher is not None:
+        fmt = check_format(teacher, options.past, options.future, options.speaker)
+        if not 0.0 <= options.distill_weight <= 1.0 or options.temperature <= 0:
+            raise UserError(f"--distill-weight must be in [0, 1] and --temperature above 0, got "
+                            f"{options.distill_weight} and {options.temperature}")
+    else:
+        fmt = DialogueFormat(options.past or 0, options.future or 0, True if options.speaker is None else
+                             options.speaker)
     if options.folds and options.folds < 2:
         raise UserError(f"--folds must be 2 or more (or 0 for none), got {options.folds}")
     hf_tokenizer, backbone, base = load_transformer(options.model, device="cpu")
@@ -200,6 +211,8 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
     spec = {"base_model": base, "store_table": data.table_hash, "target": target.to_dict(),
             "input": {**fmt.to_dict(), "max_length": max_length, "pooling": POOLING},
             "training": config.to_dict(), "folds": options.folds}
+    if teacher is not None:
+        spec["teacher"] = teacher.to_dict(options.temperature, options.distill_weight)
     state = claim_out(out, spec, overwrite)
     if state == "finished":
         log(f"{out} already holds this fine-tuned model (finished); nothing to train")
@@ -230,9 +243,14 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
                               "hf_tokenizer": hf_tokenizer, "config": config, "device": device, "options": options,
                               "store": store, "progress": progress, "log": log}
     train_rows = data.rows("train")
+    if teacher is not None:
+        common["distill"] = distillation(teacher, options, store, data, train_rows, device=device,
+                                         cache=out / TRAINING, log=log)
     log(f"fine-tuning {base} on {store.path} ({target.name}; {describe_rows(data)['rows']} labelled rows; "
         f"past {fmt.past}, future {fmt.future}, speakers {'on' if fmt.speaker else 'off'}; max length "
-        f"{max_length}) on {device}, {precision}")
+        f"{max_length}) on {device}, {precision}"
+        + (f"; distilling {teacher.folder} (temperature {options.temperature:g}, weight {options.distill_weight:g})"
+           if teacher is not None else ""))
     full = train_one(out, train_rows=train_rows, **common)  # type: ignore[arg-type]
     cross_fit = None
     if options.folds:
@@ -261,6 +279,7 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
         "history": full["history"], "best_epoch": full["best_epoch"], "dev_metrics": full["dev"],
         "test_metrics": full["test_metrics"], "minutes_per_epoch": full["minutes_per_epoch"],
         "model_hash": full["model_hash"], "cross_fit": cross_fit, "notes": full["notes"],
+        "teacher": spec.get("teacher"),
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / META, meta)

@@ -82,6 +82,8 @@ class HeadData:
     store: Store | None = None
     #: A window's rows in the store (None: the data holds every row of the store).
     origin: np.ndarray | None = None
+    #: Per incomplete feature set: how many of its rows are not extracted yet (masked).
+    incomplete: dict[str, int] = field(default_factory=dict)
 
     @property
     def frame_dims(self) -> list[int | None]:
@@ -249,14 +251,9 @@ def read_frames(fs: Any) -> tuple[np.ndarray, np.ndarray]:
         sl = fs.chunk_slice(chunk)
         if not done[sl].all():
             continue  # not finished: its frames do not count yet
-        chunk_lengths = np.asarray(fs.group["seq_lengths"][sl], dtype=np.int64)
-        if chunk_lengths.sum():
-            parts.append(np.asarray(fs.group["seq"][str(chunk)][:], dtype=np.float32))
-        lengths[sl] = chunk_lengths
+        lengths[sl], chunk_frames = fs.chunk_frames(chunk)  # damage: one line naming the chunk
+        parts.append(chunk_frames)
     frames = np.concatenate(parts) if parts else np.zeros((0, int(fs.seq_dim)), np.float32)
-    if len(frames) != lengths.sum():
-        raise UserError(f"feature set {fs.name!r}: {len(frames)} stored frames but the lengths add up to "
-                        f"{int(lengths.sum())}; the store is damaged, re-extract it with --overwrite")
     return frames, lengths
 
 
@@ -326,7 +323,7 @@ def speaker_normalise(X: np.ndarray, mask: np.ndarray, speakers: np.ndarray) -> 
 def load_data(store: Store, feature_sets: list[str] | str, target: str | Target = "emotion", *,
               norm: dict[str, dict[str, list[float]]] | None = None, speaker_norm: bool = False,
               frames: bool = False, split: np.ndarray | None = None,
-              memory_budget: str | int | None = None) -> HeadData:
+              memory_budget: str | int | None = None, require_complete: bool = False) -> HeadData:
     """Read the feature sets and the target of every row of ``store``.
 
     A checkpoint passes its :class:`Target` (label map) and ``norm``; otherwise the label map is
@@ -334,7 +331,9 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
     frame sequences of the feature sets that keep them are read too, and a row of such a feature
     set counts as present only when it has frames. ``split`` replaces the table's split of each
     row (cross-validation folds). Vectors beyond ``memory_budget`` (bytes, or a size such as
-    ``4G``; default a share of the free memory) stay in the store and stream.
+    ``4G``; default a share of the free memory) stay in the store and stream. ``require_complete``:
+    refuse a feature set with rows not extracted yet (otherwise they are masked, and counted in
+    ``incomplete``).
     """
     names = resolve_feature_sets(store, feature_sets)
     n = len(store)
@@ -355,8 +354,15 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
         raise UserError(f"{store.url}: {what} need(s) the features in memory ({gib(need)}), over the memory budget "
                         f"({gib(budget)}); raise --memory-budget or train without them")
     dialogues, speakers, groups = dialogue_order(store, split)
-    xs, masks, stats, seqs, means = [], [], {}, [], []
+    xs, masks, stats, seqs, means, incomplete = [], [], {}, [], [], {}
     for fs in sets:
+        missing = int((~fs.done()).sum())
+        if missing and require_complete:
+            raise UserError(f"{store.url}: feature set {fs.name} is incomplete: {missing} of {fs.n_rows} rows are "
+                            "not extracted yet; run its extract command again to finish it, or pass "
+                            "--allow-incomplete to train without them")
+        if missing:
+            incomplete[fs.name] = missing
         mask = fs.mask()
         if norm is None and not (train & mask).any():
             raise UserError(f"{store.url}: feature set {fs.name!r} has no valid row in the train split")
@@ -385,7 +391,7 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
     reader = FeatureReader(sets, means) if streamed else None
     return HeadData(names, [fs.dim for fs in sets], [fs.config_hash for fs in sets], tgt, split, xs,
                     torch.from_numpy(np.stack(masks, 1)), y, dialogues, torch.from_numpy(speakers), stats, seqs,
-                    [fs.layers for fs in sets], groups, reader, budget, store)
+                    [fs.layers for fs in sets], groups, reader, budget, store, None, incomplete)
 
 
 def _load_frames(store: Store, fs: Any, mask: np.ndarray, train: np.ndarray, speakers: np.ndarray | None,

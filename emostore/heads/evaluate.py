@@ -109,7 +109,7 @@ def evaluate(checkpoint: Path, store: Path | str | Store, split: str = "test", d
     st = store if isinstance(store, Store) else Store.open(store, mode="r")
     ck = ckpt_io.load(checkpoint, st)
     data = ck.load_data(st, memory_budget=memory_budget)
-    from emostore.extract.base import resolve_device
+    from emostore.core.runtime import resolve_device
 
     dev = resolve_device(device)
     data.to(dev)

@@ -6,7 +6,6 @@ import copy
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,8 +16,8 @@ from sklearn.metrics import f1_score, mean_absolute_error
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
+from emostore.core.runtime import cpu_threads, resolve_device
 from emostore.errors import UserError
-from emostore.extract.base import resolve_device
 from emostore.heads.base import Head, HeadParams, build_head, head_class, make_params
 from emostore.heads.data import HeadData
 from emostore.heads.memory import gib
@@ -80,17 +79,6 @@ class FitResult:
                 "dev_score": self.dev_score, "seconds": round(self.seconds, 2), "device": self.device,
                 "notes": self.notes}
 
-
-@contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch CPU threads, then restore the previous number."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:

@@ -79,3 +79,36 @@ def build_sample_media(directory: Path) -> dict[str, str]:
                 write_clip(HERE / row["media"], clip, img)
             out[row["id"]] = str(clip.resolve())
     return out
+
+
+#: A sample is speech when louder than this (-40 dBFS): the synthesised clips are silent around their words.
+SPEECH_LEVEL = 0.01
+
+
+def speech_clips() -> list[Path]:
+    """The sample's speech files, in ``media.csv`` order."""
+    with open(HERE / "media.csv", newline="", encoding="utf-8") as fh:
+        return [HERE / row["media"] for row in csv.DictReader(fh)]
+
+
+def joined_recording(out: Path, clips: list[Path], gaps: list[float], rate: int = 16000,
+                     lead: float = 1.0) -> list[tuple[float, float]]:
+    """Write ``clips`` one after another as a 16-bit mono WAV: ``lead`` seconds of silence, then each clip
+    followed by ``gaps[i]`` seconds of silence. Returns where each clip's speech lies in it (its first
+    and last sample louder than -40 dBFS), in seconds: the true segment boundaries."""
+    import soundfile as sf
+    import soxr
+
+    parts = [np.zeros(int(lead * rate), np.float32)]
+    truth, pos = [], len(parts[0])
+    for clip, gap in zip(clips, gaps, strict=True):
+        x, sr = sf.read(str(clip), dtype="float32", always_2d=True)
+        x = x.mean(axis=1)
+        if sr != rate:
+            x = soxr.resample(x, sr, rate).astype(np.float32)
+        loud = np.flatnonzero(np.abs(x) > SPEECH_LEVEL)
+        truth.append(((pos + loud[0]) / rate, (pos + loud[-1] + 1) / rate))
+        parts += [x, np.zeros(int(gap * rate), np.float32)]
+        pos += len(x) + int(gap * rate)
+    sf.write(str(out), np.concatenate(parts), rate, subtype="PCM_16")
+    return truth

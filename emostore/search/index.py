@@ -38,8 +38,9 @@ import zarr
 
 from emostore.errors import UserError
 from emostore.search import settings
-from emostore.store import Store
+from emostore.store import Store, arrays
 from emostore.store.feature_set import now
+from emostore.store.layout import INDEXES
 
 KINDS = ("flat", "ivf", "hnsw")
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -49,7 +50,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: Bytes per chunk of a saved FAISS index: one object-store request each.
 BLOB_CHUNK = 8 * 1024 * 1024
-INDEXES = "indexes"
 
 
 class StaleIndex(UserError):
@@ -209,8 +209,9 @@ class NearestIndex:
         _drop_old_layout(store, name)
         version = f"v{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         v = group.create_group(version, attributes=self.meta)
-        v.create_array("rows", data=np.asarray(self.rows, dtype=np.int64),
-                       chunks=(max(1, min(len(self.rows), 1 << 20)),))
+        rows = np.asarray(self.rows, dtype=np.int64)
+        arrays.writable(arrays.create(v, "rows", shape=rows.shape, chunks=(max(1, min(len(rows), 1 << 20)),),
+                                      dtype="int64", fill_value=-1))[:] = rows
         if self.shards:
             for i, sub in enumerate(self.shards):
                 write_blob(v, f"faiss-{i}", sub)
@@ -383,8 +384,8 @@ def write_blob(group: zarr.Group, key: str, index: Any) -> None:
         path = os.path.join(tmp, "index.faiss")
         faiss.write_index(index, path)
         size = os.path.getsize(path)
-        arr = group.create_array(key, shape=(size,), chunks=(min(size, BLOB_CHUNK),), dtype="uint8",
-                                 compressors=None, fill_value=0)
+        arr = arrays.writable(arrays.create(group, key, shape=(size,), chunks=(min(size, BLOB_CHUNK),),
+                                            dtype="uint8", fill_value=0, compressors=arrays.CHECKSUM_ONLY))
         with open(path, "rb") as fh:
             for start, piece in _pieces(fh):
                 arr[start:start + len(piece)] = np.frombuffer(piece, dtype=np.uint8)

@@ -18,17 +18,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emostore import __version__
 from emostore.errors import UserError
+from emostore.extract.segment import SegmenterConfig
 from emostore.search.query import AUDIO, IMAGE, VIDEO
 from emostore.serve.batcher import Batcher, Busy, Job
 from emostore.serve.predictor import Inputs, Predictor
+from emostore.serve.stream import Hub, StreamLimits
+from emostore.serve.timeline_endpoint import timeline_of_upload
+
+STATIC = Path(__file__).parent / "static"
 
 CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -40,6 +46,8 @@ class Limits:
     max_turns: int = 50
     max_conversations: int = 1000
     max_queue: int = 1024
+    max_streams: int = 8
+    max_stream_rate: float = 4.0
     media_suffixes: tuple[str, ...] = tuple(sorted(AUDIO | VIDEO | IMAGE))
 
 
@@ -51,6 +59,12 @@ class TextRequest(BaseModel):
 class MediaForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = Field(default=None, description="The utterance (optional beside a media file).")
+
+
+class TimelineForm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    transcript: str | None = Field(default=None, max_length=1_000_000,
+                                   description="CSV of start, end, text (seconds) for the recording.")
 
 
 class TurnRequest(BaseModel):
@@ -71,22 +85,35 @@ def _body_schema(model: type[BaseModel], file_help: str) -> dict[str, Any]:
 
 
 def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, *, max_batch: int = 32,
-               batch_wait_ms: float = 2.0) -> FastAPI:
+               batch_wait_ms: float = 2.0, segmenter: SegmenterConfig | None = None) -> FastAPI:
     """The app over ``engine``: a :class:`Predictor` (batched here with ``max_batch`` and ``batch_wait_ms``),
-    or a ready :class:`Batcher` or :class:`~emostore.serve.workers.WorkerPool`, which the app closes at shutdown."""
+    or a ready :class:`Batcher` or :class:`~emostore.serve.workers.WorkerPool`, which the app closes at shutdown.
+    ``segmenter``: how ``/stream`` and ``/timeline`` cut speech into segments."""
     limits = limits or Limits()
     if isinstance(engine, Predictor):
         engine = Batcher(engine, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=limits.max_queue)
+    segmenter = (segmenter or SegmenterConfig()).check()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        hub.close()
         await run_in_threadpool(engine.close)
 
     app = FastAPI(title="emostore", version=__version__, lifespan=lifespan,
                   description="Emotion of utterances and conversation turns from text, voice and face.")
     app.state.engine = engine
     conversations: OrderedDict[str, None] = OrderedDict()  # ids, least recently used first
+
+    def touch(conversation_id: str) -> None:
+        """Mark a conversation as just used; the least recent beyond the limit are forgotten."""
+        conversations.pop(conversation_id, None)
+        conversations[conversation_id] = None  # most recent last
+        while len(conversations) > limits.max_conversations:
+            forget(next(iter(conversations)))
+
+    hub = Hub(engine, StreamLimits(max_streams=limits.max_streams, max_rate=limits.max_stream_rate,
+                                   max_message_bytes=min(limits.max_upload_bytes, 1 << 20)), segmenter, touch)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -158,7 +185,7 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
     async def health() -> dict[str, Any]:
         """Liveness, what this server predicts with, and how its batches go."""
         return {"status": "ok", "version": __version__, **engine.info, "limits": asdict(limits),
-                "conversations": len(conversations), **engine.summary()}
+                "conversations": len(conversations), "streams": hub.summary(), **engine.summary()}
 
     @app.post("/predict", openapi_extra=_body_schema(TextRequest, "An audio, video or image file."))
     async def predict(request: Request) -> dict[str, Any]:
@@ -182,10 +209,7 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
         text = getattr(body, "text", None)
         check_text(text, required=path is None)
         try:
-            conversations.pop(conversation_id, None)
-            conversations[conversation_id] = None  # most recent last
-            while len(conversations) > limits.max_conversations:
-                forget(next(iter(conversations)))
+            touch(conversation_id)
             out = await run(Job("turn", Inputs(text=text, speaker=getattr(body, "speaker", None),
                                                **({kind: path} if path else {})),
                                 conversation=conversation_id, max_turns=limits.max_turns))
@@ -194,6 +218,37 @@ def create_app(engine: Predictor | Batcher | Any, limits: Limits | None = None, 
         finally:
             if path:
                 path.unlink(missing_ok=True)
+
+    @app.post("/timeline", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "additionalProperties": False, "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "An audio or video recording."},
+            "transcript": TimelineForm.model_json_schema()["properties"]["transcript"]}}}}}})
+    async def timeline(request: Request) -> dict[str, Any]:
+        """Emotion timeline of a recording: its speech segments, each predicted, and time per emotion
+        (what ``emostore predict --timeline`` gives)."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(415, "send multipart/form-data with the recording as 'file'")
+        body, path, kind = await read_inputs(request, TimelineForm)
+        if path is None:
+            raise HTTPException(422, "upload the recording as the multipart field 'file'")
+        try:
+            if kind == "image":
+                raise HTTPException(422, "a timeline needs an audio or video recording, not an image")
+            return await timeline_of_upload(engine, path, kind or "audio", getattr(body, "transcript", None),
+                                            segmenter, hub.run)
+        finally:
+            path.unlink(missing_ok=True)
+
+    @app.websocket("/stream")
+    async def stream(websocket: WebSocket) -> None:
+        """Live audio in, a ``segment`` message per speech segment out (protocol: README, "Real time")."""
+        await hub.handle(websocket)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.delete("/conversations/{conversation_id}")
     async def delete_conversation(conversation_id: str) -> dict[str, Any]:

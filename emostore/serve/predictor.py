@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emostore.core.runtime import resolve_device
 from emostore.errors import UserError
-from emostore.extract.base import Encoder, rebuild_encoder, resolve_device
+from emostore.extract.base import Encoder, rebuild_encoder
 from emostore.heads import checkpoint as ckpt_io
 
 log = logging.getLogger("emostore.serve")
@@ -41,6 +42,9 @@ class Inputs:
     video: Path | None = None
     image: Path | None = None
     speaker: str | None = None
+    #: The span of the media files to use, in seconds (None: from the start, to the end).
+    start: float | None = None
+    end: float | None = None
 
     def get(self, key: str) -> Any:
         return getattr(self, key)
@@ -187,7 +191,8 @@ class Predictor:
             where.append(len(rows))
             rows.append({"id": f"input{i}", "dialogue": f"input{i}", "turn": len(past), "speaker": it.speaker,
                          "text": it.text, "media": None if src == "text" else str(it.get(src)),
-                         "start": np.nan, "end": np.nan, "split": None})
+                         "start": np.nan if it.start is None else it.start,
+                         "end": np.nan if it.end is None else it.end, "split": None})
         return pd.DataFrame(rows), np.asarray(where, dtype=np.int64)
 
     def encode_many(self, items: list[Inputs], feature_sets: list[str] | None = None,
@@ -246,11 +251,11 @@ class Predictor:
         return self.encoder(name).encode_rows(table, where)
 
     def encode(self, *, text: str | None = None, audio: Path | None = None, video: Path | None = None,
-               image: Path | None = None, speaker: str | None = None,
-               history: list[Encoded] | None = None) -> Encoded:
+               image: Path | None = None, speaker: str | None = None, start: float | None = None,
+               end: float | None = None, history: list[Encoded] | None = None) -> Encoded:
         """One utterance through every feature set of the checkpoint; ``history`` (the earlier turns of
         its conversation) is the context of encoders that read surrounding turns."""
-        turns, failed = self.encode_many([self.check(Inputs(text, audio, video, image, speaker))],
+        turns, failed = self.encode_many([self.check(Inputs(text, audio, video, image, speaker, start, end))],
                                          histories=[history or []])
         if failed:
             raise failed[0]

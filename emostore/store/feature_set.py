@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from emostore.errors import UserError
+from emostore.store import arrays
 
 #: Target size of one chunk of ``values`` (float32): big enough to batch well, small enough to
 #: lose little work when killed.
@@ -67,14 +68,28 @@ class Shard:
         return chunk % self.count == self.index
 
 
+class StoreDamaged(UserError):
+    """A store's file is missing or its bytes changed; the message says where and what to run."""
+
+
 class FeatureSet:
-    """Reader/writer of one feature set group ``features/<modality>/<name>``."""
+    """Reader/writer of one feature set group ``features/<modality>/<name>``.
+
+    Reads never return what the store does not hold: a row counts only once its chunk is done;
+    a chunk that fails its checksum, or whose files contradict ``done`` (a done, valid row
+    without values; a done, failed row without a reason), stops the read with a
+    :class:`StoreDamaged` line naming the chunk and ``emostore verify --repair``."""
 
     def __init__(self, group: zarr.Group, name: str, ids: np.ndarray | Callable[[], np.ndarray],
+                 store_url: str = "", location: Any = None,
                  ids_of: Callable[[np.ndarray], np.ndarray] | None = None):
         self.group = group
         self.name = name
         self._ids_or_loader = ids
+        self.store_url = store_url
+        #: The store's :class:`~emostore.store.location.Location` (for checks of the stored bytes).
+        self.location = location
+        self.path = f"features/{name}"
         #: Reads the ids of some rows only (so that a few errors do not load every id).
         self._ids_of = ids_of
 
@@ -119,11 +134,48 @@ class FeatureSet:
 
     @property
     def n_rows(self) -> int:
-        return int(self.group["done"].shape[0])
+        return int(self.array("done").shape[0])
 
     @property
     def chunk_rows(self) -> int:
-        return int(self.group["done"].chunks[0])
+        return int(self.array("done").chunks[0])
+
+    @property
+    def checked(self) -> bool:
+        """Written with checksums and every chunk stored (see :mod:`emostore.store.arrays`)."""
+        return bool(self.group.attrs.get(arrays.INTEGRITY))
+
+    # ----- damage ------------------------------------------------------------------------
+    def damaged(self, what: str, chunk: int | None = None) -> StoreDamaged:
+        """The one-line error for damage to this feature set (``chunk``: which chunk)."""
+        where = f"{self.store_url}: " if self.store_url else ""
+        if chunk is not None:
+            sl = self.chunk_slice(chunk)
+            what = f"chunk {chunk} (rows {sl.start}-{sl.stop - 1}): {what}"
+        return StoreDamaged(f"{where}feature set {self.name} is damaged, {what}; run `emostore verify "
+                            f"{self.store_url or 'STORE'} --repair`, then extract again")
+
+    def array(self, key: str) -> zarr.Array:
+        """One of the feature set's arrays (``values``, ``mask``...), or a one-line StoreDamaged."""
+        try:
+            return self.group[key]
+        except KeyError:
+            raise self.damaged(f"its {key!r} array is missing") from None
+        except Exception as exc:  # noqa: BLE001  (bad JSON or bytes in the array's metadata)
+            raise self.damaged(f"the metadata of its {key!r} array cannot be read ({type(exc).__name__})") from None
+
+    def _read(self, key: str, selection: Any = slice(None)) -> np.ndarray:
+        """``array(key)[selection]``; a chunk that cannot be decoded becomes a StoreDamaged naming it."""
+        arr = self.array(key)
+        try:
+            return np.asarray(arr[selection])
+        except Exception as exc:  # noqa: BLE001  (checksum, decompression: find the chunk, else re-raise)
+            for c in range(arrays.n_chunks(arr)):
+                try:
+                    arr[self.chunk_slice(c)]
+                except Exception as inner:  # noqa: BLE001
+                    raise self.damaged(f"its {key!r} chunk cannot be read ({_short(inner)})", c) from None
+            raise exc
 
     @property
     def n_chunks(self) -> int:
@@ -134,12 +186,24 @@ class FeatureSet:
         return slice(start, min(start + self.chunk_rows, self.n_rows))
 
     # ----- state -------------------------------------------------------------------------
-    def done(self) -> np.ndarray:
-        return np.asarray(self.group["done"][:], dtype=bool)
+    def done(self, *, tolerant: bool = False) -> np.ndarray:
+        """True for the rows of finished chunks. ``tolerant`` (extraction): a ``done`` chunk that
+        cannot be read counts as not done, so that it is computed again."""
+        if not tolerant:
+            return self._read("done").astype(bool)
+        arr = self.array("done")
+        out = np.zeros(self.n_rows, dtype=bool)
+        for c in range(self.n_chunks):
+            sl = self.chunk_slice(c)
+            try:
+                out[sl] = np.asarray(arr[sl], dtype=bool)
+            except Exception:  # noqa: BLE001  (damaged: pending)
+                pass
+        return out
 
     def mask(self) -> np.ndarray:
-        """True where the row holds valid data (done and no error)."""
-        return np.asarray(self.group["mask"][:], dtype=bool)
+        """True where the row holds valid data (its chunk done, and no error)."""
+        return self._read("mask").astype(bool) & self.done()
 
     def errors(self, limit: int | None = None) -> list[tuple[int, str, str]]:
         """``(row, utterance id, reason)`` for every row that was processed and failed (the first
@@ -147,30 +211,39 @@ class FeatureSet:
         rows = np.flatnonzero(self.done() & ~self.mask())[:limit]
         if not len(rows):
             return []
-        reasons = np.asarray(self.group["error"].oindex[rows]).tolist()
+        reasons = np.asarray(self.array("error").oindex[rows]).tolist()
         ids = self._ids_of(rows) if callable(self._ids_or_loader) and self._ids_of else self._ids[rows]
         return [(int(r), str(i), str(why)) for r, i, why in zip(rows, ids, reasons) if why != ""]
 
-    def pending_chunks(self, shard: Shard = Shard()) -> list[int]:
-        done = self.done()
-        out = []
-        for c in range(self.n_chunks):
-            if shard.owns(c) and not done[self.chunk_slice(c)].all():
-                out.append(c)
-        return out
+    def pending_chunks(self, shard: Shard = Shard(), *, check: bool = False) -> list[int]:
+        """Chunks this shard owns that are not done. ``check``: also those whose stored files are
+        damaged (missing, or failing their checksum), so that extraction computes them again."""
+        done = self.done(tolerant=check)
+        owned = [c for c in range(self.n_chunks) if shard.owns(c)]
+        out = {c for c in owned if not done[self.chunk_slice(c)].all()}
+        if check:
+            out |= set(self.damaged_chunks([c for c in owned if c not in out]))
+        return sorted(out)
+
+    def damaged_chunks(self, chunks: list[int] | None = None, *, checksums: bool = True) -> dict[int, str]:
+        """Of ``chunks`` (all by default), those whose stored files are missing or fail their
+        checksum (``checksums`` False: presence only), without decoding them: chunk -> what is wrong."""
+        from emostore.store.integrity import feature_set_chunk_damage
+
+        return feature_set_chunk_damage(self, chunks, checksums=checksums)
 
     def is_complete(self) -> bool:
         return bool(self.done().all())
 
     def counts(self) -> tuple[int, int, int]:
-        """``(rows done, rows valid, rows failed)``. A complete feature set without a failed row is
-        known from the listing of its chunks alone: every ``done`` chunk stored, no ``error`` chunk
-        (a chunk equal to the fill value everywhere, all ``""``, is not stored); else both arrays
-        are read."""
-        g = self.group
-        if g["done"].nchunks_initialized == self.n_chunks and g["error"].nchunks_initialized == 0:
-            return self.n_rows, self.n_rows, 0
-        done, mask = self.done(), self.mask()
+        """``(rows done, rows valid, rows failed)``, reading ``done`` and ``mask`` at once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            done_read = pool.submit(self.done)
+            mask = pool.submit(lambda: self._read("mask").astype(bool)).result()
+            done = done_read.result()
+        mask &= done
         return int(done.sum()), int(mask.sum()), int((done & ~mask).sum())
 
     def summary(self) -> dict[str, Any]:
@@ -184,6 +257,8 @@ class FeatureSet:
             "rows_valid": rows_valid,
             "rows_failed": rows_failed,
             "complete": rows_done == self.n_rows,
+            # chunk files missing (one listing per array; `emostore verify` also checks their bytes)
+            "chunks_missing": sorted(self.damaged_chunks(checksums=False)),
             "config_hash": self.config_hash,
             "config": self.config,
             "encoder": a.get("encoder"),
@@ -211,10 +286,17 @@ class FeatureSet:
         errors = np.array(["" if good else (r or "failed") for good, r in zip(ok, reasons)], dtype=object)
         if self.seq_dim:
             self._write_sequences(chunk, sl, ok, sequences)
-        self.group["values"][sl] = values
-        self.group["mask"][sl] = ok
-        self.group["error"][sl] = errors
-        self.group["done"][sl] = np.ones(n, dtype=bool)  # last: the chunk counts only once complete
+        arrays.writable(self.array("values"))[sl] = values
+        arrays.writable(self.array("mask"))[sl] = ok
+        arrays.writable(self.array("error"))[sl] = errors
+        arrays.writable(self.array("done"))[sl] = np.ones(n, dtype=bool)  # last: the chunk counts only once complete
+
+    def mark_pending(self, chunks: list[int]) -> None:
+        """Set ``done`` to False for ``chunks`` (their rows are computed again by the next extract)."""
+        done = self.array("done")
+        for c in chunks:
+            sl = self.chunk_slice(c)
+            arrays.writable(done)[sl] = np.zeros(sl.stop - sl.start, dtype=bool)
 
     def _write_sequences(self, chunk: int, sl: slice, ok: np.ndarray,
                          sequences: Sequence[np.ndarray | None] | None) -> None:
@@ -223,12 +305,12 @@ class FeatureSet:
                 np.zeros((0, d), np.float32) for s, good in zip(sequences or [None] * len(ok), ok)]
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         frames = np.concatenate(seqs) if seqs else np.zeros((0, d), np.float32)
-        arr = self.group.require_group("seq").create_array(
-            str(chunk), shape=frames.shape, chunks=(max(1, min(len(frames), 8192)), d), dtype="float32",
-            fill_value=np.nan, overwrite=True)
+        arr = arrays.create(self.group.require_group("seq"), str(chunk), shape=frames.shape,
+                            chunks=(max(1, min(len(frames), 8192)), d), dtype="float32", fill_value=np.nan,
+                            overwrite=True)
         if len(frames):
             arr[:] = frames
-        self.group["seq_lengths"][sl] = lengths
+        arrays.writable(self.array("seq_lengths"))[sl] = lengths
 
     # ----- reading -----------------------------------------------------------------------
     def read_sequence(self, row: int) -> np.ndarray:
@@ -237,11 +319,25 @@ class FeatureSet:
             raise UserError(f"feature set {self.name!r} keeps no frame sequences")
         chunk = row // self.chunk_rows
         sl = self.chunk_slice(chunk)
-        if not bool(self.group["done"][row]):
+        if not bool(self._read("done", row)):
             return np.zeros((0, self.seq_dim), np.float32)
-        lengths = np.asarray(self.group["seq_lengths"][sl], dtype=np.int64)
+        lengths = self.chunk_frames(chunk)[0]
         start = int(lengths[: row - sl.start].sum())
-        return np.asarray(self.group["seq"][str(chunk)][start:start + int(lengths[row - sl.start])])
+        return self.chunk_frames(chunk)[1][start:start + int(lengths[row - sl.start])]
+
+    def chunk_frames(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(lengths, frames)`` of one done chunk: the rows' frame counts and their frames, end to end."""
+        sl = self.chunk_slice(chunk)
+        lengths = self._read("seq_lengths", sl).astype(np.int64)
+        try:
+            arr = self.group["seq"][str(chunk)]
+            frames = np.asarray(arr[:], dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001  (missing or unreadable frames of a done chunk)
+            raise self.damaged(f"its frames cannot be read ({_short(exc)})", chunk) from None
+        if len(frames) != int(lengths.sum()) or not np.isfinite(frames).all():
+            raise self.damaged(f"its frames do not match their lengths ({len(frames)} frames stored, "
+                               f"{int(lengths.sum())} recorded)", chunk)
+        return lengths, frames
 
     def read_sequences(self, rows: Sequence[int] | np.ndarray | None = None) -> list[np.ndarray]:
         """Frame sequences of ``rows`` (all by default), one chunk read at a time."""
@@ -254,18 +350,22 @@ class FeatureSet:
                 by_chunk.setdefault(int(r) // self.chunk_rows, []).append(k)
         for chunk, ks in by_chunk.items():
             sl = self.chunk_slice(chunk)
-            lengths = np.asarray(self.group["seq_lengths"][sl], dtype=np.int64)
+            lengths, frames = self.chunk_frames(chunk)
             offsets = np.concatenate([[0], np.cumsum(lengths)])
-            frames = np.asarray(self.group["seq"][str(chunk)][:])
             for k in ks:
                 i = int(rows[k]) - sl.start
                 out[k] = frames[offsets[i]:offsets[i + 1]]
         return out
 
     def read_values(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
-        """``(X, mask)`` of a range of rows (all by default), without reading the ids."""
-        X = np.asarray(self.group["values"][rows], dtype=np.float32)
-        return X, np.asarray(self.group["mask"][rows], dtype=bool)
+        """``(X, mask)`` of a range of rows (all by default), checked as :meth:`read`, without the ids."""
+        index = np.arange(self.n_rows)[rows]
+        X = self._read("values", rows).astype(np.float32, copy=False)
+        done = self._read("done", rows).astype(bool)
+        mask = self._read("mask", rows).astype(bool) & done
+        self._check_rows(index, X, mask, done)
+        X[~mask] = np.nan
+        return X, mask
 
     def read(self, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(ids, X, mask)`` for ``rows`` (all rows by default); invalid rows are NaN in X."""
@@ -276,7 +376,44 @@ class FeatureSet:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
-        X_all = self.group["values"]
-        X = np.asarray(X_all.oindex[rows, :], dtype=np.float32) if len(rows) else np.zeros((0, self.dim), np.float32)
-        mask = np.asarray(self.group["mask"][:], dtype=bool)[rows]
+        if len(rows) == self.n_rows and (rows == np.arange(self.n_rows)).all():
+            X = self._read("values").astype(np.float32, copy=False)
+        elif len(rows):
+            X = self._oindex(rows)
+        else:
+            X = np.zeros((0, self.dim), np.float32)
+        done = self.done()[rows]
+        mask = self._read("mask").astype(bool)[rows] & done
+        self._check_rows(rows, X, mask, done)
+        X[~mask] = np.nan
         return self._ids[rows], X, mask
+
+    def _oindex(self, rows: np.ndarray) -> np.ndarray:
+        arr = self.array("values")
+        try:
+            return np.asarray(arr.oindex[rows, :], dtype=np.float32)
+        except Exception:  # noqa: BLE001  (name the damaged chunk)
+            self._read("values")
+            raise
+
+    def _check_rows(self, rows: np.ndarray, X: np.ndarray, mask: np.ndarray, done: np.ndarray) -> None:
+        """Rows whose files contradict ``done``: valid without values (a lost values chunk), or
+        failed without a reason (a lost mask or error chunk)."""
+        lost = mask & ~np.isfinite(X).all(1)
+        if lost.any():
+            raise self.damaged("a finished, valid row has no values (its values chunk is missing)",
+                               int(rows[np.argmax(lost)]) // self.chunk_rows)
+        failed = done & ~mask
+        if failed.any():
+            lo, hi = int(rows[failed].min()), int(rows[failed].max()) + 1
+            reasons = self._read("error", slice(lo, hi))[rows[failed] - lo]
+            if (reasons == "").any():
+                row = int(rows[failed][np.argmax(reasons == "")])
+                raise self.damaged("a finished row is marked invalid without a reason (its mask or error chunk "
+                                   "is missing)", row // self.chunk_rows)
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception, cut short (checksum errors print whole byte strings)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 80 else text[:77] + "..."

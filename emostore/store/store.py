@@ -18,9 +18,9 @@ feature set relies instead on a create-if-absent write of its metadata (one winn
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,9 +28,13 @@ import zarr
 
 from emostore import __version__
 from emostore.errors import UserError
-from emostore.store.feature_set import FeatureSet, config_hash, default_chunk_rows, now
+from emostore.store import arrays
+from emostore.store.feature_set import FeatureSet, StoreDamaged, config_hash, default_chunk_rows, now
+from emostore.store.layout import INDEXES
 from emostore.store.location import Location
 from emostore.store.table import read_codes, read_rows, read_table, table_summary, write_table
+
+T = TypeVar("T")
 
 
 class StoreNotFound(UserError):
@@ -38,10 +42,6 @@ class StoreNotFound(UserError):
 
 
 class ConfigMismatch(UserError):
-    pass
-
-
-class StoreDamaged(UserError):
     pass
 
 
@@ -96,8 +96,13 @@ class Store:
         if not loc.exists("zarr.json") or not loc.exists("table/zarr.json"):
             raise StoreNotFound(f"{loc} is not an emostore store (no zarr.json/table); "
                                 "create one with `emostore ingest ...`")
-        store = cls(loc, zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode))
-        store.check_layout()
+        try:
+            store = cls(loc, zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode))
+            store.check_layout()
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (bad JSON in zarr.json, an unreachable object store)
+            raise _open_error(loc, exc) from None
         return store
 
     def check_layout(self) -> None:
@@ -110,33 +115,70 @@ class Store:
         columns = table.attrs.get("columns")
         if not isinstance(columns, list):
             raise StoreDamaged(f"{self.url} is damaged: the table's attributes do not list its columns")
-        have = set(table.array_keys())
+        base = self.location.key("table")
+        have = {str(p)[len(base) + 1:].split("/")[0] for p in self.location.fs.glob(f"{base}/*/zarr.json")}
         for col in columns:
             if col not in have:
-                raise StoreDamaged(f"{self.url} is damaged: table column {col!r} is missing")
+                raise StoreDamaged(f"{self.url} is damaged: table column {col!r} is missing; it cannot be "
+                                   "recomputed: ingest the corpus again (`emostore ingest ... --overwrite`)")
 
     # ----- the table ---------------------------------------------------------------------
     @property
     def table(self) -> pd.DataFrame:
         if self._table is None:
-            self._table = read_table(self.root["table"])
+            try:
+                table = read_table(self.root["table"])
+            except Exception as exc:  # noqa: BLE001  (a damaged column: name it)
+                raise self._table_damage(exc) from None
+            self._check_table_chunks()
+            self._table = table
         return self._table
 
     def columns(self, names: list[str]) -> pd.DataFrame:
         """Only these columns of the table (the whole table when it is already loaded)."""
         if self._table is not None:
             return self._table[names]
-        return read_table(self.root["table"], names)
+        return self._checked(lambda: read_table(self.root["table"], names), names)
 
     def codes(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(codes, categories)`` of a string column (see :func:`emostore.store.table.read_codes`)."""
-        return read_codes(self.root["table"], column)
+        return self._checked(lambda: read_codes(self.root["table"], column), [column])
 
     def rows(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
         """Some rows of some columns, reading only the chunks that hold them."""
         if self._table is not None:
             return self._table[columns].iloc[np.asarray(rows, dtype=np.int64)].reset_index(drop=True)
-        return read_rows(self.root["table"], rows, columns)
+        return self._checked(lambda: read_rows(self.root["table"], rows, columns), columns)
+
+    def _checked(self, read: Callable[[], T], columns: list[str]) -> T:
+        """``read()`` of some table columns, damage named as for the whole table."""
+        try:
+            out = read()
+        except Exception as exc:  # noqa: BLE001  (a damaged column: name it)
+            raise self._table_damage(exc) from None
+        self._check_table_chunks(columns)
+        return out
+
+    def _check_table_chunks(self, columns: list[str] | None = None) -> None:
+        """Decoding checked every stored chunk's checksum; a chunk file that is gone would read
+        as fill values: check that each one is there (one listing per column)."""
+        group = self.root["table"]
+        if not group.attrs.get(arrays.INTEGRITY):
+            return
+        for col in columns or group.attrs["columns"]:
+            lost = arrays.check_chunks(self.location, f"table/{col}", group[col], checksums=False)
+            if lost:
+                raise self._table_damage(RuntimeError(f"column {col}: chunk {lost[0].index} missing"))
+
+    def _table_damage(self, exc: BaseException) -> StoreDamaged:
+        """The one line for a table that cannot be read: which column and chunk, and what to do."""
+        from emostore.store.integrity import VerifyReport, verify_table
+
+        report = VerifyReport(self.url)
+        verify_table(self, report)
+        what = report.damage[0].line() if report.damage else f"{type(exc).__name__}: {str(exc)[:80]}"
+        return StoreDamaged(f"{self.url}: the utterance table is damaged ({what}); it cannot be recomputed: "
+                            "ingest the corpus again (`emostore ingest ... --overwrite`)")
 
     @property
     def table_attrs(self) -> dict[str, Any]:
@@ -208,14 +250,31 @@ class Store:
     # ----- feature sets ------------------------------------------------------------------
     def feature_sets(self) -> list[str]:
         """The feature sets, ``<modality>/<name>``; one still being created (its ``done`` array, made
-        last, not there yet) is left out."""
-        return [name for name in self._feature_groups()
-                if "done" in set(self.root["features"][name].array_keys())]
+        last, not there yet) is left out, and so is one whose metadata cannot be read (``info`` and
+        ``verify`` name those, and reading one is refused in one line)."""
+        base = self.location.key("features")
+        with_done = {"/".join(str(p)[len(base) + 1:].split("/")[:2])
+                     for p in self.location.fs.glob(f"{base}/*/*/done/zarr.json")}
+        damaged = set(self.damaged_feature_sets())
+        return [n for n in self.feature_set_names(include_damaged=True) if n in with_done and n not in damaged]
 
-    def _feature_groups(self) -> list[str]:
-        feats = self.root["features"]
-        return [f"{modality}/{name}" for modality in sorted(feats.group_keys())
-                for name in sorted(feats[modality].group_keys())]
+    def feature_set_names(self, *, include_damaged: bool = False) -> list[str]:
+        """Every feature set group, from the store's listing (its metadata is not read)."""
+        if not include_damaged:
+            return self.feature_sets()
+        base = self.location.key("features")
+        found = self.location.fs.glob(f"{base}/*/*/zarr.json")
+        return sorted("/".join(str(p)[len(base) + 1:].split("/")[:2]) for p in found)
+
+    def damaged_feature_sets(self) -> list[str]:
+        """Feature set groups whose metadata cannot be read."""
+        bad = []
+        for name in self.feature_set_names(include_damaged=True):
+            try:
+                self.root[f"features/{name}"].attrs["config_hash"]
+            except Exception:  # noqa: BLE001
+                bad.append(name)
+        return bad
 
     def has_feature_set(self, name: str) -> bool:
         return name in self.feature_sets()
@@ -228,10 +287,24 @@ class Store:
             elif len(matches) > 1:
                 raise UserError(f"{name!r} is ambiguous in {self.url}: name one of {', '.join(matches)}")
         if not self.has_feature_set(name):
+            if name in self.damaged_feature_sets():
+                raise StoreDamaged(f"{self.url}: the metadata of feature set {name} cannot be read; run "
+                                   f"`emostore verify {self.url} --repair`, then extract it again")
             have = ", ".join(self.feature_sets()) or "none"
             raise UserError(f"{self.url}: no feature set {name!r} (have: {have}); "
                             f"run `emostore extract` first")
-        return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.ids_of)
+        return FeatureSet(self._group(f"features/{name}"), name, lambda: self.ids, self.url, self.location,
+                          self.ids_of)
+
+    def _group(self, path: str) -> zarr.Group:
+        """A group of the store, or a one-line StoreDamaged when its metadata cannot be read."""
+        try:
+            return self.root[path]
+        except KeyError:
+            raise StoreDamaged(f"{self.url}: {path} is missing; run `emostore verify {self.url}`") from None
+        except Exception as exc:  # noqa: BLE001  (bad JSON or bytes in its zarr.json)
+            raise StoreDamaged(f"{self.url}: the metadata of {path} cannot be read ({type(exc).__name__}); run "
+                               f"`emostore verify {self.url} --repair`") from None
 
     def create_feature_set(self, name: str, *, dim: int, config: dict[str, Any], encoder: str,
                            version: dict[str, str], chunk_rows: int | None = None,
@@ -250,15 +323,21 @@ class Store:
         if name.count("/") != 1 or not all(name.split("/")):
             raise UserError(f"feature set names look like <modality>/<name>, got {name!r}")
         h = config_hash(config)
-        if name in self._feature_groups():
-            fs = self._reopen(name, h, dim, config, overwrite)
-            if fs is not None:
-                return fs
-            del self.root["features"][name]
+        if name in self.feature_set_names(include_damaged=True):
+            if name in self.damaged_feature_sets():
+                if not overwrite:
+                    raise StoreDamaged(f"{self.url}: the metadata of feature set {name} cannot be read; run "
+                                       f"`emostore verify {self.url} --repair` (or pass --overwrite)")
+            else:
+                fs = self._reopen(name, h, dim, config, overwrite)
+                if fs is not None:
+                    return fs
+            self.location.fs.rm(self.location.key(f"features/{name}"), recursive=True)
         rows = chunk_rows or default_chunk_rows(dim)
         stamp = now()
         attrs = {"name": name, "encoder": encoder, "version": version, "dim": dim, "dtype": "float32",
                  "config": config, "config_hash": h, "chunk_rows": rows, "created": stamp, "updated": stamp,
+                 arrays.INTEGRITY: arrays.INTEGRITY_VERSION,
                  **({"seq_dim": seq_dim} if seq_dim else {}),
                  **({"layers": int(layers)} if layers and layers > 1 else {})}
         try:
@@ -281,16 +360,23 @@ class Store:
         if overwrite and not racing:
             return None
         who = "another writer created it at the same moment" if racing else "it was computed"
+        stored = dict(g.attrs.get("config") or {})
+        diff = [f"{k} {stored.get(k)!r} stored, {config.get(k)!r} asked" for k in sorted(set(stored) | set(config))
+                if stored.get(k) != config.get(k)]
+        hint = (f" (--precision {stored['precision']} resumes it)" if any(d.startswith("precision ") for d in diff)
+                and isinstance(stored.get("precision"), str) else "")
+        what = "; ".join(diff) or f"dimension {g.attrs.get('dim')} stored, {dim} asked"
         raise ConfigMismatch(
-            f"{self.url}: feature set {name!r} exists with another configuration ({who}: "
-            f"stored {stored_hash}: {g.attrs.get('config')}; asked {h}: {config}). "
-            f"Pass --overwrite to replace it, or --name to write a new feature set.")
+            f"{self.url}: feature set {name!r} exists with another configuration ({who} with config "
+            f"{stored_hash}, asked {h}: {what}){hint}. Pass --overwrite to replace it, or --name to write a new "
+            "feature set.")
 
     def _complete(self, name: str) -> FeatureSet:
         """Open feature set ``name``, creating whichever of its arrays are missing (idempotent)."""
-        g = self.root["features"][name]
+        g = self._group(f"features/{name}")
         n, rows, dim = len(self), int(g.attrs["chunk_rows"]), int(g.attrs["dim"])
-        have = set(g.array_keys())
+        base = self.location.key(f"features/{name}")
+        have = {str(p)[len(base) + 1:].split("/")[0] for p in self.location.fs.glob(f"{base}/*/zarr.json")}
         specs: list[tuple[str, tuple[int, ...], tuple[int, ...], Any, Any]] = [
             ("values", (n, dim), (rows, dim), "float32", np.nan),
             ("mask", (n,), (rows,), bool, False),
@@ -298,7 +384,7 @@ class Store:
         ]
         if g.attrs.get("seq_dim"):
             specs.append(("seq_lengths", (n,), (rows,), "int64", 0))
-            if "seq" not in set(g.group_keys()):
+            if "seq" not in have:
                 try:
                     g.require_group("seq")
                 except zarr.errors.ContainsGroupError:  # another writer made it just now
@@ -307,10 +393,21 @@ class Store:
         for key, shape, chunks, dtype, fill in specs:
             if key not in have:
                 try:
-                    g.create_array(key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
+                    arrays.create(g, key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
                 except zarr.errors.ContainsArrayError:  # another writer made it just now: same metadata
                     pass
-        return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.ids_of)
+        return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.url, self.location,
+                          self.ids_of)
+
+    def reopen_feature_set(self, name: str) -> FeatureSet:
+        """Open ``name``, re-creating any of its arrays that is missing (all rows of a re-created
+        ``done`` are pending)."""
+        return self._complete(name)
+
+    def index_names(self) -> list[str]:
+        """Every search index group, from the store's listing."""
+        base = self.location.key(INDEXES)
+        return sorted(str(p)[len(base) + 1:].split("/")[0] for p in self.location.fs.glob(f"{base}/*/zarr.json"))
 
     def touch_feature_set(self, name: str) -> None:
         """Record when a feature set was last written. Writers may race here; each writes the
@@ -348,6 +445,14 @@ class Store:
             "created": self.root.attrs.get("created"),
             "emostore_version": self.root.attrs.get("emostore_version"),
         }
+
+
+def _open_error(loc: Location, exc: BaseException) -> UserError:
+    """One line for a store that cannot be opened: damaged metadata, or storage out of reach."""
+    if isinstance(exc, (ValueError, KeyError, TypeError)) or "JSON" in type(exc).__name__:
+        return StoreDamaged(f"{loc}: the store's metadata cannot be read ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:80] if str(exc) else ''}); run `emostore verify {loc}`")
+    return UserError(f"{loc}: cannot read the store ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
 
 
 def _group_document(attrs: dict[str, Any]) -> bytes:

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from emostore.store import arrays
+
 TABLE_CHUNK = 16384
 
 
@@ -40,6 +42,7 @@ def write_table(group: zarr.Group, table: pd.DataFrame | Iterable[pd.DataFrame],
     chunk = max(1, min(TABLE_CHUNK, n))
     kinds: dict[str, str] = {}
     columns: list[str] = []
+    made: dict[str, zarr.Array] = {}
     summary, start = TableSummary(), 0
     for block in blocks:
         if not columns:
@@ -47,8 +50,8 @@ def write_table(group: zarr.Group, table: pd.DataFrame | Iterable[pd.DataFrame],
             kinds = {col: _column_kind(block[col]) for col in columns}
             for col, kind in kinds.items():
                 fill = "" if kind == "str" else (np.nan if kind == "float64" else (False if kind == "bool" else 0))
-                group.create_array(col, shape=(n,), chunks=(chunk,), dtype=str if kind == "str" else kind,
-                                   fill_value=fill)
+                made[col] = arrays.create(group, col, shape=(n,), chunks=(chunk,),
+                                          dtype=str if kind == "str" else kind, fill_value=fill)
         if list(block.columns) != columns or start + len(block) > n:
             raise ValueError(f"table block at row {start}: other columns, or more than {n} rows in all")
         for col, kind in kinds.items():
@@ -57,14 +60,15 @@ def write_table(group: zarr.Group, table: pd.DataFrame | Iterable[pd.DataFrame],
                                    for v in block[col]], dtype=object)
             else:
                 values = block[col].to_numpy(dtype=kind)
-            group[col][start:start + len(block)] = values
+            made[col][start:start + len(block)] = values
         summary.add(block)
         start += len(block)
     if start != n:
         raise ValueError(f"the table blocks hold {start} rows, not {n}")
     # attrs must be JSON: round-trip to turn numpy scalars and the like into plain values
-    group.attrs.update(json.loads(json.dumps({"columns": columns, "kinds": kinds, "n_rows": n,
-                                              "summary": summary.result(), **attrs}, default=str)))
+    meta = {"columns": columns, "kinds": kinds, "n_rows": n, "summary": summary.result(),
+            arrays.INTEGRITY: arrays.INTEGRITY_VERSION, **attrs}
+    group.attrs.update(json.loads(json.dumps(meta, default=str)))
 
 
 class TableSummary:

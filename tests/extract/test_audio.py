@@ -262,3 +262,26 @@ def test_cli(tmp_path, emodb):
     r = CliRunner().invoke(app, ["extract", "audio", str(tmp_path / "s"), "--feature-set", "nope"])
     assert r.exit_code == 1 and "unknown audio feature set 'nope'; choose from egemaps, compare" in r.output
     assert "Traceback" not in r.output
+
+
+def test_stream_audio_gives_the_whole_file_in_blocks(tmp_path):
+    """Blocks of a FLAC (libsndfile) and of an AAC track (FFmpeg), resampled as they come, join up to what
+    ``load_audio`` reads at once (the AAC blocks keep the encoder's padding at the end: under 0.1 s)."""
+    from emostore.extract.audio_io import stream_audio
+    from emostore.sample.clips import speech_clips
+
+    flac = speech_clips()[0]
+    x, rate = sf.read(str(flac), dtype="float32")
+    m4a = tmp_path / "clip.m4a"
+    encode(m4a, x, rate)
+    for path, out_rate in ((flac, 16000), (flac, 22050), (m4a, 16000)):
+        blocks = list(stream_audio(path, out_rate, block_s=0.5))
+        whole = load_audio(path, out_rate)
+        joined = np.concatenate(blocks)
+        slack = 2 if path == flac else int(0.1 * out_rate)
+        assert len(blocks) > 4 and abs(len(joined) - len(whole)) <= slack, (path, out_rate)
+        n = min(len(joined), len(whole))
+        assert lag(joined[:n], whole[:n]) == 0
+        assert np.abs(joined[100:n - 100] - whole[100:n - 100]).max() < 1e-3
+    with pytest.raises(MediaError, match="missing file"):
+        list(stream_audio(tmp_path / "none.wav"))

@@ -191,3 +191,26 @@ def test_cluster_addresses_and_refusals(tmp_path):
     store = make_store(tmp_path, "s")
     r = CliRunner().invoke(app, ["extract", "audio", str(store.path), "--workers", "2", "--cluster", "local:2"])
     assert r.exit_code == 1 and "--workers and --cluster do not mix" in r.output
+
+
+@pytest.mark.parametrize("cpu", ["plain", "bf16"])
+def test_the_client_decides_the_precision_for_every_worker(tmp_path, client, monkeypatch, cpu):
+    """``--precision auto`` is resolved once, by the process that creates the feature set; Dask
+    workers and --workers processes (which read the real CPU flags, not the simulated ones)
+    rebuild the encoder from the stored configuration, so every row has the same precision and
+    the same bits as one process."""
+    from emostore.core import runtime
+    from emostore.extract.encoders.text import text_encoder
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"amx_bf16"} if cpu == "bf16" else {"avx2"}))
+    enc = text_encoder("minilm", device="cpu", batch_size=32)
+    assert enc.config.precision == ("bfloat16" if cpu == "bf16" else "float32")
+    one = make_store(tmp_path, "one")
+    run_extraction(one, enc, chunk_rows=CHUNK, progress=False)
+    on_cluster = make_store(tmp_path, "cluster")
+    run_extraction(on_cluster, enc, chunk_rows=CHUNK, progress=False, cluster=client)
+    workers = make_store(tmp_path, "workers")
+    run_extraction(workers, enc, chunk_rows=CHUNK, progress=False, workers=2)
+    for other in (on_cluster, workers):
+        assert Store.open(other.path).feature_set("text/minilm").config["precision"] == enc.config.precision
+        assert_same(one, Store.open(other.path))

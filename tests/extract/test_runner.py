@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +15,8 @@ from emostore.store import Store
 
 
 class CharEncoder(Encoder):
-    """Per row: [length, turn]; frames: the character codes. 'FAIL' rows fail, 'BOOM' raises."""
+    """Per row: [length, turn]; frames: the character codes. 'FAIL' rows fail, 'BOOM' raises (unless
+    $CHARS_CRASH is 0)."""
 
     modality = "audio"
     kind = "chars"
@@ -28,7 +31,7 @@ class CharEncoder(Encoder):
         values, ok, reasons, seqs = [], [], [], []
         for r in rows:
             text = table["text"].iat[r]
-            if "BOOM" in text:
+            if "BOOM" in text and os.environ.get("CHARS_CRASH", "1") == "1":
                 raise RuntimeError("decoder crashed")
             good = "FAIL" not in text
             values.append([len(text), table["turn"].iat[r]])
@@ -49,24 +52,32 @@ def table(n: int = 23) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sequences_ragged_and_failures_recorded(tmp_path, workers):
+def test_an_encoder_that_raises_stops_the_run_and_a_rerun_retries(tmp_path, monkeypatch, workers):
+    """In one process or in worker processes alike: the encoder's error stops the run, the chunk
+    being encoded stays pending (no failed rows), the chunks before it are kept, and the rerun,
+    once the encoder works, computes only what is left."""
     store = Store.create(tmp_path / "s", table(), dataset="toy")
-    if workers == 1:
-        with pytest.raises(RuntimeError):  # in-process, an encoder bug surfaces as itself
-            run_extraction(store, CharEncoder(), chunk_rows=5, progress=False)
-        fs = store.feature_set("audio/chars")
-        assert fs.done()[:15].all() and not fs.done()[15:].any()  # chunks before the bug are kept
-        return
-    report = run_extraction(store, CharEncoder(), chunk_rows=5, progress=False, workers=workers)
+    with pytest.raises(RuntimeError, match="decoder crashed"):
+        run_extraction(store, CharEncoder(), chunk_rows=5, progress=False, workers=workers)
+    fs = store.feature_set("audio/chars")
+    assert fs.done()[:15].all() and not fs.done()[15:].any()
+    assert not any(i in {"u15", "u16", "u17"} for _, i, _ in fs.errors())
+    monkeypatch.setenv("CHARS_CRASH", "0")  # the bug fixed (workers read it when they start)
+    again = run_extraction(store, CharEncoder(), chunk_rows=5, progress=False, workers=workers)
+    assert again.complete and again.chunks_run == 2 and again.rows_run == 8
+    assert store.feature_set("audio/chars").mask()[15:18].all()
+
+
+def test_sequences_ragged_and_failures_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARS_CRASH", "0")
+    store = Store.create(tmp_path / "s", table(), dataset="toy")
+    report = run_extraction(store, CharEncoder(), chunk_rows=5, progress=False, workers=2)
     assert report.complete and report.rows_run == 23
     fs = store.feature_set("audio/chars")
     ids, X, mask = fs.read()
     assert X[3].tolist() == [4.0, 3.0] and mask[3]
-    assert not mask[4] and "cannot decode" in dict((i, r) for _, i, r in fs.errors())["u4"]
-    # the block holding BOOM (rows 15-17 with blocks of 3) failed with the error, others went on
-    errors = dict((i, r) for _, i, r in fs.errors())
-    assert all("decoder crashed" in errors[f"u{i}"] for i in (15, 16, 17))
-    assert mask[18:].all()
+    assert not mask[4] and "cannot decode" in dict((i, r) for _, i, r in fs.errors())["u4"]  # a row failed alone
+    assert mask[5:].all()
     seq = fs.read_sequence(6)
     assert seq.shape == (7, 1) and (seq[:, 0] == ord("x")).all()
     assert fs.read_sequence(4).shape == (0, 1)  # failed rows keep no frames

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import rounding
 
 from emostore.extract.encoders.text import build_inputs, bundled_model_path, text_encoder
 from emostore.extract.runner import run_extraction
@@ -59,7 +60,8 @@ def test_rows_masked_deduplicated_and_ordered(tmp_path, minilm_encoder, monkeypa
     assert "no text" in dict((i, r) for _, i, r in store.feature_set("text/minilm").errors())["a3"]
     np.testing.assert_array_equal(X[pos["a2"]], X[pos["b0"]])
     ref = minilm_encoder.encode_texts(["This is absolutely infuriating."])[0]
-    np.testing.assert_allclose(X[pos["b2"]], ref, atol=1e-5)
+    # alone or in a padded batch: rounding differences only (bfloat16 keeps about 3 digits)
+    np.testing.assert_allclose(X[pos["b2"]], ref, atol=rounding(minilm_encoder.precision))
 
 
 def test_context_inputs_follow_dialogue_order():
@@ -91,12 +93,13 @@ def test_context_feature_set_is_its_own(tmp_path, minilm_encoder):
 
 def test_huggingface_mean_pooling_matches_sentence_transformers(minilm_encoder):
     """all-MiniLM-L6-v2 is mean pooling + L2 norm: the plain HF path must reproduce it."""
-    hf = text_encoder(str(bundled_model_path()), backend="huggingface", device="cpu")
+    hf = text_encoder(str(bundled_model_path()), backend="huggingface", device="cpu", precision="float32")
+    st = text_encoder("minilm", device="cpu", precision="float32")  # the same arithmetic on both sides
     assert hf.kind == "huggingface" and hf.dim == 384 and hf.stored_config["pooling"] == "mean"
     texts = ["Why would you do that to me?", "Okay.", "We won the lottery, I can't breathe!"]
     a = hf.encode_texts(texts)
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    np.testing.assert_allclose(a, minilm_encoder.encode_texts(texts), atol=1e-5)
+    np.testing.assert_allclose(a, st.encode_texts(texts), atol=1e-5)
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):

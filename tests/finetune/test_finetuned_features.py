@@ -52,8 +52,17 @@ def test_training_loss_falls_and_the_folder_reloads_everywhere(minilm_run):
     t = store.table
     rows = [0, 5, 200]
     texts = [f"{t['speaker'].iat[r]}: {t['text'].iat[r]}" for r in rows]
-    _, X, _ = store.feature_set("text/sample-minilm").read(np.array(rows))
-    np.testing.assert_allclose(X, st.encode(texts, convert_to_numpy=True), atol=2e-5)
+    fs = store.feature_set("text/sample-minilm")
+    _, X, _ = fs.read(np.array(rows))
+    expected = st.encode(texts, convert_to_numpy=True)
+    from emostore.core.runtime import resolve_precision
+
+    assert fs.config["precision"] == resolve_precision("auto", "cpu")  # bfloat16 on CPUs with AMX / AVX-512 BF16
+    if fs.config["precision"] == "float32":
+        np.testing.assert_allclose(X, expected, atol=2e-5)
+    else:  # bfloat16 weights: about 3 significant digits, the same direction
+        cos = (X * expected).sum(1) / np.linalg.norm(X, axis=1) / np.linalg.norm(expected, axis=1)
+        assert cos.min() > 0.999 and np.abs(X - expected).max() < 0.05, (cos, np.abs(X - expected).max())
 
 
 def test_extract_fills_a_complete_feature_set_with_the_model_hash(minilm_run):
@@ -154,7 +163,8 @@ def test_cross_fitting_gives_train_rows_the_fold_model_that_did_not_see_them(tmp
     model = build("distilbert", tmp_path / "tiny")
     out = tmp_path / "xfit"
     args = ["finetune", "text", store.path, "--out", out, "--model", model, "--past", "1", "--epochs", "1",
-            "--lr", "1e-3", "--max-length", "64", "--extract", "--name", "ft", "--device", "cpu", "--threads", "1"]
+            "--lr", "1e-3", "--max-length", "64", "--extract", "--name", "ft", "--device", "cpu", "--threads", "1",
+            "--precision", "float32"]  # training and the extracted vectors (compared with a float32 forward pass)
     r = run(*args, "--quiet")
     assert r.exit_code == 0, r.output
     weights = (out / "model.safetensors").read_bytes()

@@ -3,11 +3,15 @@ sample, and a server on loopback. (A module, not a conftest: other tests import 
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -84,3 +88,56 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def egemaps_text(audio_sample_store, tmp_path_factory):
+    """An ``mlp`` on text/minilm + audio/egemaps of the sample's speech files (the real-time checkpoint)."""
+
+    def make():
+        data = load_data(audio_sample_store, ["text/minilm", "audio/egemaps"], "emotion")
+        result = fit(data, "mlp", {}, TrainConfig(epochs=8, modality_dropout=0.3, device="cpu"))
+        return ckpt_io.save(result, data, tmp_path_factory.mktemp("ck") / "egemaps_text", store=audio_sample_store)
+
+    return once("egemaps_text", make)
+
+
+@contextmanager
+def serve_process(ckpt: Path, *args: str, tmp: Path | None = None) -> Iterator[str]:
+    """``emostore serve CKPT ARGS`` in a subprocess on a free loopback port (``TMPDIR=tmp``); yields its URL."""
+    import httpx
+
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(root), **({"TMPDIR": str(tmp)} if tmp else {})}
+    proc = subprocess.Popen([sys.executable, "-m", "emostore.cli", "serve", str(ckpt), "--port", str(port),
+                             "--device", "cpu", *args], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def realtime_server(request, audio_sample_store, tmp_path_factory) -> tuple[str, Path]:
+    """One ``emostore serve`` of :func:`egemaps_text` shared by this session's real-time tests
+    (``--max-streams 2 --max-stream-rate 20``, its own TMPDIR), stopped when the session ends: (URL, TMPDIR)."""
+
+    def make() -> tuple[str, Path]:
+        ckpt = egemaps_text(audio_sample_store, tmp_path_factory)
+        tmp = tmp_path_factory.mktemp("server_tmp")
+        server = serve_process(ckpt, "--max-streams", "2", "--max-stream-rate", "20", tmp=tmp)
+        url = server.__enter__()
+        request.config.add_cleanup(lambda: server.__exit__(None, None, None))
+        return url, tmp
+
+    return once("realtime_server", make)

@@ -176,7 +176,10 @@ def test_openapi_documents_both_bodies(client):
     turns = spec["paths"]["/conversations/{conversation_id}/turns"]["post"]["requestBody"]["content"]
     assert {"text", "speaker", "file"} <= set(turns["multipart/form-data"]["schema"]["properties"])
     assert set(spec["paths"]) == {"/health", "/predict", "/conversations/{conversation_id}/turns",
-                                  "/conversations/{conversation_id}"}
+                                  "/conversations/{conversation_id}", "/timeline"}
+    timeline = spec["paths"]["/timeline"]["post"]["requestBody"]["content"]
+    assert set(timeline) == {"multipart/form-data"}
+    assert timeline["multipart/form-data"]["schema"]["required"] == ["file"]
     assert json.loads(json.dumps(spec)) == spec  # plain JSON: no bytes or exceptions inside
 
 

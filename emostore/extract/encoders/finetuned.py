@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
+from emostore.core.runtime import resolve_device, resolve_precision
 from emostore.errors import UserError
 from emostore.extract.base import (
     Encoded,
@@ -28,8 +29,6 @@ from emostore.extract.base import (
     Progress,
     derived,
     register,
-    resolve_device,
-    resolve_precision,
 )
 from emostore.extract.dialogue_input import INPUT_FORMAT, POOLING, DialogueFormat, TurnTokenizer, dialogue_turns, embed
 from emostore.extract.finetuned import content_hash, is_finetuned, read_meta
@@ -113,14 +112,6 @@ class FinetunedTextEncoder(Encoder):
                               input_format=inp.get("format", INPUT_FORMAT), past=self.format.past,
                               future=self.format.future, speaker=self.format.speaker,
                               max_length=int(inp["max_length"]), pooling=inp.get("pooling", POOLING))
-
-    @classmethod
-    def from_config(cls, config: Any, *, name: str | None = None, **runtime: Any) -> FinetunedTextEncoder:
-        """The encoder a feature set was made with; half precision becomes float32 on a CPU."""
-        cfg = config if isinstance(config, FinetunedConfig) else FinetunedConfig.from_dict(config)
-        if resolve_device(runtime.get("device", "auto")) == "cpu" and cfg.precision != "float32":
-            cfg = replace(cfg, precision="float32")
-        return super().from_config(cfg, name=name, **runtime)
 
     @staticmethod
     def _check_hash(folder: Path, recorded: str | None) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emostore.core.runtime import resolve_device, resolve_precision
 from emostore.errors import UserError
 from emostore.extract.audio_io import MediaError, load_audio
 from emostore.extract.base import (
@@ -40,8 +40,6 @@ from emostore.extract.base import (
     Progress,
     derived,
     register,
-    resolve_device,
-    resolve_precision,
 )
 from emostore.extract.encoders.opensmile import IMAGE_SUFFIXES, row_source
 
@@ -227,15 +225,6 @@ class SSLEncoder(Encoder):
         self.seq_dim = width if frame_layer is not None else None
         self.name = name or Path(config.model.rstrip("/")).name or "ssl"
         self.hop = int(np.prod(cfg.conv_stride)) if hasattr(cfg, "conv_stride") else 320
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | EncoderConfig, *, name: str | None = None,
-                    **runtime: Any) -> SSLEncoder:
-        """The encoder a feature set was made with (same model files); float16 becomes float32 on a CPU."""
-        cfg = config if isinstance(config, SSLConfig) else SSLConfig.from_dict(config)  # type: ignore[arg-type]
-        if resolve_device(runtime.get("device", "auto")) == "cpu" and cfg.precision != "float32":
-            cfg = replace(cfg, precision="float32")
-        return super().from_config(cfg, name=name, **runtime)
 
     def version(self) -> dict[str, str]:
         import torch

@@ -11,7 +11,6 @@ import functools
 import re
 from abc import abstractmethod
 from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from emostore.core.runtime import resolve_device, resolve_precision
 from emostore.errors import UserError
 from emostore.extract.base import (
     Encoded,
@@ -28,8 +28,6 @@ from emostore.extract.base import (
     build_encoder,
     derived,
     register,
-    resolve_device,
-    resolve_precision,
 )
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -140,15 +138,6 @@ class TextEncoder(Encoder):
         self._load(config.max_length, config.pooling)
         self.config = replace(config, model=self.model_id, max_length=self.max_length, precision=precision,
                               pooling=self.pooling, context_format=CONTEXT_FORMAT if config.context else None)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | EncoderConfig, *, name: str | None = None,
-                    **runtime: Any) -> TextEncoder:
-        """The encoder a feature set was made with; half precision becomes float32 on a CPU."""
-        cfg = config if isinstance(config, TextConfig) else TextConfig.from_dict(config)  # type: ignore[arg-type]
-        if resolve_device(runtime.get("device", "auto")) == "cpu" and cfg.precision != "float32":
-            cfg = replace(cfg, precision="float32")
-        return super().from_config(cfg, name=name, **runtime)
 
     model_id: str
     pooling: str
