@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -132,11 +133,12 @@ class FeatureSet:
         """How many layers each vector stacks (``L x D``, speech encoders), else 1."""
         return int(self.group.attrs.get("layers") or 1)
 
-    @property
+    @cached_property
     def n_rows(self) -> int:
+        """Rows (read once: opening an array reads its metadata, which a loop over chunks must not)."""
         return int(self.array("done").shape[0])
 
-    @property
+    @cached_property
     def chunk_rows(self) -> int:
         return int(self.array("done").chunks[0])
 
@@ -225,18 +227,21 @@ class FeatureSet:
             out |= set(self.damaged_chunks([c for c in owned if c not in out]))
         return sorted(out)
 
-    def damaged_chunks(self, chunks: list[int] | None = None, *, checksums: bool = True) -> dict[int, str]:
+    def damaged_chunks(self, chunks: list[int] | None = None, *, checksums: bool = True,
+                       done: np.ndarray | None = None) -> dict[int, str]:
         """Of ``chunks`` (all by default), those whose stored files are missing or fail their
-        checksum (``checksums`` False: presence only), without decoding them: chunk -> what is wrong."""
+        checksum (``checksums`` False: presence only), without decoding them: chunk -> what is wrong.
+        ``done``: the ``done`` array when already read."""
         from emostore.store.integrity import feature_set_chunk_damage
 
-        return feature_set_chunk_damage(self, chunks, checksums=checksums)
+        return feature_set_chunk_damage(self, chunks, checksums=checksums, done=done)
 
     def is_complete(self) -> bool:
         return bool(self.done().all())
 
-    def counts(self) -> tuple[int, int, int]:
-        """``(rows done, rows valid, rows failed)``, reading ``done`` and ``mask`` at once."""
+    def counts(self) -> tuple[int, int, int, list[int]]:
+        """``(rows done, rows valid, rows failed, chunks with files missing)``: ``done`` and ``mask``
+        read at once, then the listing of the chunk files (``emostore verify`` also checks their bytes)."""
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(2) as pool:
@@ -244,10 +249,11 @@ class FeatureSet:
             mask = pool.submit(lambda: self._read("mask").astype(bool)).result()
             done = done_read.result()
         mask &= done
-        return int(done.sum()), int(mask.sum()), int((done & ~mask).sum())
+        missing = sorted(self.damaged_chunks(checksums=False, done=done))
+        return int(done.sum()), int(mask.sum()), int((done & ~mask).sum()), missing
 
     def summary(self) -> dict[str, Any]:
-        rows_done, rows_valid, rows_failed = self.counts()
+        rows_done, rows_valid, rows_failed, missing = self.counts()
         a = self.attrs
         return {
             "dim": self.dim,
@@ -257,8 +263,7 @@ class FeatureSet:
             "rows_valid": rows_valid,
             "rows_failed": rows_failed,
             "complete": rows_done == self.n_rows,
-            # chunk files missing (one listing per array; `emostore verify` also checks their bytes)
-            "chunks_missing": sorted(self.damaged_chunks(checksums=False)),
+            "chunks_missing": missing,
             "config_hash": self.config_hash,
             "config": self.config,
             "encoder": a.get("encoder"),

@@ -71,13 +71,19 @@ class VerifyReport:
 
 # ----- feature sets ---------------------------------------------------------------------------
 def feature_set_chunk_damage(fs: FeatureSet, chunks: list[int] | None = None, *,
-                             checksums: bool = True) -> dict[int, str]:
+                             checksums: bool = True, done: np.ndarray | None = None) -> dict[int, str]:
     """Of ``chunks`` (all by default) of ``fs``, those whose stored files are missing or fail
     their checksum (read as bytes, not decoded; ``checksums`` False: presence only, from one
     listing per array): chunk -> what is wrong. Only finished chunks are expected to be
     complete; a pending one is not damaged, only unfinished."""
     chunks = list(range(fs.n_chunks)) if chunks is None else list(chunks)
-    done = fs.done(tolerant=True)
+    from emostore.store.feature_set import StoreDamaged
+
+    try:
+        if done is None:
+            done = fs.done()  # one read; chunk by chunk only when a chunk of it is damaged
+    except StoreDamaged:
+        done = fs.done(tolerant=True)
     out: dict[int, str] = {}
     for c in _bad_done_chunks(fs, chunks) if checksums else []:
         out[c] = "its 'done' chunk cannot be read"
