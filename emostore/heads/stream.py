@@ -36,7 +36,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def chunk_runs(rows: np.ndarray, chunk_rows: int, n_rows: int) -> Iterator[tuple[slice, np.ndarray]]:
+def chunk_runs(rows: np.ndarray, chunk_rows: int, n_rows: int) -> Iterator[tuple[slice, slice]]:
     """``(store slice, positions in rows)`` per run of up to :data:`RUN_CHUNKS` neighbouring chunks
     holding the sorted ``rows``."""
     if not len(rows):
@@ -47,7 +47,7 @@ def chunk_runs(rows: np.ndarray, chunk_rows: int, n_rows: int) -> Iterator[tuple
     for run in np.split(touched, breaks):
         lo, hi = int(run[0]) * chunk_rows, min((int(run[-1]) + 1) * chunk_rows, n_rows)
         a, b = np.searchsorted(rows, [lo, hi])
-        yield slice(lo, hi), np.arange(a, b)
+        yield slice(lo, hi), slice(int(a), int(b))
 
 
 def feature_stats(fs: Any, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +82,12 @@ def finish_moments(mean: np.ndarray, m2: np.ndarray, n: int) -> tuple[np.ndarray
 
 
 def standardise(X: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """``(X - mean) / std`` where ``mask``, exactly 0 elsewhere (float32)."""
-    return np.where(mask[:, None], (X - mean) / std, np.float32(0.0)).astype(np.float32)
+    """``(X - mean) / std`` where ``mask``, exactly 0 elsewhere: in place (``X``, float32, is the
+    caller's to overwrite; no copy of millions of rows is made)."""
+    X -= mean
+    X /= std
+    X[~mask] = 0.0
+    return X
 
 
 @dataclass
@@ -109,7 +113,8 @@ class FeatureReader:
             for sl, pos in chunk_runs(rows, fs.chunk_rows, fs.n_rows):
                 X, mask = fs.read_values(sl)
                 local = rows[pos] - sl.start
-                Z[pos] = standardise(X[local], mask[local], mean, std)
+                np.take(X, local, axis=0, out=Z[pos], mode="clip")  # "clip": unbuffered
+                standardise(Z[pos], mask[local], mean, std)
             out.append(torch.from_numpy(Z))
         return out
 

@@ -364,11 +364,10 @@ class FeatureSet:
 
     def read_values(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """``(X, mask)`` of a range of rows (all by default), checked as :meth:`read`, without the ids."""
-        index = np.arange(self.n_rows)[rows]
         X = self._read("values", rows).astype(np.float32, copy=False)
         done = self._read("done", rows).astype(bool)
         mask = self._read("mask", rows).astype(bool) & done
-        self._check_rows(index, X, mask, done)
+        self._check_rows(np.arange(*rows.indices(self.n_rows)), X, mask, done)
         X[~mask] = np.nan
         return X, mask
 
