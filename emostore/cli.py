@@ -637,6 +637,11 @@ Features = Annotated[str, typer.Option("--features", "-f", help="Comma-separated
                                                                  "when it has one feature set).")]
 TargetOpt = Annotated[TargetName, typer.Option(help="emotion classes, or sentiment (regression on "
                                                     "sentiment_score when the store has scores, else classes).")]
+MemoryBudget = Annotated[str | None, typer.Option(
+    metavar="SIZE", help="Memory the feature vectors may take (e.g. 4G, 512M); beyond it they stream from the "
+                         "store [half of the free memory].")]
+
+
 def _emit(data: Any, as_json: bool, show: str) -> None:
     """Print ``data``: as one JSON object, or with :mod:`emostore.display`'s function ``show``."""
     if as_json:
@@ -675,12 +680,14 @@ def train(store: StoreArg,
                                                      "with that speaker's own utterances (speech emotion).")] = False,
           allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Train even when a feature "
                                                          "set has rows not extracted yet (they are masked).")] = False,
+          memory_budget: MemoryBudget = None,
           quiet: Quiet = False, as_json: Json = False) -> None:
     """Train a head on the train split (early stopping on dev) and save a checkpoint."""
     from emostore.heads.run import train as run_train
 
     result, path = run_train(store, features, head, out, target=target.value, params=_key_values(param),
                              speaker_norm=speaker_norm, allow_incomplete=allow_incomplete,
+                             memory_budget=memory_budget,
                              config=config, overwrite=overwrite, progress=progress_enabled(quiet, as_json))
     _emit({"checkpoint": str(path), **result.summary()}, as_json, "show_trained")
 
@@ -695,12 +702,13 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
              report: Annotated[Path | None, typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,
              device: Device = "auto",
+             memory_budget: MemoryBudget = None,
              as_json: Json = False) -> None:
     """Metrics of a checkpoint on a split: per-class and averaged, confusion matrix; or regression metrics."""
     from emostore.heads.evaluate import evaluate as run_evaluate
     from emostore.heads.evaluate import show, write_report
 
-    ev = run_evaluate(checkpoint, store, split=split, device=device)
+    ev = run_evaluate(checkpoint, store, split=split, device=device, memory_budget=memory_budget)
     if report is not None:
         ev.metrics["report"] = [str(p) for p in write_report(ev, report)]
     if as_json:
@@ -727,6 +735,12 @@ def sweep(store: StoreArg,
           config: Any = None,
           speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
                                                      "with that speaker's own utterances (speech emotion).")] = False,
+          memory_budget: MemoryBudget = None,
+          checkpoints: Annotated[str | None, typer.Option(
+              metavar="DIR|URL", help="Write each run's checkpoint under this folder or URL.")] = None,
+          cluster: Annotated[str | None, typer.Option(
+              metavar="ADDRESS", help="Run on a Dask cluster: a scheduler (tcp://host:8786) or local:N; one task per "
+                                      "run, the workers read the store themselves.")] = None,
           quiet: Quiet = False, as_json: Json = False) -> None:
     """Train a grid of heads x feature sets x parameters x seeds; mean and std per configuration.
     A run that cannot be made is reported with its error and the others go on."""
@@ -740,7 +754,8 @@ def sweep(store: StoreArg,
     combos = [f.split(",") for f in features]
     result = run_sweep(st, [h.strip() for h in heads.split(",") if h.strip()], combos, seeds=seeds,
                        target=target.value, split=split, grid=parse_grid(param), config=config,
-                       progress=progress_enabled(quiet, as_json), speaker_norm=speaker_norm)
+                       progress=progress_enabled(quiet, as_json), speaker_norm=speaker_norm,
+                       memory_budget=memory_budget, checkpoints=checkpoints, cluster=cluster)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -133,3 +133,21 @@ def s3_server():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A real Dask cluster for one test module: a LocalCluster of 2 worker processes (1 thread each),
+    a dying worker's task rescheduled up to 5 times."""
+    import logging
+
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed (emostore[cluster])")
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 5}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           silence_logs=logging.ERROR, dashboard_address=":0")
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()

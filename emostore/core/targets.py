@@ -36,15 +36,24 @@ class Target:
 def resolve_target(table: pd.DataFrame, name: str) -> Target:
     """``emotion``: classes. ``sentiment``: regression on ``sentiment_score`` when the training
     split has scores (CMU-MOSI/MOSEI), else classes of the ``sentiment`` column (e.g. MELD)."""
-    if name not in TARGETS:
-        raise UserError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+    check_target_name(name)
     train = table["split"] == "train"
     if name == "sentiment":
         scores = pd.to_numeric(table.loc[train, "sentiment_score"], errors="coerce")
         if scores.notna().any():
             return Target(name, "sentiment_score", None)
     labels = sorted({v for v in table.loc[train, name] if isinstance(v, str) and v})
+    return Target(name, name, check_labels(labels, name))
+
+
+def check_target_name(name: str) -> None:
+    if name not in TARGETS:
+        raise UserError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+
+
+def check_labels(labels: list[str], name: str) -> list[str]:
+    """``labels`` when there are enough of them to train a classifier."""
     if len(labels) < 2:
         raise UserError(f"the training split has {len(labels)} distinct {name!r} labels; "
                         "need at least 2 to train a classifier")
-    return Target(name, name, labels)
+    return labels

@@ -76,11 +76,12 @@ class Checkpoint:
         """Whether the head reads frame sequences."""
         return bool(self.model.frames)
 
-    def load_data(self, store: Store) -> HeadData:
+    def load_data(self, store: Store, memory_budget: str | int | None = None) -> HeadData:
         """The rows of ``store`` as this checkpoint was trained on them (its label map, statistics,
-        per-speaker normalisation and frames)."""
+        per-speaker normalisation and frames), streamed beyond ``memory_budget``."""
         return load_data(store, self.feature_sets, self.target, norm=self.norm,
-                         speaker_norm=bool(self.meta.get("speaker_norm")), frames=self.frames)
+                         speaker_norm=bool(self.meta.get("speaker_norm")), frames=self.frames,
+                         memory_budget=memory_budget)
 
     def check_store(self, store: Store) -> None:
         """Refuse a store that lacks a feature set or holds it with another configuration."""

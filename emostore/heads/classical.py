@@ -12,6 +12,12 @@ Inputs are the masked feature sets followed by their mask flags (:func:`emostore
 standardised on the training rows by :func:`emostore.heads.data.load_data` (per speaker first
 with ``--speaker-norm``). ``C_grid`` picks ``C`` by cross-validation on the training rows only:
 one fold per speaker when the rows have at least three speakers, else five stratified folds.
+
+Above what the exact solvers can take (the training rows in float64 beyond the memory budget, or
+more rows than the solver handles in reasonable time, :attr:`ClassicalHead.exact_max_rows`),
+``-p solver=auto`` switches to a streaming linear solver (:mod:`emostore.heads.at_once`): SGD
+with the same loss (log loss for ``logreg``, hinge or epsilon-insensitive for ``svm``), one-vs-rest,
+``alpha = 1 / (C x rows)``. Its coefficients are saved and applied like the exact ones.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import Tensor
 
 from emostore.errors import UserError
 from emostore.heads.base import Head, HeadParams, fuse
+from emostore.heads.memory import gib
 
 #: Output for a class the training rows never had (it can never win).
 ABSENT = -1e9
@@ -41,6 +48,15 @@ class ClassicalParams(HeadParams):
     C_grid: str = ""
     #: Solver iterations.
     max_iter: int = 5000
+    #: exact (scikit-learn's libsvm or lbfgs, in memory), sgd (a streaming linear solver) or auto
+    #: (exact while the training rows fit the memory budget and the solver's size; the checkpoint
+    #: records the one used).
+    solver: str = "auto"
+    #: Passes over the training rows of the streaming solver.
+    sgd_passes: int = 5
+
+
+SOLVERS = ("auto", "exact", "sgd")
 
 
 def parse_grid(text: str) -> list[float]:
@@ -72,6 +88,9 @@ class ClassicalHead(Head):
     trainable = False
     #: Buffers this head saves (float64 arrays, plus ``classes`` as int64).
     arrays: tuple[str, ...] = ()
+    #: Most training rows the exact solver takes with ``solver=auto`` (its time grows faster than
+    #: the rows); None: limited by memory only.
+    exact_max_rows: int | None = None
 
     def __init__(self, dims: list[int], n_out: int, params: ClassicalParams):
         super().__init__(dims, n_out, params)
@@ -93,6 +112,52 @@ class ClassicalHead(Head):
 
     def check_size(self, n_rows: int) -> None:
         """Refuse before fitting when the problem cannot fit in memory."""
+
+    # ----- solver choice and the streaming solver -------------------------------------------
+    def choose_solver(self, n_rows: int, n_features: int, budget: int) -> str:
+        """``exact`` or ``sgd`` for ``n_rows`` training rows of ``n_features`` (recorded in the
+        parameters); refuses, in one line saying what to do, what neither can do."""
+        p: ClassicalParams = self.params  # type: ignore[assignment]
+        if p.solver not in SOLVERS:
+            raise UserError(f"{self.name} solver must be one of {', '.join(SOLVERS)}, got {p.solver!r}")
+        need = 3 * 8 * n_rows * n_features  # float64 rows, and the solver's working copies
+        over = (f"{n_rows:,} training rows x {n_features} features need about {gib(need)} in memory for the "
+                f"exact solver, over the memory budget ({gib(budget)})") if need > budget else None
+        slow = self.exact_max_rows is not None and n_rows > self.exact_max_rows
+        if p.solver == "exact" and over:
+            raise UserError(f"{self.name} -p solver=exact: {over}; use -p solver=sgd (streams the rows) or raise "
+                            "--memory-budget")
+        sgd = p.solver == "sgd" or (p.solver == "auto" and (over is not None or slow))
+        if sgd:
+            self.check_streamable(over or f"{n_rows:,} training rows are above what the exact solver takes in "
+                                          f"reasonable time ({self.exact_max_rows:,})")
+        p.solver = "sgd" if sgd else "exact"
+        return p.solver
+
+    def check_streamable(self, why: str) -> None:
+        """Refuse the streaming solver where it cannot stand in for the exact one."""
+        if self.params.C_grid:  # type: ignore[attr-defined]
+            raise UserError(f"{self.name}: {why}, so it uses the streaming solver, and -p C_grid cross-validates in "
+                            "memory; give -p C=VALUE instead, or raise --memory-budget")
+
+    def sgd_estimator(self, n_rows: int, seed: int) -> Any:
+        """The streaming estimator with this head's loss (``alpha = 1 / (C x rows)``)."""
+        raise NotImplementedError
+
+    def export_sgd(self, est: Any, classes: np.ndarray | None) -> None:
+        """Copy a fitted streaming estimator's coefficients into the buffers."""
+        coef = np.atleast_2d(np.asarray(est.coef_, dtype=np.float64))
+        self.coef = torch.from_numpy(coef.copy())
+        self.intercept = torch.from_numpy(np.atleast_1d(np.asarray(est.intercept_, dtype=np.float64)).copy())
+        if classes is not None:
+            self.classes = torch.as_tensor(np.asarray(classes, dtype=np.int64))
+
+    def linear_outputs(self, dec: Tensor) -> Tensor:
+        """One-vs-rest decision values -> outputs: scores of the training classes, absent classes
+        at :data:`ABSENT`; a two-class model's single value is the second class's."""
+        if dec.shape[1] == 1:
+            dec = torch.cat([torch.zeros_like(dec), dec], 1)
+        return self.scatter(dec)
 
     def remember(self, xs: list[Tensor], mask: Tensor, y: Tensor, weights: Tensor | None = None,
                  groups: list[str] | None = None) -> None:

@@ -1,9 +1,15 @@
-"""Features and labels from a store, loaded once into tensors for training and prediction.
+"""Features and labels from a store, for training and prediction.
 
 Each feature set is standardised with the mean and standard deviation of its valid training
 rows only; rows without a value (``mask == False``) are set to zero and stay masked. Dialogues
 (one per dialogue and split, in turn order) and per-dialogue speaker numbers are kept for the
-dialogue heads.
+dialogue heads. Only the table columns this needs are read (:mod:`emostore.heads.table_columns`).
+
+Feature vectors that fit the memory budget (``--memory-budget``, :mod:`emostore.heads.memory`)
+are loaded once into tensors (``xs``); larger ones stay in the store and are read a window of
+rows at a time (:mod:`emostore.heads.stream`), with their statistics from one streaming pass.
+Either way, training and prediction go through :meth:`HeadData.windows`: in memory it gives the
+whole data as one window, streamed a window of rows per step, so both run the same code.
 
 Heads that read frame sequences (``frames = True``) also get, for every feature set that keeps
 them, all its frames in one flat tensor (:class:`Frames`), read from the store a chunk at a time
@@ -13,6 +19,7 @@ and standardised with the statistics of the training rows' frames; batches are p
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +28,29 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from emostore.core.targets import TARGETS, Target, resolve_target  # noqa: F401  (heads' names)
 from emostore.errors import UserError
+from emostore.heads.memory import gib, resolve_budget
+from emostore.heads.stream import (
+    MIN_STD,
+    FeatureReader,
+    feature_stats,
+    finish_moments,
+    merge_moments,
+    plan_windows,
+    prefetch,
+    standardise,
+)
+from emostore.heads.table_columns import (  # noqa: F401  (Target, resolve_target: re-exported)
+    TARGETS,
+    Target,
+    dialogue_order,
+    read_split,
+    read_target,
+    resolve_target,
+)
 from emostore.store import Store
 
-#: Standard deviations below this are treated as constant features (divided by 1).
-MIN_STD = 1e-6
+__all__ = ["MIN_STD", "TARGETS", "Frames", "HeadData", "Target", "load_data", "read_frames", "resolve_target"]
 
 
 @dataclass
@@ -37,9 +61,8 @@ class HeadData:
     dims: list[int]
     config_hashes: list[str]
     target: Target
-    ids: np.ndarray
     split: np.ndarray                   # str per row
-    xs: list[Tensor]                    # [N, D_m] float32, standardised, zero where masked
+    xs: list[Tensor]                    # [N, D_m] float32, standardised, zero where masked; [] when streamed
     mask: Tensor                        # [N, M] bool
     y: Tensor                           # long (-1: no label) or float (NaN: no score)
     dialogues: list[np.ndarray]         # row indices in turn order, one array per dialogue and split
@@ -51,6 +74,14 @@ class HeadData:
     layers: list[int] = field(default_factory=list)
     #: Speaker of every row across the store (for grouped cross-validation), "" when unknown.
     groups: np.ndarray | None = None
+    #: Reads the features from the store a window at a time (None: ``xs`` hold every row).
+    reader: FeatureReader | None = None
+    #: Bytes of feature vectors this data may hold in memory (``--memory-budget``).
+    budget: int = 0
+    #: The store, for the utterance ids (read only when asked for).
+    store: Store | None = None
+    #: A window's rows in the store (None: the data holds every row of the store).
+    origin: np.ndarray | None = None
     #: Per incomplete feature set: how many of its rows are not extracted yet (masked).
     incomplete: dict[str, int] = field(default_factory=dict)
 
@@ -59,7 +90,24 @@ class HeadData:
         return [None if f is None else f.dim for f in (self.frames or [None] * len(self.dims))]
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.y)
+
+    @property
+    def streamed(self) -> bool:
+        return self.reader is not None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Every row's utterance id (read from the store on first use)."""
+        if self.store is None:
+            raise ValueError("this data has no store to read ids from")
+        return self.store.ids
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """The utterance ids of ``rows`` only."""
+        if self.store is None:
+            raise ValueError("this data has no store to read ids from")
+        return self.store.ids_of(np.asarray(rows, dtype=np.int64))
 
     def rows(self, split: str, labelled: bool = True) -> np.ndarray:
         """Row indices of ``split`` (only those with a label or score by default)."""
@@ -85,6 +133,68 @@ class HeadData:
             if f is not None:
                 out = torch.maximum(out, f.lengths.cpu())
         return out
+
+    # ----- windows: the whole data in memory, or a window of rows at a time from the store -------
+    def features(self, rows: np.ndarray) -> list[Tensor]:
+        """The standardised vectors of ``rows``, one tensor per feature set."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.reader is None:
+            index = torch.as_tensor(rows, device=self.mask.device)
+            return [x[index] for x in self.xs]
+        order = np.argsort(rows, kind="stable")
+        parts = self.reader.read(rows[order])
+        back = torch.as_tensor(np.argsort(order, kind="stable"))
+        return [p[back].to(self.mask.device) for p in parts]
+
+    def subset(self, rows: np.ndarray, xs: list[Tensor], dialogues: list[np.ndarray] | None = None) -> HeadData:
+        """Rows ``rows`` (sorted) as data of their own, holding their vectors ``xs``; ``dialogues``
+        are given in positions within ``rows``."""
+        index = torch.as_tensor(rows, device=self.mask.device)
+        return HeadData(self.feature_sets, self.dims, self.config_hashes, self.target, self.split[rows], xs,
+                        self.mask[index], self.y[index], dialogues or [], self.speakers[index], self.norm,
+                        [None] * len(self.dims), self.layers,
+                        None if self.groups is None else self.groups[rows], None, self.budget, None, rows)
+
+    def windows(self, units: np.ndarray | list[np.ndarray],
+                rng: np.random.Generator | None = None) -> Iterator[tuple[HeadData, Any]]:
+        """``(window, its units)`` for training over ``units`` (rows, or dialogues' row arrays): in
+        memory the data itself, once; streamed, windows of whole units in a random order drawn from
+        ``rng``, their units given as positions within the window."""
+        if self.reader is None:
+            yield self, units
+            return
+        sequence = not isinstance(units, np.ndarray)
+        plan = plan_windows(units, self.reader.chunk_rows, self.reader.window_rows(self.budget), rng)
+
+        def load(which: np.ndarray) -> tuple[HeadData, Any]:
+            if not sequence:
+                rows = np.sort(np.asarray(units)[which])
+                return self.subset(rows, self.reader.read(rows)), np.arange(len(rows))  # type: ignore[union-attr]
+            parts = [units[i] for i in which]
+            rows = np.unique(np.concatenate(parts))
+            local = [np.searchsorted(rows, d) for d in parts]
+            return self.subset(rows, self.reader.read(rows), local), local  # type: ignore[union-attr]
+
+        yield from prefetch(load, plan)
+
+    def prediction_windows(self, rows: np.ndarray, sequence: bool) -> Iterator[tuple[HeadData, np.ndarray, np.ndarray]]:
+        """``(window, rows within it, their positions in rows)`` covering ``rows`` in store order
+        (dialogue heads: windows of whole dialogues)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.reader is None:
+            yield self, rows, np.arange(len(rows))
+            return
+        position = np.full(len(self), -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        if sequence:
+            units: Any = [d for d in self.dialogues if (position[d] >= 0).any()]
+        else:
+            units = np.sort(rows)
+        for window, local in self.windows(units):
+            held = window.origin
+            assert held is not None
+            local_rows = np.flatnonzero(position[held] >= 0) if sequence else local
+            yield window, local_rows, position[held[local_rows]]
 
 
 @dataclass
@@ -196,31 +306,6 @@ def resolve_feature_sets(store: Store, names: list[str] | str) -> list[str]:
     return out
 
 
-def _dialogues(table: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
-    """Row order of each (dialogue, split), and each row's speaker number within its dialogue."""
-    n = len(table)
-    # a row without a dialogue is a dialogue of its own
-    keys = [d if isinstance(d, str) and d else f"\0{i}" for d, i in zip(table["dialogue"], table["id"])]
-    frame = pd.DataFrame({
-        "d": keys,
-        "s": table["split"].fillna("").astype(str).to_numpy(),
-        "t": pd.to_numeric(table["turn"], errors="coerce").fillna(0).to_numpy(),
-        "r": np.arange(n),
-    })
-    speaker = table["speaker"].to_numpy()
-    speakers = np.full(n, -1, dtype=np.int64)
-    dialogues: list[np.ndarray] = []
-    for _, g in frame.sort_values(["d", "s", "t", "r"], kind="stable").groupby(["d", "s"], sort=False):
-        rows = g["r"].to_numpy()
-        dialogues.append(rows)
-        seen: dict[Any, int] = {}
-        for r in rows:
-            who = speaker[r]
-            if isinstance(who, str) and who:
-                speakers[r] = seen.setdefault(who, len(seen))
-    return dialogues, speakers
-
-
 #: With --speaker-norm, a feature whose spread within a speaker is below this share of its spread
 #: over all rows counts as constant for that speaker (its z-score is 0, not a division by ~0).
 RELATIVE_STD_FLOOR = 1e-3
@@ -250,76 +335,78 @@ def speaker_normalise(X: np.ndarray, mask: np.ndarray, speakers: np.ndarray) -> 
 
 def load_data(store: Store, feature_sets: list[str] | str, target: str | Target = "emotion", *,
               norm: dict[str, dict[str, list[float]]] | None = None, speaker_norm: bool = False,
-              frames: bool = False, split: np.ndarray | None = None, require_complete: bool = False) -> HeadData:
+              frames: bool = False, split: np.ndarray | None = None,
+              memory_budget: str | int | None = None, require_complete: bool = False) -> HeadData:
     """Read the feature sets and the target of every row of ``store``.
 
     A checkpoint passes its :class:`Target` (label map) and ``norm``; otherwise the label map is
     built from the training split and the statistics are computed on it. With ``frames``, the
     frame sequences of the feature sets that keep them are read too, and a row of such a feature
     set counts as present only when it has frames. ``split`` replaces the table's split of each
-    row (cross-validation folds). ``require_complete``: refuse a feature set with rows not
-    extracted yet (otherwise they are masked, and counted in ``incomplete``).
+    row (cross-validation folds). Vectors beyond ``memory_budget`` (bytes, or a size such as
+    ``4G``; default a share of the free memory) stay in the store and stream. ``require_complete``:
+    refuse a feature set with rows not extracted yet (otherwise they are masked, and counted in
+    ``incomplete``).
     """
     names = resolve_feature_sets(store, feature_sets)
-    table = store.table
+    n = len(store)
     if split is None:
-        split = table["split"].fillna("").astype(str).to_numpy()
-    elif len(split) != len(table):
-        raise ValueError(f"split has {len(split)} rows, the store {len(table)}")
-    tgt = target if isinstance(target, Target) else resolve_target(table.assign(split=split), target)
+        split = read_split(store)
+    elif len(split) != n:
+        raise ValueError(f"split has {len(split)} rows, the store {n}")
+    tgt, values = read_target(store, split, target)
     train = split == "train"
     if norm is None and not train.any():
         raise UserError(f"{store.url}: no rows in the train split to compute normalisation statistics from")
-    xs, masks, dims, hashes, stats, seqs, layers = [], [], [], [], {}, [], []
-    who = np.array([w if isinstance(w, str) and w else f"\0{i}" for i, w in enumerate(table["speaker"])])
-    incomplete = {}
-    for name in names:
-        fs = store.feature_set(name)
+    sets = [store.feature_set(name) for name in names]
+    budget = resolve_budget(memory_budget)
+    need = 2 * 4 * n * sum(fs.dim for fs in sets)  # the vectors as read, and standardised
+    streamed = need > budget
+    if streamed and (speaker_norm or frames):
+        what = "--speaker-norm" if speaker_norm else "frame sequences"
+        raise UserError(f"{store.url}: {what} need(s) the features in memory ({gib(need)}), over the memory budget "
+                        f"({gib(budget)}); raise --memory-budget or train without them")
+    dialogues, speakers, groups = dialogue_order(store, split)
+    xs, masks, stats, seqs, means, incomplete = [], [], {}, [], [], {}
+    for fs in sets:
         missing = int((~fs.done()).sum())
         if missing and require_complete:
-            raise UserError(f"{store.url}: feature set {name} is incomplete: {missing} of {fs.n_rows} rows are not "
-                            "extracted yet; run its extract command again to finish it, or pass --allow-incomplete "
-                            "to train without them")
+            raise UserError(f"{store.url}: feature set {fs.name} is incomplete: {missing} of {fs.n_rows} rows are "
+                            "not extracted yet; run its extract command again to finish it, or pass "
+                            "--allow-incomplete to train without them")
         if missing:
-            incomplete[name] = missing
-        _, X, mask = fs.read()
-        if speaker_norm:
-            X = speaker_normalise(X, mask, who)
+            incomplete[fs.name] = missing
+        mask = fs.mask()
+        if norm is None and not (train & mask).any():
+            raise UserError(f"{store.url}: feature set {fs.name!r} has no valid row in the train split")
+        X = None if streamed else fs.read_values()[0]
+        if X is not None and speaker_norm:
+            X = speaker_normalise(X, mask, np.where(groups == "", [f"\0{i}" for i in range(n)], groups))
         if norm is not None:
-            mean = np.asarray(norm[name]["mean"], dtype=np.float32)
-            std = np.asarray(norm[name]["std"], dtype=np.float32)
+            mean = np.asarray(norm[fs.name]["mean"], dtype=np.float32)
+            std = np.asarray(norm[fs.name]["std"], dtype=np.float32)
         elif speaker_norm:  # already standardised, per speaker (see speaker_normalise)
             mean, std = np.zeros(fs.dim, np.float32), np.ones(fs.dim, np.float32)
-            if not (train & mask).any():
-                raise UserError(f"{store.url}: feature set {name!r} has no valid row in the train split")
+        elif X is None:
+            mean, std = feature_stats(fs, train & mask)
         else:
-            ref = X[train & mask]
-            if not len(ref):
-                raise UserError(f"{store.url}: feature set {name!r} has no valid row in the train split")
-            mean = ref.mean(0, dtype=np.float64).astype(np.float32)
-            std = ref.std(0, dtype=np.float64).astype(np.float32)
-            std = np.where(std < MIN_STD, np.float32(1.0), std)
-        Z = np.where(mask[:, None], (X - mean) / std, np.float32(0.0)).astype(np.float32)
-        stats[name] = {"mean": mean.tolist(), "std": std.tolist()}
+            count, m1, m2 = merge_moments((0, np.zeros(fs.dim), np.zeros(fs.dim)), X[train & mask])
+            mean, std = finish_moments(m1, m2, count)
+        stats[fs.name] = {"mean": mean.tolist(), "std": std.tolist()}
+        means.append((mean, std))
         seq = None
         if frames and fs.seq_dim:
-            seq, mask = _load_frames(store, fs, mask, train, who if speaker_norm else None, norm, stats[name])
-        xs.append(torch.from_numpy(Z))
+            who = np.where(groups == "", [f"\0{i}" for i in range(n)], groups) if speaker_norm else None
+            seq, mask = _load_frames(store, fs, mask, train, who, norm, stats[fs.name])
+        if X is not None:
+            xs.append(torch.from_numpy(standardise(X, mask, mean, std)))
         masks.append(mask)
-        dims.append(fs.dim)
-        hashes.append(fs.config_hash)
         seqs.append(seq)
-        layers.append(fs.layers)
-    if tgt.regression:
-        y = torch.tensor(pd.to_numeric(table[tgt.column], errors="coerce").to_numpy(dtype=np.float32))
-    else:
-        index = {label: i for i, label in enumerate(tgt.labels or [])}
-        y = torch.tensor([index.get(v, -1) if isinstance(v, str) else -1 for v in table[tgt.column]],
-                         dtype=torch.long)
-    dialogues, speakers = _dialogues(table)
-    groups = np.array([w if isinstance(w, str) else "" for w in table["speaker"]], dtype=object)
-    return HeadData(names, dims, hashes, tgt, store.ids, split, xs, torch.from_numpy(np.stack(masks, 1)), y,
-                    dialogues, torch.from_numpy(speakers), stats, seqs, layers, groups, incomplete)
+    y = torch.from_numpy(values if tgt.regression else values.astype(np.int64))
+    reader = FeatureReader(sets, means) if streamed else None
+    return HeadData(names, [fs.dim for fs in sets], [fs.config_hash for fs in sets], tgt, split, xs,
+                    torch.from_numpy(np.stack(masks, 1)), y, dialogues, torch.from_numpy(speakers), stats, seqs,
+                    [fs.layers for fs in sets], groups, reader, budget, store, None, incomplete)
 
 
 def _load_frames(store: Store, fs: Any, mask: np.ndarray, train: np.ndarray, speakers: np.ndarray | None,
@@ -346,13 +433,3 @@ def _load_frames(store: Store, fs: Any, mask: np.ndarray, train: np.ndarray, spe
     stats["frame_mean"], stats["frame_std"] = mean.tolist(), std.tolist()
     values = np.nan_to_num((values - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
     return Frames(torch.from_numpy(values), torch.from_numpy(offsets), torch.from_numpy(lengths)), mask
-
-
-def unknown_labels(data: HeadData, table: pd.DataFrame, split: str) -> dict[str, int]:
-    """Labels of ``split`` that the label map does not know (such rows cannot be scored)."""
-    if data.target.regression:
-        return {}
-    known = set(data.target.labels or [])
-    values = table.loc[data.split == split, data.target.column]
-    counts = pd.Series([v for v in values if isinstance(v, str) and v not in known]).value_counts()
-    return {str(k): int(v) for k, v in counts.items()}

@@ -18,7 +18,8 @@ import numpy as np
 from emostore.core.metrics import classification_metrics, regression_metrics  # noqa: F401
 from emostore.errors import UserError
 from emostore.heads import checkpoint as ckpt_io
-from emostore.heads.data import HeadData, unknown_labels
+from emostore.heads.data import HeadData
+from emostore.heads.table_columns import unknown_labels
 from emostore.heads.train import predict_rows
 from emostore.store import Store
 
@@ -46,14 +47,16 @@ def evaluate_data(model: Any, data: HeadData, split: str) -> Evaluation:
         pred = out.argmax(1).numpy()
         metrics = classification_metrics(y, pred, data.target.labels or [])
     metrics["split"] = split
-    return Evaluation(metrics, data.ids[rows], y, pred)
+    return Evaluation(metrics, data.ids_of(rows), y, pred)
 
 
-def evaluate(checkpoint: Path, store: Path | str | Store, split: str = "test", device: str = "cpu") -> Evaluation:
-    """Load ``checkpoint``, check it against ``store`` and evaluate it on ``split``."""
+def evaluate(checkpoint: Path, store: Path | str | Store, split: str = "test", device: str = "cpu",
+             memory_budget: str | int | None = None) -> Evaluation:
+    """Load ``checkpoint``, check it against ``store`` and evaluate it on ``split`` (streaming the
+    features when they do not fit ``memory_budget``)."""
     st = store if isinstance(store, Store) else Store.open(store, mode="r")
     ck = ckpt_io.load(checkpoint, st)
-    data = ck.load_data(st)
+    data = ck.load_data(st, memory_budget=memory_budget)
     from emostore.core.runtime import resolve_device
 
     dev = resolve_device(device)
@@ -61,7 +64,7 @@ def evaluate(checkpoint: Path, store: Path | str | Store, split: str = "test", d
     ev = evaluate_data(ck.model.to(dev), data, split)
     ev.metrics.update({"checkpoint": str(checkpoint), "store": st.url, "head": ck.head,
                        "feature_sets": ck.feature_sets, "target": ck.target.name})
-    skipped = unknown_labels(data, st.table, split)
+    skipped = unknown_labels(st, data.split, data.target, split)
     if skipped:
         ev.metrics["skipped_unknown_labels"] = skipped
     return ev

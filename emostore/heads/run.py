@@ -14,13 +14,14 @@ from emostore.store import Store
 
 def train(store_path: Path | str, features: list[str] | str, head: str, out: Path, *, target: str = "emotion",
           params: dict[str, Any] | None = None, config: TrainConfig | None = None, overwrite: bool = False,
-          progress: bool = False, speaker_norm: bool = False, allow_incomplete: bool = False
-          ) -> tuple[FitResult, Path]:
-    """Load the features, train ``head`` with early stopping on dev and write the checkpoint."""
+          progress: bool = False, speaker_norm: bool = False, allow_incomplete: bool = False,
+          memory_budget: str | int | None = None) -> tuple[FitResult, Path]:
+    """Load the features (or stream them, beyond ``memory_budget``), train ``head`` with early
+    stopping on dev and write the checkpoint."""
     checkpoint.check_writable(Path(out), overwrite)  # refuse before training, not after
     store = Store.open(store_path, mode="r")
     data = load_data(store, features, target, speaker_norm=speaker_norm, frames=head_class(head).frames,
-                     require_complete=not allow_incomplete)
+                     memory_budget=memory_budget, require_complete=not allow_incomplete)
     result = fit(data, head, params, config, progress=progress)
     for name, missing in data.incomplete.items():
         result.notes.append(f"{name} is incomplete: {missing} rows not extracted yet were left out (masked)")

@@ -1,15 +1,18 @@
 """A grid of trainings: heads x feature set combinations x hyperparameter values x seeds.
 
-Features are loaded once per combination. Each run is trained on the train split, selected on
-dev and scored on the chosen split; the summary gives mean and sample standard deviation over
-seeds for every configuration.
+Features are loaded once per combination (per worker on a cluster). Each run is trained on the
+train split, selected on dev and scored on the chosen split; the summary gives mean and sample
+standard deviation over seeds for every configuration. Runs are deterministic given their seed,
+so a sweep on a cluster gives the same table as one here.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,7 @@ import numpy as np
 from emostore.core.progress import progress_bar
 from emostore.errors import UserError
 from emostore.heads.base import head_class, make_params
-from emostore.heads.data import load_data
+from emostore.heads.data import HeadData, load_data
 from emostore.heads.evaluate import evaluate_data
 from emostore.heads.train import TrainConfig, fit
 from emostore.store import Store
@@ -105,57 +108,131 @@ class SweepResult:
                 "summary": self.summary(), "runs": self.runs, "failures": self.failures}
 
 
-def sweep(store: Store, heads: list[str], feature_combos: list[list[str]], *, seeds: int = 5,
-          target: str = "emotion", split: str = "test", grid: dict[str, list[str]] | None = None,
-          config: TrainConfig | None = None, progress: bool = True, speaker_norm: bool = False) -> SweepResult:
-    """Train every combination and score each run on ``split``.
+@dataclass
+class RunSpec:
+    """One run of a sweep, as plain values (sent to cluster workers as is)."""
 
-    A run that cannot be made (a frame head on feature sets without frames, an RBF SVM too big
-    for memory, ...) is recorded with its one-line error and the sweep goes on.
-    """
-    config = config or TrainConfig()
+    index: int                   # place in the sweep's order
+    features: list[str]
+    head: str
+    setting: dict[str, str]
+    seed: int
+    config: TrainConfig
+    target: str = "emotion"
+    split: str = "test"
+    speaker_norm: bool = False
+    frames: bool = False
+    memory_budget: str | int | None = None
+    #: Folder or URL to write the run's checkpoint under (None: not written).
+    checkpoints: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The run's checkpoint folder name: head, features, setting and seed."""
+        parts = [self.head, "+".join(f.replace("/", "-") for f in self.features),
+                 *(f"{k}={v}" for k, v in sorted(self.setting.items())), f"seed{self.seed}"]
+        return re.sub(r"[^A-Za-z0-9=.+_-]", "_", "_".join(parts))
+
+
+def plan(heads: list[str], feature_combos: list[list[str]], seeds: int, grid: dict[str, list[str]],
+         config: TrainConfig, **common: Any) -> list[RunSpec]:
+    """Every run of the sweep in its order: per feature combination, heads x settings x seeds."""
     for h in heads:
         head_class(h)
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
-    grid = grid or {}
     runs = [(h, s, seed) for h in heads for s in head_settings(h, grid)
             for seed in range(config.seed, config.seed + seeds)]
     for h, s, _ in runs:  # fail on a bad parameter before training anything
         split_setting(h, s, config)
+    frames = any(head_class(h).frames for h in heads)
+    return [RunSpec(i * len(runs) + j, list(features), h, dict(s), seed, config, frames=frames, **common)
+            for i, features in enumerate(feature_combos) for j, (h, s, seed) in enumerate(runs)]
+
+
+def load_for(store: Store, spec: RunSpec) -> HeadData:
+    return load_data(store, spec.features, spec.target, speaker_norm=spec.speaker_norm, frames=spec.frames,
+                     memory_budget=spec.memory_budget)
+
+
+def run_one(store: Store, data: HeadData, spec: RunSpec) -> dict[str, Any]:
+    """Train and score one run; ``{"run": ...}``, or ``{"failure": ...}`` with its one-line error."""
+    params, cfg = split_setting(spec.head, spec.setting, spec.config)
+    try:
+        fitted = fit(data, spec.head, params, replace(cfg, seed=spec.seed))
+        ev = evaluate_data(fitted.model, data, spec.split)
+        if spec.checkpoints:
+            save_anywhere(fitted, data, store, spec.checkpoints, spec.name)
+    except UserError as exc:
+        return {"index": spec.index, "failure": {"head": spec.head, "features": data.feature_sets,
+                                                 "setting": spec.setting, "seed": spec.seed, "error": str(exc)}}
+    return {"index": spec.index, "run": {
+        "head": spec.head, "features": data.feature_sets, "setting": spec.setting, "seed": spec.seed,
+        "config_key": f"{spec.head}|{','.join(data.feature_sets)}|{sorted(spec.setting.items())}",
+        "metrics": {k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))},
+        "dev_score": fitted.dev_score, "best_epoch": fitted.best_epoch, "seconds": round(fitted.seconds, 2),
+        "params": asdict(fitted.params)}}
+
+
+def save_anywhere(fitted: Any, data: HeadData, store: Store, where: str, name: str) -> None:
+    """Write the checkpoint to ``where/name``: a folder, or a URL (written here, then uploaded)."""
+    from emostore.heads import checkpoint
+    from emostore.store import Location
+
+    loc = Location.parse(f"{where.rstrip('/')}/{name}")
+    if loc.is_local:
+        checkpoint.save(fitted, data, Path(loc.local_path), store=store, overwrite=True)  # type: ignore[arg-type]
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = checkpoint.save(fitted, data, Path(tmp) / name, store=store, overwrite=True)
+        loc.fs.put(str(local), loc.root, recursive=True)
+
+
+def sweep(store: Store, heads: list[str], feature_combos: list[list[str]], *, seeds: int = 5,
+          target: str = "emotion", split: str = "test", grid: dict[str, list[str]] | None = None,
+          config: TrainConfig | None = None, progress: bool = True, speaker_norm: bool = False,
+          memory_budget: str | int | None = None, checkpoints: str | None = None,
+          cluster: Any = None) -> SweepResult:
+    """Train every combination and score each run on ``split``; on a Dask ``cluster`` (an address,
+    ``local:N`` or a Client) each run is a task (see :mod:`emostore.heads.sweep_cluster`).
+
+    A run that cannot be made (a frame head on feature sets without frames, an RBF SVM too big
+    for memory, ...) is recorded with its one-line error and the sweep goes on. ``checkpoints``:
+    a folder or URL where each run's checkpoint is written.
+    """
+    specs = plan(heads, feature_combos, seeds, grid or {}, config or TrainConfig(), target=target, split=split,
+                 speaker_norm=speaker_norm, memory_budget=memory_budget, checkpoints=checkpoints)
     start = time.perf_counter()
-    result: SweepResult | None = None
     with progress_bar(enabled=progress) as bar:
-        task = bar.add_task("sweep", total=len(runs) * len(feature_combos))
-        frames = any(head_class(h).frames for h in heads)
-        for features in feature_combos:
-            data = load_data(store, features, target, speaker_norm=speaker_norm, frames=frames)
-            if result is None:
-                result = SweepResult(split, "regression" if data.target.regression else "classification")
-            for h, s, seed in runs:
-                params, cfg = split_setting(h, s, config)
-                bar.update(task, description=f"{h} {','.join(data.feature_sets)} seed {seed}")
-                shown = dict(s)
-                try:
-                    fitted = fit(data, h, params, replace(cfg, seed=seed))
-                    ev = evaluate_data(fitted.model, data, split)
-                except UserError as exc:
-                    result.failures.append({"head": h, "features": data.feature_sets, "setting": shown,
-                                            "seed": seed, "error": str(exc)})
-                    bar.advance(task)
-                    continue
-                result.runs.append({
-                    "head": h, "features": data.feature_sets, "setting": shown, "seed": seed,
-                    "config_key": f"{h}|{','.join(data.feature_sets)}|{sorted(shown.items())}",
-                    "metrics": {k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))},
-                    "dev_score": fitted.dev_score,
-                    "best_epoch": fitted.best_epoch, "seconds": round(fitted.seconds, 2),
-                    "params": asdict(fitted.params),
-                })
+        task = bar.add_task("sweep", total=len(specs))
+        if cluster is not None:
+            from emostore.heads.sweep_cluster import run_on_cluster
+
+            outcomes = run_on_cluster(cluster, store, specs, lambda: bar.advance(task), quiet=not progress)
+        else:
+            outcomes, data, loaded = [], None, None
+            for spec in specs:
+                if loaded != spec.features:
+                    data, loaded = load_for(store, spec), spec.features
+                bar.update(task, description=f"{spec.head} {','.join(spec.features)} seed {spec.seed}")
+                outcomes.append(run_one(store, data, spec))  # type: ignore[arg-type]
                 bar.advance(task)
-    assert result is not None
+    result = SweepResult(split, "regression" if target_is_regression(store, target) else "classification")
+    for outcome in sorted(outcomes, key=lambda o: o["index"]):
+        if "run" in outcome:
+            result.runs.append(outcome["run"])
+        else:
+            result.failures.append(outcome["failure"])
     result.seconds = time.perf_counter() - start
     return result
+
+
+def target_is_regression(store: Store, target: str) -> bool:
+    from emostore.heads.table_columns import read_split, read_target
+
+    return read_target(store, read_split(store), target)[0].regression
 
 
 def show_sweep(result: SweepResult) -> None:

@@ -21,6 +21,7 @@ from emostore.errors import UserError
 from emostore.heads.base import Head, HeadParams, build_head, head_class, make_params
 from emostore.heads.config import TrainConfig
 from emostore.heads.data import HeadData
+from emostore.heads.memory import gib
 
 #: Rows per forward pass when predicting.
 PREDICT_BATCH = 2048
@@ -119,7 +120,18 @@ def _frame_batches(data: HeadData, rows: np.ndarray, crop: int) -> list[np.ndarr
 
 @torch.no_grad()
 def predict_rows(model: Head, data: HeadData, rows: np.ndarray) -> Tensor:
-    """Raw outputs (logits, or the score) for ``rows``, ``[len(rows), n_out]`` on the CPU."""
+    """Raw outputs (logits, or the score) for ``rows``, ``[len(rows), n_out]`` on the CPU; a window
+    of rows at a time when the data streams."""
+    if not data.streamed:
+        return _predict_window(model, data, rows)
+    out = torch.zeros(len(rows), model.n_out)
+    device = data.mask.device
+    for window, local, positions in data.prediction_windows(rows, model.sequence):
+        out[torch.as_tensor(positions)] = _predict_window(model, window.to(device), local)
+    return out
+
+
+def _predict_window(model: Head, data: HeadData, rows: np.ndarray) -> Tensor:
     model.eval()
     n_out = model.n_out
     if model.frames:
@@ -170,8 +182,9 @@ def _batches(units: list[Any], rng: np.random.Generator, size: int, sequence: bo
             yield torch.as_tensor(np.asarray([units[j] for j in batches[b]]), dtype=torch.long)
         return
     if not sequence:
+        rows = np.asarray(units, dtype=np.int64)
         for i in range(0, len(order), size):
-            yield torch.as_tensor(np.asarray([units[j] for j in order[i:i + size]]), dtype=torch.long)
+            yield torch.as_tensor(rows[order[i:i + size]], dtype=torch.long)
         return
     batches = []
     for p in range(0, len(order), 8 * size):
@@ -221,15 +234,18 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     notes: list[str] = []
     if not len(dev_rows):
         notes.append(f"no labelled dev rows: trained {config.epochs} epochs without early stopping")
+    if data.streamed:
+        notes.append(f"features streamed from the store: {gib(data.reader.row_bytes * len(data))} of vectors, "  # type: ignore[union-attr]
+                     f"over the memory budget of {gib(data.budget)}")
 
     if not model.trainable:
-        idx = torch.as_tensor(train_rows, device=device)
-        row_w = None if weights is None else weights.to(device)[data.y[idx]]
-        groups = None if data.groups is None else [str(g) for g in data.groups[train_rows]]
-        model.remember([x[idx] for x in data.xs], data.mask[idx], data.y[idx], row_w, groups)
+        from emostore.heads.at_once import fit_at_once
+
+        history = fit_at_once(model, data, train_rows, weights, config, notes)
         dev = score(data, dev_rows, predict_rows(model, data, dev_rows)) if len(dev_rows) else None
+        history = [{"epoch": 0, **history, **({metric: dev} if dev is not None else {})}]
         return FitResult(model.eval(), head, params, config, metric, 0, 0, dev, time.perf_counter() - start,
-                         device, [{"epoch": 0, metric: dev}] if dev is not None else [], notes)
+                         device, history, notes)
 
     loss_fn: nn.Module = nn.L1Loss() if regression else nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing)
@@ -242,20 +258,20 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     rng = np.random.default_rng(config.seed)
     in_train = np.zeros(len(data), dtype=bool)
     in_train[train_rows] = True
-    units: list[Any] = ([d for d in data.dialogues if in_train[d].any()] if model.sequence else list(train_rows))
-    in_train_t = torch.from_numpy(in_train).to(device)
+    units: Any = [d for d in data.dialogues if in_train[d].any()] if model.sequence else train_rows
     batch = config.batch(model.sequence)
     frame_lengths = data.frame_lengths().numpy() if model.frames else None
     better = (lambda a, b: a < b) if regression else (lambda a, b: a > b)
     n_targets = max(len(train_rows), 1)
 
-    def step(idx: Tensor) -> float:
-        """One optimiser step on the batch ``idx``; returns the summed loss of its targets."""
+    def step(window: HeadData, targets: Tensor, idx: Tensor) -> tuple[float, int]:
+        """One optimiser step on the batch ``idx`` of ``window``; the summed loss of its targets, and
+        how many they were."""
         safe = idx.clamp(min=0)
-        mask = drop_modalities(data.mask[safe], config.modality_dropout, generator)
-        out = forward(model, data, idx, mask)
-        target = (idx >= 0) & in_train_t[safe]
-        pred, y = out[target], data.y[safe][target]
+        mask = drop_modalities(window.mask[safe], config.modality_dropout, generator)
+        out = forward(model, window, idx, mask)
+        target = (idx >= 0) & targets[safe]
+        pred, y = out[target], window.y[safe][target]
         loss = loss_fn(pred[:, 0], y) if regression else loss_fn(pred, y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -263,7 +279,18 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
         optimiser.step()
         if averaged is not None:
             averaged.update_parameters(model)
-        return loss.item() * len(y)
+        return loss.item() * len(y), len(y)
+
+    def epoch_pass() -> tuple[float, int]:
+        """One pass over the training units, a window at a time: summed loss, targets seen."""
+        loss, seen = 0.0, 0
+        for window, local in data.windows(units, rng):
+            window.to(device)
+            targets = torch.from_numpy(window.split == "train").to(device) & window.has_label
+            for idx in _batches(local, rng, batch, model.sequence, frame_lengths):
+                batch_loss, n = step(window, targets, idx.to(device))
+                loss, seen = loss + batch_loss, seen + n
+        return loss, seen
 
     best_score: float | None = None
     best_state, best_epoch, history = copy.deepcopy(model.state_dict()), 0, []
@@ -273,10 +300,10 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
         epoch = 0
         for epoch in range(1, config.epochs + 1):
             model.train()
-            loss = 0.0
-            for idx in _batches(units, rng, batch, model.sequence, frame_lengths):
-                loss += step(idx.to(device))
-            entry = {"epoch": epoch, "train_loss": loss / n_targets}
+            began = time.perf_counter()
+            loss, seen = epoch_pass()
+            entry = {"epoch": epoch, "train_loss": loss / n_targets, "rows_seen": seen,
+                     "train_seconds": round(time.perf_counter() - began, 3)}
             if len(dev_rows):
                 dev = score(data, dev_rows, predict_rows(kept, data, dev_rows))
                 entry[metric] = dev
@@ -285,6 +312,7 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
                     best_state = copy.deepcopy(kept.state_dict())
             else:
                 best_epoch, best_state = epoch, copy.deepcopy(kept.state_dict())
+            entry["seconds"] = round(time.perf_counter() - began, 3)
             history.append(entry)
             shown = f" {metric} {entry.get(metric, float('nan')):.4f} (best {best_score or 0:.4f} @ {best_epoch})"
             bar.update(task, advance=1, description=f"train {head}{shown if len(dev_rows) else ''}")

@@ -45,7 +45,7 @@ def checkpoint_vectors(store: Store, checkpoint: Path) -> tuple[np.ndarray, np.n
     model = ck.model.eval()
     where = _final_linear(model)
     if where is None:
-        vectors = fuse(data.xs, data.mask)[torch.as_tensor(rows)].numpy()
+        vectors = fuse(data.features(rows), data.mask[torch.as_tensor(rows)]).numpy()
         layer = "fused inputs"
     else:
         parent, key = where

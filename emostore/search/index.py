@@ -67,8 +67,8 @@ def ids_hash(ids: np.ndarray) -> str:
 
 
 def store_ids_hash(store: Store) -> str:
-    """``ids_hash(store.ids)``, reading the id column a block at a time."""
-    return _lines_hash(store.iter_ids())
+    """``ids_hash(store.ids)`` (computed once per store, see :meth:`Store.ids_hash`)."""
+    return store.ids_hash()
 
 
 def _lines_hash(blocks: Iterator[Any]) -> str:

@@ -45,7 +45,8 @@ def looks_like_id(store: Store, query: str) -> bool:
     """True when ``query`` has the shape of the store's ids (digits aside), e.g. ``d001_u99``."""
     if not query or any(c.isspace() for c in query):
         return False
-    shapes = {re.sub(r"\d+", "#", str(i)) for i in store.ids[:: max(1, len(store.ids) // 2000)]}
+    sample = np.arange(0, len(store), max(1, len(store) // 2000))
+    shapes = {re.sub(r"\d+", "#", str(i)) for i in store.ids_of(sample)}
     return re.sub(r"\d+", "#", query) in shapes
 
 
@@ -55,18 +56,16 @@ def encode_query(store: Store, index: NearestIndex, query: str,
     if not query or not query.strip():
         raise UserError("empty query: give a text, an utterance id of the store, or a media file")
     features: list[str] = index.meta["features"]
-    ids = store.ids
-    hit = np.flatnonzero(ids == query)
+    row = store.find_id(query)
     if "checkpoint" in index.meta:
-        if not len(hit):
+        if row is None:
             raise UserError("an index of a checkpoint's embeddings takes utterance ids as queries; "
                             f"{query!r} is not one (for new utterances use `emostore predict`)")
-        return index.vector_of_row(int(hit[0])), int(hit[0]), f"utterance {query}"
-    if len(hit):
-        row = int(hit[0])
+        return index.vector_of_row(row), row, f"utterance {query}"
+    if row is not None:
         parts = []
         for name in features:
-            _, X, mask = store.feature_set(name).read(np.array([row]))
+            X, mask = store.feature_set(name).read_values(slice(row, row + 1))
             if not mask[0]:
                 raise UserError(f"utterance {query!r} has no valid {name} features (see `emostore info`)")
             parts.append(X)
@@ -102,28 +101,31 @@ def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, sp
     if k < 1:
         raise UserError("-k must be at least 1")
     vector, self_row, what = encode_query(store, index, query, as_id)
-    table = store.table
-    allowed = np.ones(len(table), dtype=bool)
+    allowed = np.ones(len(store), dtype=bool)
     if split:
-        if split not in set(table["split"].dropna()):
-            raise UserError(f"no split {split!r} in the store (have {sorted(set(table['split'].dropna()))})")
-        allowed &= (table["split"] == split).to_numpy()
+        codes, names = store.codes("split")
+        if split not in set(names):
+            raise UserError(f"no split {split!r} in the store (have {sorted(names)})")
+        allowed &= codes == list(names).index(split)
     if label:
-        allowed &= (table[label_column] == label).to_numpy()
+        codes, names = store.codes(label_column)
+        allowed &= codes == (list(names).index(label) if label in set(names) else -2)
     if self_row is not None:
         allowed[self_row] = False
     filtered = bool(split or label or self_row is not None)
     sims, rows = index.search(vector[None, :], k, allowed_rows=np.flatnonzero(allowed) if filtered else None)
+    found = [(float(sim), int(row)) for sim, row in zip(sims[0], rows[0]) if row >= 0]
+    columns = ["id", "dialogue", "speaker", "text", label_column, "sentiment", "sentiment_score", "split"]
+    table = store.rows(np.array([r for _, r in found] + ([self_row] if self_row is not None else []),
+                                dtype=np.int64), columns)
     hits = []
-    for sim, row in zip(sims[0], rows[0]):
-        if row < 0:
-            continue
-        r = table.iloc[int(row)]
+    for j, (sim, _) in enumerate(found):
+        r = table.iloc[j]
         hits.append({
             "id": r["id"], "dialogue": r["dialogue"], "speaker": r["speaker"], "text": r["text"],
             "label": r[label_column], "sentiment": r["sentiment"],
             "sentiment_score": None if pd.isna(r["sentiment_score"]) else float(r["sentiment_score"]),
-            "split": r["split"], "similarity": round(float(sim), 4),
+            "split": r["split"], "similarity": round(sim, 4),
         })
     counts: dict[str, int] = defaultdict(int)
     weights: dict[str, float] = defaultdict(float)
@@ -136,7 +138,7 @@ def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, sp
                     for lab in sorted(counts, key=lambda lab: -weights[lab])}
     utterance = None
     if self_row is not None:  # a query by id: show the utterance itself, not only its id
-        r = table.iloc[self_row]
+        r = table.iloc[len(found)]
         utterance = {"id": r["id"], "dialogue": r["dialogue"], "speaker": r["speaker"], "text": r["text"],
                      "label": r[label_column], "split": r["split"]}
     return {"query": query, "query_kind": what, "query_utterance": utterance,

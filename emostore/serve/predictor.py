@@ -475,10 +475,12 @@ class Predictor:
             queries = combine([np.stack([turns[i].raw[f] for i in ready]) for f in feats], feats,
                               idx.meta.get("standardisation"))
             sims, rows = idx.search(queries, k)
-            table = store.table
+            wanted = np.unique(rows[rows >= 0])
+            table = store.rows(wanted, ["id", "text", "emotion"])  # only the neighbours' rows
+            at = {int(r): k for k, r in enumerate(wanted)}
             for j, i in enumerate(ready):
-                out[i] = [{"id": table["id"].iat[int(r)], "text": table["text"].iat[int(r)],
-                           "label": table["emotion"].iat[int(r)], "similarity": round(float(s), 4)}
+                out[i] = [{"id": table["id"].iat[at[int(r)]], "text": table["text"].iat[at[int(r)]],
+                           "label": table["emotion"].iat[at[int(r)]], "similarity": round(float(s), 4)}
                           for s, r in zip(sims[j], rows[j]) if r >= 0]
         except Exception as exc:  # noqa: BLE001  (evidence is optional; the prediction stands)
             log.warning("evidence lookup failed (%s: %s); answering without evidence", type(exc).__name__, exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,8 @@ class FeatureSet:
     :class:`StoreDamaged` line naming the chunk and ``emostore verify --repair``."""
 
     def __init__(self, group: zarr.Group, name: str, ids: np.ndarray | Callable[[], np.ndarray],
-                 store_url: str = "", location: Any = None):
+                 store_url: str = "", location: Any = None,
+                 ids_of: Callable[[np.ndarray], np.ndarray] | None = None):
         self.group = group
         self.name = name
         self._ids_or_loader = ids
@@ -76,6 +78,8 @@ class FeatureSet:
         #: The store's :class:`~emostore.store.location.Location` (for checks of the stored bytes).
         self.location = location
         self.path = f"features/{name}"
+        #: Reads the ids of some rows only (so that a few errors do not load every id).
+        self._ids_of = ids_of
 
     @property
     def _ids(self) -> np.ndarray:
@@ -116,11 +120,12 @@ class FeatureSet:
         """How many layers each vector stacks (``L x D``, speech encoders), else 1."""
         return int(self.group.attrs.get("layers") or 1)
 
-    @property
+    @cached_property
     def n_rows(self) -> int:
+        """Rows (read once: opening an array reads its metadata, which a loop over chunks must not)."""
         return int(self.array("done").shape[0])
 
-    @property
+    @cached_property
     def chunk_rows(self) -> int:
         return int(self.array("done").chunks[0])
 
@@ -189,11 +194,15 @@ class FeatureSet:
         """True where the row holds valid data (its chunk done, and no error)."""
         return self._read("mask").astype(bool) & self.done()
 
-    def errors(self) -> list[tuple[int, str, str]]:
-        """``(row, utterance id, reason)`` for every row that was processed and failed."""
-        reasons = self._read("error")
-        rows = np.flatnonzero((reasons != "") & self.done())
-        return [(int(r), str(self._ids[r]), str(reasons[r])) for r in rows]
+    def errors(self, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """``(row, utterance id, reason)`` for every row that was processed and failed (the first
+        ``limit`` of them); only those rows' reasons and ids are read."""
+        rows = np.flatnonzero(self.done() & ~self.mask())[:limit]
+        if not len(rows):
+            return []
+        reasons = np.asarray(self.array("error").oindex[rows]).tolist()
+        ids = self._ids_of(rows) if callable(self._ids_or_loader) and self._ids_of else self._ids[rows]
+        return [(int(r), str(i), str(why)) for r, i, why in zip(rows, ids, reasons) if why != ""]
 
     def pending_chunks(self, shard: Shard = Shard(), *, check: bool = False) -> list[int]:
         """Chunks this shard owns that are not done. ``check``: also those whose stored files are
@@ -205,54 +214,43 @@ class FeatureSet:
             out |= set(self.damaged_chunks([c for c in owned if c not in out]))
         return sorted(out)
 
-    def damaged_chunks(self, chunks: list[int] | None = None, *, checksums: bool = True) -> dict[int, str]:
+    def damaged_chunks(self, chunks: list[int] | None = None, *, checksums: bool = True,
+                       done: np.ndarray | None = None) -> dict[int, str]:
         """Of ``chunks`` (all by default), those whose stored files are missing or fail their
-        checksum (read as bytes, not decoded; ``checksums`` False: presence only, from one
-        listing per array): chunk -> what is wrong. Only finished chunks are expected to be
-        complete; a pending one is not damaged, only unfinished."""
-        chunks = list(range(self.n_chunks)) if chunks is None else list(chunks)
-        out: dict[int, str] = {}
-        if checksums:
-            done_array = self.array("done")
-            for s in arrays.check_chunks(self.location, f"{self.path}/done", done_array, chunks, expect_all=False):
-                out[s.index] = "its 'done' chunk cannot be read"
-        done = self.done(tolerant=True)
-        finished = [c for c in chunks if c not in out and done[self.chunk_slice(c)].all()]
-        for key in ("values", "mask", "error", *(("seq_lengths",) if self.seq_dim else ())):
-            for s in arrays.check_chunks(self.location, f"{self.path}/{key}", self.array(key), finished,
-                                         expect_all=self.checked, checksums=checksums):
-                out.setdefault(s.index, f"its {key!r} {s.problem}")
-        if self.seq_dim and checksums:
-            for c in finished:
-                if c not in out and (why := self._frames_damage(c)):
-                    out[c] = why
-        return dict(sorted(out.items()))
+        checksum (``checksums`` False: presence only), without decoding them: chunk -> what is wrong.
+        ``done``: the ``done`` array when already read."""
+        from emostore.store.integrity import feature_set_chunk_damage
 
-    def _frames_damage(self, chunk: int) -> str | None:
-        """Whether the frames of a finished chunk (``seq/<chunk>``) are there and intact."""
-        try:
-            arr = self.group["seq"][str(chunk)]
-        except Exception as exc:  # noqa: BLE001  (missing, or bad metadata)
-            return f"its frames (seq/{chunk}) cannot be opened ({type(exc).__name__})"
-        states = arrays.check_chunks(self.location, f"{self.path}/seq/{chunk}", arr, expect_all=self.checked)
-        return f"its frames (seq/{chunk}) {states[0].problem}" if states else None
+        return feature_set_chunk_damage(self, chunks, checksums=checksums, done=done)
 
     def is_complete(self) -> bool:
         return bool(self.done().all())
 
+    def counts(self) -> tuple[int, int, int, list[int]]:
+        """``(rows done, rows valid, rows failed, chunks with files missing)``: ``done`` and ``mask``
+        read at once, then the listing of the chunk files (``emostore verify`` also checks their bytes)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            done_read = pool.submit(self.done)
+            mask = pool.submit(lambda: self._read("mask").astype(bool)).result()
+            done = done_read.result()
+        mask &= done
+        missing = sorted(self.damaged_chunks(checksums=False, done=done))
+        return int(done.sum()), int(mask.sum()), int((done & ~mask).sum()), missing
+
     def summary(self) -> dict[str, Any]:
-        done, mask = self.done(), self.mask()
+        rows_done, rows_valid, rows_failed, missing = self.counts()
         a = self.attrs
         return {
             "dim": self.dim,
             "dtype": a.get("dtype", "float32"),
             "rows": self.n_rows,
-            "rows_done": int(done.sum()),
-            "rows_valid": int(mask.sum()),
-            "rows_failed": int((done & ~mask).sum()),
-            "complete": bool(done.all()),
-            # chunk files missing (one listing per array; `emostore verify` also checks their bytes)
-            "chunks_missing": sorted(self.damaged_chunks(checksums=False)),
+            "rows_done": rows_done,
+            "rows_valid": rows_valid,
+            "rows_failed": rows_failed,
+            "complete": rows_done == self.n_rows,
+            "chunks_missing": missing,
             "config_hash": self.config_hash,
             "config": self.config,
             "encoder": a.get("encoder"),
@@ -351,12 +349,21 @@ class FeatureSet:
                 out[k] = frames[offsets[i]:offsets[i + 1]]
         return out
 
+    def read_values(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, mask)`` of a range of rows (all by default), checked as :meth:`read`, without the ids."""
+        X = self._read("values", rows).astype(np.float32, copy=False)
+        done = self._read("done", rows).astype(bool)
+        mask = self._read("mask", rows).astype(bool) & done
+        self._check_rows(np.arange(*rows.indices(self.n_rows)), X, mask, done)
+        X[~mask] = np.nan
+        return X, mask
+
     def read(self, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(ids, X, mask)`` for ``rows`` (all rows by default); invalid rows are NaN in X."""
         if rows is None:
             rows = slice(None)
         if isinstance(rows, slice):
-            rows = np.arange(self.n_rows)[rows]
+            return (self._ids[rows], *self.read_values(rows))
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
@@ -389,7 +396,8 @@ class FeatureSet:
                                int(rows[np.argmax(lost)]) // self.chunk_rows)
         failed = done & ~mask
         if failed.any():
-            reasons = self._read("error")[rows[failed]]
+            lo, hi = int(rows[failed].min()), int(rows[failed].max()) + 1
+            reasons = self._read("error", slice(lo, hi))[rows[failed] - lo]
             if (reasons == "").any():
                 row = int(rows[failed][np.argmax(reasons == "")])
                 raise self.damaged("a finished row is marked invalid without a reason (its mask or error chunk "

@@ -70,6 +70,51 @@ class VerifyReport:
 
 
 # ----- feature sets ---------------------------------------------------------------------------
+def feature_set_chunk_damage(fs: FeatureSet, chunks: list[int] | None = None, *,
+                             checksums: bool = True, done: np.ndarray | None = None) -> dict[int, str]:
+    """Of ``chunks`` (all by default) of ``fs``, those whose stored files are missing or fail
+    their checksum (read as bytes, not decoded; ``checksums`` False: presence only, from one
+    listing per array): chunk -> what is wrong. Only finished chunks are expected to be
+    complete; a pending one is not damaged, only unfinished."""
+    chunks = list(range(fs.n_chunks)) if chunks is None else list(chunks)
+    from emostore.store.feature_set import StoreDamaged
+
+    try:
+        if done is None:
+            done = fs.done()  # one read; chunk by chunk only when a chunk of it is damaged
+    except StoreDamaged:
+        done = fs.done(tolerant=True)
+    out: dict[int, str] = {}
+    for c in _bad_done_chunks(fs, chunks) if checksums else []:
+        out[c] = "its 'done' chunk cannot be read"
+    finished = [c for c in chunks if c not in out and done[fs.chunk_slice(c)].all()]
+    for key in ("values", "mask", "error", "seq_lengths") if fs.seq_dim else ("values", "mask", "error"):
+        arr = fs.array(key)
+        for state in arrays.check_chunks(fs.location, f"{fs.path}/{key}", arr, finished, expect_all=fs.checked,
+                                         checksums=checksums):
+            out.setdefault(state.index, f"its {key!r} {state.problem}")
+    if fs.seq_dim and checksums:
+        for c in finished:
+            if c not in out and (why := _frames_damage(fs, c)):
+                out[c] = why
+    return dict(sorted(out.items()))
+
+
+def _bad_done_chunks(fs: FeatureSet, chunks: list[int]) -> list[int]:
+    arr = fs.array("done")
+    return [s.index for s in arrays.check_chunks(fs.location, f"{fs.path}/done", arr, chunks, expect_all=False)]
+
+
+def _frames_damage(fs: FeatureSet, chunk: int) -> str | None:
+    """Whether the frames of a finished chunk (``seq/<chunk>``) are there and intact."""
+    try:
+        arr = fs.group["seq"][str(chunk)]
+    except Exception as exc:  # noqa: BLE001  (missing, or bad metadata)
+        return f"its frames (seq/{chunk}) cannot be opened ({type(exc).__name__})"
+    states = arrays.check_chunks(fs.location, f"{fs.path}/seq/{chunk}", arr, expect_all=fs.checked)
+    return f"its frames (seq/{chunk}) {states[0].problem}" if states else None
+
+
 def _consistency(fs: FeatureSet, chunk: int) -> str | None:
     """Decode one finished chunk and check that ``done`` agrees with its files."""
     sl = fs.chunk_slice(chunk)

@@ -17,10 +17,10 @@ feature set relies instead on a create-if-absent write of its metadata (one winn
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,9 @@ from emostore.errors import UserError
 from emostore.store.feature_set import FeatureSet, StoreDamaged, default_chunk_rows
 from emostore.store.layout import INDEXES
 from emostore.store.location import Location
-from emostore.store.table import read_table, write_table
+from emostore.store.table import read_codes, read_rows, read_table, table_summary, write_table
+
+T = TypeVar("T")
 
 
 class StoreNotFound(UserError):
@@ -68,8 +70,11 @@ class Store:
 
     # ----- lifecycle ---------------------------------------------------------------------
     @classmethod
-    def create(cls, where: str | Path | Location, table: pd.DataFrame, *, dataset: str,
-               table_attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Store:
+    def create(cls, where: str | Path | Location, table: pd.DataFrame | Iterable[pd.DataFrame], *, dataset: str,
+               table_attrs: dict[str, Any] | None = None, overwrite: bool = False,
+               n_rows: int | None = None) -> Store:
+        """A new store holding ``table``: a DataFrame, or blocks of rows (``n_rows`` in all, ids
+        unique across them: only each block's are checked) written one at a time."""
         loc = Location.parse(where)
         loc.check_container()
         if loc.has_content():
@@ -78,12 +83,12 @@ class Store:
             if not loc.exists("zarr.json"):
                 raise UserError(f"{loc} exists and is not an emostore store; refusing to delete it")
             loc.remove()
-        if table["id"].duplicated().any():
+        n = len(table) if isinstance(table, pd.DataFrame) else int(n_rows or 0)
+        if isinstance(table, pd.DataFrame) and table["id"].duplicated().any():
             raise UserError(f"{loc}: the utterance table has duplicate ids")
         root = zarr.open_group(loc.zarr_store(), mode="w")
-        root.attrs.update({"emostore_version": __version__, "dataset": dataset, "created": now(),
-                           "n_rows": len(table)})
-        write_table(root.create_group("table"), table, table_attrs or {})
+        root.attrs.update({"emostore_version": __version__, "dataset": dataset, "created": now(), "n_rows": n})
+        write_table(root.create_group("table"), table, table_attrs or {}, n_rows=n)
         root.create_group("features")
         return cls(loc, root)
 
@@ -131,19 +136,46 @@ class Store:
             self._table = table
         return self._table
 
-    def _check_table_chunks(self) -> None:
+    def columns(self, names: list[str]) -> pd.DataFrame:
+        """Only these columns of the table (the whole table when it is already loaded)."""
+        if self._table is not None:
+            return self._table[names]
+        return self._checked(lambda: read_table(self.root["table"], names), names)
+
+    def codes(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, categories)`` of a string column (see :func:`emostore.store.table.read_codes`)."""
+        return self._checked(lambda: read_codes(self.root["table"], column), [column])
+
+    def rows(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
+        """Some rows of some columns, reading only the chunks that hold them."""
+        if self._table is not None:
+            return self._table[columns].iloc[np.asarray(rows, dtype=np.int64)].reset_index(drop=True)
+        return self._checked(lambda: read_rows(self.root["table"], rows, columns), columns)
+
+    def _checked(self, read: Callable[[], T], columns: list[str]) -> T:
+        """``read()`` of some table columns, damage named as for the whole table."""
+        try:
+            out = read()
+        except Exception as exc:  # noqa: BLE001  (a damaged column: name it)
+            raise self._table_damage(exc) from None
+        self._check_table_chunks(columns)
+        return out
+
+    def _check_table_chunks(self, columns: list[str] | None = None) -> None:
         """Decoding checked every stored chunk's checksum; a chunk file that is gone would read
         as fill values: check that each one is there (one listing per column)."""
-        if self.table_damage(checksums=False):
+        if self.table_damage(checksums=False, columns=columns):
             raise self._table_damage(RuntimeError("a chunk is missing"))
 
-    def table_damage(self, *, checksums: bool = True) -> list[tuple[str, int | None, str]]:
-        """``(column, chunk or None, problem)`` for every damaged part of the utterance table:
+    def table_damage(self, *, checksums: bool = True,
+                     columns: list[str] | None = None) -> list[tuple[str, int | None, str]]:
+        """``(column, chunk or None, problem)`` for every damaged part of the utterance table (or of
+        some of its ``columns``):
         metadata that cannot be read, chunks missing (tables written with every chunk stored) or
         failing their checksum (``checksums``: the stored bytes are read)."""
         try:
             group = self.root["table"]
-            columns = list(group.attrs["columns"])
+            columns = list(columns or group.attrs["columns"])
         except Exception as exc:  # noqa: BLE001
             return [("table", None, f"its metadata cannot be read ({type(exc).__name__})")]
         expect_all = bool(group.attrs.get(arrays.INTEGRITY))
@@ -175,6 +207,47 @@ class Store:
         if self._ids is None:
             self._ids = np.array(self.root["table"]["id"][:].tolist(), dtype=object)
         return self._ids
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """The ids of some rows, reading only the chunks that hold them."""
+        if self._ids is not None:
+            return self._ids[rows]
+        return np.array(np.asarray(self.root["table"]["id"].oindex[np.asarray(rows)]).tolist(), dtype=object)
+
+    def ids_hash(self) -> str:
+        """A short hash of all ids (lines ``str(id)``), to tell whether the rows changed. The table is
+        written once, so it is computed once: kept in the table's attributes (with whether any id
+        holds a space, for :meth:`find_id`) when the store is open for writing, read from there
+        afterwards."""
+        import hashlib
+
+        table = self.root["table"]
+        if "ids_hash" in table.attrs:
+            return str(table.attrs["ids_hash"])
+        h, spaced = hashlib.sha256(), False
+        for i, block in enumerate(self.iter_ids()):
+            text = "\n".join(map(str, block))
+            spaced = spaced or re.search(r"[^\S\n]", text) is not None or text.count("\n") != len(block) - 1
+            h.update((("\n" if i else "") + text).encode("utf-8"))
+        digest = h.hexdigest()[:16]
+        if not self.root.read_only:
+            table.attrs.update({"ids_hash": digest, "ids_with_spaces": spaced})
+        return digest
+
+    def find_id(self, utterance: str) -> int | None:
+        """The row of utterance id ``utterance`` (None: no such id), reading the ids a block at a time;
+        a text with spaces is no id when the table has none with spaces (known from its summary)."""
+        attrs = self.table_attrs
+        spaced = (attrs.get("summary") or {}).get("ids_with_spaces", attrs.get("ids_with_spaces"))
+        if spaced is False and any(c.isspace() for c in utterance):
+            return None
+        start = 0
+        for block in self.iter_ids():
+            hit = [i for i, v in enumerate(block) if v == utterance]
+            if hit:
+                return start + hit[0]
+            start += len(block)
+        return None
 
     def iter_ids(self, block: int = 8192) -> Iterator[list[str]]:
         """The utterance ids, a block at a time (without holding them all)."""
@@ -238,7 +311,8 @@ class Store:
             have = ", ".join(self.feature_sets()) or "none"
             raise UserError(f"{self.url}: no feature set {name!r} (have: {have}); "
                             f"run `emostore extract` first")
-        return FeatureSet(self._group(f"features/{name}"), name, lambda: self.ids, self.url, self.location)
+        return FeatureSet(self._group(f"features/{name}"), name, lambda: self.ids, self.url, self.location,
+                          self.ids_of)
 
     def _group(self, path: str) -> zarr.Group:
         """A group of the store, or a one-line StoreDamaged when its metadata cannot be read."""
@@ -340,7 +414,8 @@ class Store:
                     arrays.create(g, key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
                 except zarr.errors.ContainsArrayError:  # another writer made it just now: same metadata
                     pass
-        return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.url, self.location)
+        return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.url, self.location,
+                          self.ids_of)
 
     def remove_feature_set(self, name: str) -> None:
         """Delete feature set ``name`` (all its arrays)."""
@@ -372,32 +447,20 @@ class Store:
 
     # ----- summary -----------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        t = self.table
+        """What the store holds. The table's counts come from its summary, written with it (stores
+        made before it had one are counted here, reading the whole table)."""
         ta = self.table_attrs
-
-        def counts(col: str) -> dict[str, int]:
-            return {str(k): int(v) for k, v in Counter(x for x in t[col] if x is not None).most_common()}
-
-        labels_by_split = {s: {str(k): int(v) for k, v in Counter(
-            x for x in t.loc[t["split"] == s, "emotion"] if x is not None).most_common()}
-            for s in counts("split")}
+        summary = ta.get("summary") or table_summary(self.table)
         features = {}
         for name in self.feature_sets():
             fs = self.feature_set(name)
             features[name] = fs.summary()
-            features[name]["errors"] = [{"row": r, "id": i, "reason": why} for r, i, why in fs.errors()[:20]]
+            failed = fs.errors(limit=20) if features[name]["rows_failed"] else []
+            features[name]["errors"] = [{"row": r, "id": i, "reason": why} for r, i, why in failed]
         return {
             "path": self.url,
             "dataset": self.dataset,
-            "utterances": len(t),
-            "dialogues": int(t["dialogue"].nunique()),
-            "speakers": int(t["speaker"].nunique()),
-            "splits": counts("split"),
-            "labels": counts("emotion"),
-            "labels_by_split": labels_by_split,
-            "sentiments": counts("sentiment"),
-            "with_text": int(t["text"].notna().sum()),
-            "with_media": int(t["media"].notna().sum()),
+            **summary,
             "problems": len(ta.get("problems", [])),
             "repairs": len(ta.get("repairs", [])),
             "features": features,

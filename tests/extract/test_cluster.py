@@ -3,7 +3,6 @@ bits as one process, a worker killed with SIGKILL mid-task, a client interrupted
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -26,16 +25,8 @@ CHUNK = 24  # 385 sample rows: 17 tasks
 
 
 @pytest.fixture(scope="module")
-def client():
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 5}):
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           silence_logs=logging.ERROR, dashboard_address=":0")
-    c = distributed.Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
+def client(dask_client):
+    return dask_client
 
 
 def make_store(tmp: Path, name: str, csv: Path = SAMPLE) -> Store:

@@ -130,3 +130,30 @@ def test_info_counts(tmp_path):
     assert info["labels"] == {"joy": 4, "anger": 2, "neutral": 2}
     f = info["features"]["text/toy"]
     assert f["dim"] == 2 and f["rows_done"] == 0 and not f["complete"] and f["config_hash"]
+
+
+def test_info_counts_agree_with_the_arrays_with_and_without_checksums(tmp_path):
+    """``counts`` (info) equals what the arrays hold, and names a finished chunk whose file is gone;
+    a complete feature set written before checksums is counted from its chunk listing alone."""
+    store = Store.create(tmp_path / "s", small_table(), dataset="toy")
+    fs = store.create_feature_set("text/toy", dim=3, config={"a": 1}, encoder="toy", version={}, chunk_rows=4)
+    fs.write_chunk(0, np.ones((4, 3)), np.ones(4, bool), [""] * 4)
+    assert fs.counts() == (4, 4, 0, [])
+    fs.write_chunk(1, np.ones((4, 3)), np.array([1, 0, 1, 1], bool), ["", "bad", "", ""])
+    fs.write_chunk(2, np.ones((2, 3)), np.ones(2, bool), ["", ""])
+    assert fs.counts() == (10, 9, 1, []) and fs.summary()["complete"]
+    (tmp_path / "s" / "features" / "text" / "toy" / "mask" / "c" / "1").unlink()
+    assert fs.counts()[3] == [1]
+    old = store.create_feature_set("text/old", dim=3, config={"a": 1}, encoder="toy", version={}, chunk_rows=4)
+    del old.group.attrs["integrity"]
+    for key, fill in (("values", np.nan), ("mask", False), ("error", ""), ("done", False)):  # as written before
+        arr = old.group[key]
+        zarr.open_group(old.group.store, path=old.path).create_array(
+            key, shape=arr.shape, chunks=arr.chunks, dtype=arr.dtype, fill_value=fill, overwrite=True)
+    old.group["values"][:] = np.ones((10, 3), np.float32)
+    old.group["mask"][:] = True
+    old.group["done"][:] = True
+    assert old.counts() == (10, 10, 0, []) and old.errors() == []
+    old.group["mask"][5] = False
+    old.group["error"][5] = "bad"
+    assert old.counts() == (10, 9, 1, []) and [e[1:] for e in old.errors()] == [("u5", "bad")]

@@ -65,8 +65,8 @@ def speech_chunk(store: Path) -> int:
 
 def target(store: Path, array: str) -> tuple[Path, Path]:
     """(a chunk file, the array's zarr.json) of ``array`` in ``store``."""
-    if array == "table":
-        a = store / "table" / "text"
+    if array == "table":  # a column that training reads too (it reads only the columns it needs)
+        a = store / "table" / "emotion"
         return a / "c" / "0", a / "zarr.json"
     if array == "index":
         group = store / "indexes" / "text"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from emostore.heads.base import Head, HeadParams, masked, register
+from emostore.heads.base import Dropout, Head, HeadParams, masked, register
 
 
 @dataclass
@@ -32,7 +32,7 @@ class AttentionHead(Head):
         h = params.hidden
         if h % params.attention_heads:
             raise ValueError(f"hidden ({h}) must be a multiple of attention_heads ({params.attention_heads})")
-        self.drop = nn.Dropout(params.dropout)
+        self.drop = Dropout(params.dropout)
         self.proj = nn.ModuleList(nn.Linear(d, h) for d in dims)
         self.modality = nn.Parameter(torch.randn(len(dims), h) * 0.02)
         self.summary = nn.Parameter(torch.randn(h) * 0.02)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from emostore.heads.base import Head, HeadParams, fuse, fused_dim, register
+from emostore.heads.base import Dropout, Head, HeadParams, fuse, fused_dim, register
 
 ENCODERS = ("gru", "lstm", "transformer")
 #: Speaker relation of a context turn to the target turn.
@@ -77,8 +77,8 @@ class ContextHead(Head):
         if params.encoder not in ENCODERS:
             raise ValueError(f"context encoder must be one of {ENCODERS}, got {params.encoder!r}")
         h = params.hidden
-        self.drop = nn.Dropout(params.dropout)
-        self.utterance = nn.Sequential(nn.Dropout(params.dropout), nn.Linear(fused_dim(dims), h), nn.GELU())
+        self.drop = Dropout(params.dropout)
+        self.utterance = nn.Sequential(Dropout(params.dropout), nn.Linear(fused_dim(dims), h), nn.GELU())
         self.turn = nn.Embedding(3, h)
         if params.encoder == "transformer":
             if h % params.attention_heads:
@@ -94,8 +94,8 @@ class ContextHead(Head):
         self.query, self.key, self.value = nn.Linear(h, h), nn.Linear(h, h), nn.Linear(h, h)
         self.rel_key = nn.Embedding(4, h)
         self.rel_value = nn.Embedding(4, h)
-        self.out = nn.Sequential(nn.Dropout(params.dropout), nn.Linear(3 * h, h), nn.GELU(),
-                                 nn.Dropout(params.dropout), nn.Linear(h, n_out))
+        self.out = nn.Sequential(Dropout(params.dropout), nn.Linear(3 * h, h), nn.GELU(),
+                                 Dropout(params.dropout), nn.Linear(h, n_out))
 
     def _encode(self, u: Tensor, valid: Tensor) -> Tensor:
         p: ContextParams = self.params  # type: ignore[assignment]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from emostore.heads.base import Head, HeadParams, fuse, fused_dim, masked, register
+from emostore.heads.base import Dropout, Head, HeadParams, fuse, fused_dim, masked, register
 
 
 @dataclass
@@ -28,11 +28,11 @@ class GatedHead(Head):
     def __init__(self, dims: list[int], n_out: int, params: GatedParams):
         super().__init__(dims, n_out, params)
         h = params.hidden
-        self.drop = nn.Dropout(params.dropout)
+        self.drop = Dropout(params.dropout)
         self.proj = nn.ModuleList(nn.Linear(d, h) for d in dims)
         self.gate = nn.Linear(fused_dim(dims), h * len(dims))
-        self.out = nn.Sequential(nn.Dropout(params.dropout), nn.Linear(h, h), nn.GELU(),
-                                 nn.Dropout(params.dropout), nn.Linear(h, n_out))
+        self.out = nn.Sequential(Dropout(params.dropout), nn.Linear(h, h), nn.GELU(),
+                                 Dropout(params.dropout), nn.Linear(h, n_out))
 
     def forward(self, xs: list[Tensor], mask: Tensor) -> Tensor:
         hs = torch.stack([torch.tanh(p(self.drop(masked(x, mask[..., m]))))

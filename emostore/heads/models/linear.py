@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from emostore.heads.base import Head, HeadParams, fuse, fused_dim, register
+from emostore.heads.base import Dropout, Head, HeadParams, fuse, fused_dim, register
 
 
 @dataclass
@@ -21,7 +21,7 @@ class LinearHead(Head):
 
     def __init__(self, dims: list[int], n_out: int, params: LinearParams):
         super().__init__(dims, n_out, params)
-        self.drop = nn.Dropout(params.dropout)
+        self.drop = Dropout(params.dropout)
         self.out = nn.Linear(fused_dim(dims), n_out)
 
     def forward(self, xs: list[Tensor], mask: Tensor) -> Tensor:

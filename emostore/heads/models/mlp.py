@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from emostore.heads.base import Head, HeadParams, fuse, fused_dim, register
+from emostore.heads.base import Dropout, Head, HeadParams, fuse, fused_dim, register
 
 
 @dataclass
@@ -16,9 +16,9 @@ class MLPParams(HeadParams):
 
 def mlp(d_in: int, hidden: int, layers: int, dropout: float) -> nn.Sequential:
     """``layers`` blocks of Linear -> GELU -> Dropout (input dropout first)."""
-    blocks: list[nn.Module] = [nn.Dropout(dropout)]
+    blocks: list[nn.Module] = [Dropout(dropout)]
     for i in range(layers):
-        blocks += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.GELU(), nn.Dropout(dropout)]
+        blocks += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.GELU(), Dropout(dropout)]
     return nn.Sequential(*blocks)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from emostore.errors import UserError
-from emostore.heads.base import Head, HeadParams, build_head, head_class, register
+from emostore.heads.base import Dropout, Head, HeadParams, build_head, head_class, register
 from emostore.heads.models.context import sinusoid
 
 ENCODERS = ("gru", "transformer")
@@ -60,7 +60,7 @@ class TemporalEncoder(nn.Module):
         super().__init__()
         h = p.hidden
         self.p = p
-        self.drop = nn.Dropout(p.dropout)
+        self.drop = Dropout(p.dropout)
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         for i in range(p.conv_layers):

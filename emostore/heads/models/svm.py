@@ -8,13 +8,14 @@ and dual coefficients (see :mod:`emostore.heads.classical`).
 
 An RBF SVM needs its kernel matrix (rows x rows) in memory to train at a usable speed: a
 training split too big for the memory available (or for ``memory_gb``) is refused before
-fitting, with what to do instead.
+fitting, with what to do instead. A linear SVM above 50,000 training rows (libsvm's time grows
+with their square) or beyond the memory budget is trained by SGD on the hinge loss instead
+(epsilon-insensitive for scores), streamed, one-vs-rest (see :mod:`emostore.heads.classical`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import Tensor
 from emostore.errors import UserError
 from emostore.heads.base import register
 from emostore.heads.classical import ClassicalHead, ClassicalParams
+from emostore.heads.memory import available_memory
 
 KERNELS = ("linear", "rbf")
 #: Test rows against support vectors per block when predicting with the RBF kernel.
@@ -42,19 +44,6 @@ class SVMParams(ClassicalParams):
     memory_gb: float = 0.0
     #: Solver iterations (0: until converged).
     max_iter: int = 0
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (``MemAvailable``), else the physical memory."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def pair_matrix(n_support: np.ndarray, dual: np.ndarray) -> np.ndarray:
@@ -95,6 +84,12 @@ class SVMHead(ClassicalHead):
     Params = SVMParams
     arrays = ("coef", "support_vectors", "dual_coef", "intercept", "gamma")
 
+    @property  # type: ignore[override]
+    def exact_max_rows(self) -> int | None:
+        """libsvm's time grows with the square of the rows: a linear SVM streams above 50,000 (an RBF
+        one is limited by its kernel matrix, see :meth:`check_size`)."""
+        return 50_000 if self.params.kernel == "linear" else None  # type: ignore[attr-defined]
+
     def __init__(self, dims: list[int], n_out: int, params: SVMParams):
         super().__init__(dims, n_out, params)
         if params.kernel not in KERNELS:
@@ -124,6 +119,26 @@ class SVMHead(ClassicalHead):
                 f"svm kernel=rbf on {n_rows} training rows needs a {n_rows} x {n_rows} kernel matrix "
                 f"({need / 2**30:.1f} GiB) but {have / 2**30:.1f} GiB of memory is available; use -p kernel=linear "
                 f"or --head logreg (both scale to many rows), or train on fewer rows")
+
+    def check_streamable(self, why: str) -> None:
+        if self.params.kernel == "rbf":  # type: ignore[attr-defined]
+            raise UserError(f"svm kernel=rbf: {why}, and the streaming solver is linear; use -p kernel=linear "
+                            "or --head logreg (both stream), or train on fewer rows")
+        super().check_streamable(why)
+
+    def sgd_estimator(self, n_rows: int, seed: int) -> Any:
+        from sklearn.linear_model import SGDClassifier, SGDRegressor
+
+        p: SVMParams = self.params  # type: ignore[assignment]
+        alpha = 1.0 / (p.C * max(n_rows, 1))
+        if self.regression:
+            return SGDRegressor(loss="epsilon_insensitive", epsilon=p.epsilon, alpha=alpha, random_state=seed)
+        return SGDClassifier(loss="hinge", alpha=alpha, random_state=seed)
+
+    def export_sgd(self, est: Any, classes: np.ndarray | None) -> None:
+        super().export_sgd(est, classes)
+        empty = torch.zeros(0, dtype=torch.float64)
+        self.support_vectors, self.dual_coef, self.gamma = empty, empty.clone(), torch.tensor(0.0, dtype=torch.float64)
 
     def estimator(self, C: float, n_rows: int) -> Any:
         from sklearn.svm import SVC, SVR
@@ -193,4 +208,6 @@ class SVMHead(ClassicalHead):
     def outputs(self, dec: Tensor) -> Tensor:
         if self.regression:
             return dec
+        if self.params.solver == "sgd":  # type: ignore[attr-defined]
+            return self.linear_outputs(dec)
         return self.scatter(ovr_scores(dec, len(self.classes)))
