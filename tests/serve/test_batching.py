@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import optional
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed")
+optional("fastapi", "serve")
 
 import httpx
 import serve_helpers as helpers
@@ -45,7 +46,7 @@ def causal(sample_store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_audio(tmp_path_factory, minilm_encoder):
-    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    optional("opensmile", "audio")
     return helpers.text_audio(tmp_path_factory, minilm_encoder)
 
 
@@ -220,7 +221,7 @@ def test_health_answers_while_predictions_run(causal):
 def test_workers_keep_each_conversation_in_order_and_survive_a_crash(causal):
     """`emostore serve --workers 2`: turns of interleaved conversations are answered in order and as
     one process would; a worker killed with SIGKILL fails only its own requests and is restarted."""
-    psutil = pytest.importorskip("psutil")
+    psutil = optional("psutil", "dev")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

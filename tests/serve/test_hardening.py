@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import optional
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed")
+optional("fastapi", "serve")
 import httpx  # noqa: E402
 import serve_helpers as helpers  # noqa: E402
 from serve_helpers import serve_in_thread  # noqa: E402

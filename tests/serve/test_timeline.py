@@ -9,12 +9,13 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import serve_helpers as helpers
+from conftest import optional
 from typer.testing import CliRunner
 
 from emostore.cli import app
 from emostore.sample.clips import joined_recording, speech_clips
 
-pytest.importorskip("silero_vad", reason="the audio extra (silero-vad) is not installed")
+optional("silero_vad", "audio")
 GAPS = [1.0, 1.6, 1.2, 2.0, 1.0, 1.4, 1.8, 1.0, 1.2, 1.5, 1.1, 2.0]
 
 
