@@ -325,17 +325,8 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
         if norm is not None:
             mean = np.asarray(norm[name]["mean"], dtype=np.float32)
             std = np.asarray(norm[name]["std"], dtype=np.float32)
-        elif speaker_norm:  # already standardised, per speaker (see speaker_normalise)
-            mean, std = np.zeros(fs.dim, np.float32), np.ones(fs.dim, np.float32)
-            if not (train & mask).any():
-                raise UserError(f"{store.url}: feature set {name!r} has no valid row in the train split")
         else:
-            ref = X[train & mask]
-            if not len(ref):
-                raise UserError(f"{store.url}: feature set {name!r} has no valid row in the train split")
-            mean = ref.mean(0, dtype=np.float64).astype(np.float32)
-            std = ref.std(0, dtype=np.float64).astype(np.float32)
-            std = np.where(std < MIN_STD, np.float32(1.0), std)
+            mean, std = _train_stats(store, name, X, train & mask, speaker_norm)
         Z = np.where(mask[:, None], (X - mean) / std, np.float32(0.0)).astype(np.float32)
         stats[name] = {"mean": mean.tolist(), "std": std.tolist()}
         seq = None
@@ -347,16 +338,33 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
         hashes.append(fs.config_hash)
         seqs.append(seq)
         layers.append(fs.layers)
-    if tgt.regression:
-        y = torch.tensor(pd.to_numeric(table[tgt.column], errors="coerce").to_numpy(dtype=np.float32))
-    else:
-        index = {label: i for i, label in enumerate(tgt.labels or [])}
-        y = torch.tensor([index.get(v, -1) if isinstance(v, str) else -1 for v in table[tgt.column]],
-                         dtype=torch.long)
+    y = _target_values(table, tgt)
     dialogues, speakers = _dialogues(table)
     groups = np.array([w if isinstance(w, str) else "" for w in table["speaker"]], dtype=object)
     return HeadData(names, dims, hashes, tgt, store.ids, split, xs, torch.from_numpy(np.stack(masks, 1)), y,
                     dialogues, torch.from_numpy(speakers), stats, seqs, layers, groups, incomplete)
+
+
+def _train_stats(store: Store, name: str, X: np.ndarray, ref: np.ndarray,
+                 speaker_norm: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the ``ref`` rows (the valid training rows); with ``speaker_norm`` the
+    values are standardised already, per speaker (see :func:`speaker_normalise`)."""
+    if not ref.any():
+        raise UserError(f"{store.url}: feature set {name!r} has no valid row in the train split")
+    if speaker_norm:
+        return np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32)
+    mean = X[ref].mean(0, dtype=np.float64).astype(np.float32)
+    std = X[ref].std(0, dtype=np.float64).astype(np.float32)
+    return mean, np.where(std < MIN_STD, np.float32(1.0), std)
+
+
+def _target_values(table: pd.DataFrame, tgt: Target) -> torch.Tensor:
+    """The target of every row: a float score, or the label's index (-1 for no or an unknown label)."""
+    if tgt.regression:
+        return torch.tensor(pd.to_numeric(table[tgt.column], errors="coerce").to_numpy(dtype=np.float32))
+    index = {label: i for i, label in enumerate(tgt.labels or [])}
+    return torch.tensor([index.get(v, -1) if isinstance(v, str) else -1 for v in table[tgt.column]],
+                        dtype=torch.long)
 
 
 def _load_frames(store: Store, fs: Any, mask: np.ndarray, train: np.ndarray, speakers: np.ndarray | None,
