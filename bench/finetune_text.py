@@ -63,6 +63,11 @@ GROUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "meld-mpnet-pastfuture": ("meld", {**MPNET, "past": 3, "future": 1}),
     "mosi-mpnet-nc": ("mosi", {**MPNET_MOSI}),
     "mosi-mpnet-pastfuture": ("mosi", {**MPNET_MOSI, "past": 2, "future": 1}),
+    # MiniLM students of the MPNet model (issue 16): its soft labels mixed with the gold ones, its input format
+    "meld-student-nc": ("meld", {**MELD, "teacher": str(FT / "meld-mpnet-nc-s0"), "temperature": 2.0,
+                                 "distill_weight": 0.5}),
+    "meld-student-nc-w09": ("meld", {**MELD, "teacher": str(FT / "meld-mpnet-nc-s0"), "temperature": 2.0,
+                                     "distill_weight": 0.9}),
     "mosi-nc": ("mosi", {**MOSI}),
     "mosi-pastfuture": ("mosi", {**MOSI, "past": 2, "future": 1}),
 }

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
-from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -14,7 +12,10 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+from emostore.cli_options import Device, Json, OptionalDevice, Quiet, config_options, progress_enabled
 from emostore.errors import UserError, unreachable_storage
+from emostore.finetune.options import FinetuneOptions
+from emostore.heads.config import TrainConfig
 
 
 class Command(TyperCommand):
@@ -73,7 +74,6 @@ class Classes(StrEnum):
 Out = Annotated[str, typer.Option("--out", "-o", metavar="STORE", help="Store to create: a directory, or a URL "
                                                                       "such as s3://bucket/prefix.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
 def _finish_ingest(adapter: str, source: Any, out: str, overwrite: bool, as_json: bool, **options: Any) -> None:
@@ -182,7 +182,6 @@ ChunkRows = Annotated[int | None, typer.Option(min=1, metavar="ROWS", help="Rows
                                                                           "of a new feature set.")]
 Workers = Annotated[int, typer.Option(min=1, metavar="N", help="Processes encoding at once.")]
 FeatureOverwrite = Annotated[bool, typer.Option(help="Replace a feature set computed with another configuration.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 STORE_HELP = "Store: a directory, or a URL (s3://bucket/prefix, gs://bucket/prefix, file:///path)."
 StoreArg = Annotated[str, typer.Argument(metavar="STORE", help=STORE_HELP, show_default=False)]
 Cluster = Annotated[str | None, typer.Option(
@@ -211,61 +210,13 @@ def _extract(store: str, modality: str, kind: str, options: dict[str, Any], runt
              name: str | None, param: list[str] | None, shard: str | None, chunk_rows: int | None,
              workers: int, overwrite: bool, quiet: bool, as_json: bool, cluster: str | None = None,
              dashboard_address: str | None = None) -> None:
-    """Build the encoder from the flags given (and ``-p`` options), run the extraction, report."""
-    from emostore.cluster import dashboard_at
-    from emostore.extract.base import build_encoder
-    from emostore.extract.runner import run_extraction, start_workers
-    from emostore.store import Shard as StoreShard
-    from emostore.store import Store
+    """Run the extraction with the flags given (and ``-p`` options), report."""
+    from emostore.extract.run import extract
 
-    if cluster and workers > 1:
-        raise UserError("--workers and --cluster do not mix: a cluster's workers are its own (local:N for N here)")
-    options = {**options, **_key_values(param)}
-    from emostore.extract.base import encoder_class
-
-    if "store" in encoder_class(modality, kind).runtime_options():  # encoders that record paths relative to it
-        runtime = {**runtime, "store": store}
-    # workers start first and build their encoders while this process opens the store and builds its own
-    pool = start_workers(workers, (modality, kind, options, runtime, name)) if workers > 1 else None
-    try:
-        st = Store.open(store)
-        sh = StoreShard.parse(shard)
-        with build_encoder(modality, kind, options, runtime, name=name) as enc:
-            with dashboard_at(dashboard_address):
-                report = run_extraction(st, enc, shard=sh, overwrite=overwrite, chunk_rows=chunk_rows,
-                                        workers=workers, cluster=cluster, pool=pool,
-                                        progress=not quiet and not as_json and sys.stderr.isatty())
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-    if report.rows_run and report.complete and not st.feature_set(report.feature_set).mask().any():
-        reasons = Counter(r for _, r in report.failures).most_common(1)
-        raise UserError(f"{store}: none of its {len(st)} utterances could be encoded into {report.feature_set} "
-                        f"(e.g. {reasons[0][0] if reasons else 'no input'}); `emostore info {store}` shows "
-                        "what the store holds")
-    out = {"feature_set": report.feature_set, "encoder": enc.kind, "config_hash": report.config_hash,
-           "dim": enc.dim, "seq_dim": enc.seq_dim, "device": getattr(enc, "device", "cpu"), "workers": workers,
-           "chunks_run": report.chunks_run, "chunks_total": report.chunks_total, "rows_run": report.rows_run,
-           "rows_failed": report.rows_failed, "complete": report.complete, "chunks_damaged": report.chunks_damaged,
-           "failures": [{"id": i, "reason": r} for i, r in report.failures]}
-    if as_json:
-        typer.echo(json.dumps(out, indent=2))
-    else:
-        typer.echo(f"{report.feature_set} ({enc.kind}, config {report.config_hash}, {enc.dim}-d) on {out['device']}: "
-                   f"{report.rows_run} rows in {report.chunks_run} chunks, {report.rows_failed} failed; "
-                   f"{'complete' if report.complete else 'incomplete (other shards or a rerun will finish it)'}")
-        if report.chunks_damaged:
-            typer.echo(f"  {report.chunks_damaged} finished chunks were damaged (missing files or failed checksums) "
-                       "and were computed again", err=True)
-        for i, r in report.failures[:10]:
-            typer.echo(f"  {i}: {r}")
-        if len(report.failures) > 10:
-            typer.echo(f"  ... {len(report.failures) - 10} more (see `emostore info`)")
-    if report.chunk_errors:  # cluster tasks that failed after their retries: pending, say so, exit 1
-        for chunk, why in report.chunk_errors[:10]:
-            typer.echo(f"  chunk {chunk}: {why}", err=True)
-        raise UserError(f"{len(report.chunk_errors)} chunks failed on the cluster and stay pending; "
-                        "run the same command again to retry them")
+    done = extract(store, modality, kind, {**options, **_key_values(param)}, runtime, name=name, shard=shard,
+                   chunk_rows=chunk_rows, workers=workers, overwrite=overwrite, cluster=cluster,
+                   dashboard_address=dashboard_address, progress=progress_enabled(quiet, as_json))
+    _emit(done.to_dict(), as_json, "show_extraction")
 
 
 @extract_app.command("text", cls=Command)
@@ -278,8 +229,7 @@ def extract_text(store: StoreArg,
                  model: Annotated[str | None, typer.Option(
                      metavar="NAME|PATH", help="sentence-transformers or Hugging Face name or path, or bert, roberta, "
                                                "distilbert [default: the bundled all-MiniLM-L6-v2].")] = None,
-                 device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, "
-                                                                   "mps [auto].")] = None,
+                 device: OptionalDevice = None,
                  precision: Annotated[Precision | None, typer.Option(
                      help="Weights' precision [default: auto: float16 on CUDA, bfloat16 on CPUs with "
                           "AMX or AVX-512 BF16, float32 elsewhere].")] = None,
@@ -371,8 +321,7 @@ def extract_audio(store: StoreArg,
                   precision: Annotated[Precision | None, typer.Option(
                       help="ssl: weights' precision [auto: float16 on CUDA, bfloat16 on CPUs "
                            "with AMX or AVX-512 BF16, float32 elsewhere].")] = None,
-                  device: Annotated[str | None, typer.Option(help="ssl: auto (CUDA when present), cpu, cuda, "
-                                                                     "cuda:1 [auto].")] = None,
+                  device: OptionalDevice = None,
                   batch_size: Annotated[int | None, typer.Option(min=1, help="ssl: windows of equal length per "
                                                                             "forward pass [8].")] = None,
                   name: Annotated[str | None, typer.Option(help="Feature set name under audio/ "
@@ -424,8 +373,7 @@ def index_build(store: StoreArg,
                 shards: Annotated[int, typer.Option(min=1, metavar="N", help="Build in N parts (ivf, flat: merged "
                                                     "into one; hnsw: searched as N shards).")] = 1,
                 cluster: Cluster = None, dashboard_address: DashboardAddress = None,
-                quiet: Annotated[bool, typer.Option("--quiet", "-q",
-                                                    help="No progress bar or cluster messages.")] = False,
+                quiet: Quiet = False,
                 as_json: Json = False) -> None:
     """Build a cosine-similarity index over stored features, saved inside the store. Vectors stream
     from the store a block at a time: memory holds the index, not all the vectors."""
@@ -438,17 +386,12 @@ def index_build(store: StoreArg,
     with dashboard_at(dashboard_address):
         idx = build_index(store, _features(features), kind=kind.value, checkpoint=checkpoint, name=name,
                           shards=shards, cluster=cluster, train_size=train_size,
-                          progress=not quiet and not as_json and sys.stderr.isatty(),
+                          progress=progress_enabled(quiet, as_json),
                           nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
                           ef_search=ef_search)
     summary = {"index": idx.where, "shards": idx.meta.get("shards", 1),
                **{k: idx.meta[k] for k in ("features", "kind", "params", "dim", "n_vectors", "build_seconds")}}
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        names = ", ".join(idx.meta["features"])
-        typer.echo(f"indexed {idx.meta['n_vectors']} utterances ({idx.meta['dim']}-d {names}, "
-                   f"{idx.meta['kind']}) in {idx.meta['build_seconds']:.2f} s -> {idx.where}")
+    _emit(summary, as_json, "show_index")
 
 
 @app.command("search", cls=Command)
@@ -493,7 +436,7 @@ def predict_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                 store: Annotated[str | None, typer.Option(help="Store (directory or URL) whose index gives similar "
                                                                 "utterances as evidence (default: the training "
                                                                 "store).")] = None,
-                device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+                device: Device = "auto",
                 timeline: Annotated[bool, typer.Option(
                     "--timeline", help="Segment a long --audio/--video recording into speech and predict each "
                                        "segment.")] = False,
@@ -546,7 +489,7 @@ def serve_cmd(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                                                           help="Checkpoint directory from `emostore train`.")],
               host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
               port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-              device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+              device: Device = "auto",
               store: Annotated[str | None, typer.Option(
                   help="Store (directory or URL) whose index gives evidence.")] = None,
               workers: Annotated[int, typer.Option(min=1, help="Inference processes (each loads the models; "
@@ -660,26 +603,14 @@ def list_cmd(what: Annotated[str | None, typer.Argument(
         from emostore.extract.base import describe_encoders
 
         data["encoders"] = describe_encoders()
-    if as_json:
-        typer.echo(json.dumps(data, indent=2, default=str))
-        return
-    for h in data.get("heads", []):
-        typer.echo(f"head {h['name']}: {h['summary']}")
-        typer.echo("    -p " + " ".join(f"{k}={v}" for k, v in h["params"].items()))
-    for e in data.get("encoders", []):
-        if "unavailable" in e:
-            typer.echo(f"encoder module {e['module']}: not available ({e['unavailable']})")
-            continue
-        typer.echo(f"encoder {e['modality']} --encoder {e['kind']}: {e['summary']}")
-        typer.echo("    -p " + " ".join(f"{k}={v}" for k, v in e["options"].items())
-                   + (f"; runtime: {', '.join(e['runtime'])}" if e["runtime"] else ""))
+    _emit(data, as_json, "show_registry")
 
 
 @app.command("demo", cls=Command)
 @user_errors
 def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to put the demo store "
                                                                "(default: a temporary directory).")] = None,
-         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto") -> None:
+         device: Device = "auto") -> None:
     """Run the whole pipeline offline on the built-in sample conversations."""
     from emostore.demo import run_demo
 
@@ -716,29 +647,14 @@ Features = Annotated[str, typer.Option("--features", "-f", help="Comma-separated
                                                                  "when it has one feature set).")]
 TargetOpt = Annotated[TargetName, typer.Option(help="emotion classes, or sentiment (regression on "
                                                     "sentiment_score when the store has scores, else classes).")]
-Epochs = Annotated[int, typer.Option(min=1, help="Most epochs to train.")]
-BatchSize = Annotated[int | None, typer.Option(min=1, help="Utterances per batch [256]; dialogues per batch "
-                                                              "for the context head [32].")]
-Lr = Annotated[float, typer.Option(help="AdamW learning rate.")]
-WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
-Patience = Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better dev score.")]
-ClassWeights = Annotated[bool, typer.Option(help="Weigh the loss by inverse class frequency.")]
-ModalityDropout = Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of hiding each present "
-                                                                       "modality of a training row (one stays).")]
-LabelSmoothing = Annotated[float, typer.Option(min=0.0, max=1.0, help="Cross-entropy label smoothing.")]
-Ema = Annotated[float, typer.Option(min=0.0, max=1.0, help="Keep an exponential moving average of the weights "
-                                                           "with this decay (0: off).")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1.")]
+def _emit(data: Any, as_json: bool, show: str) -> None:
+    """Print ``data``: as one JSON object, or with :mod:`emostore.display`'s function ``show``."""
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        return
+    from emostore import display
 
-
-def _train_config(epochs: int, batch_size: int | None, lr: float, weight_decay: float, patience: int,
-                  class_weights: bool, modality_dropout: float, label_smoothing: float, ema: float, seed: int,
-                  device: str) -> Any:
-    from emostore.heads.train import TrainConfig
-
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                       class_weights=class_weights, modality_dropout=modality_dropout,
-                       label_smoothing=label_smoothing, ema=ema, seed=seed, device=device)
+    getattr(display, show)(data)
 
 
 def _key_values(items: list[str] | None) -> dict[str, str]:
@@ -753,6 +669,7 @@ def _key_values(items: list[str] | None) -> dict[str, str]:
 
 @app.command("train", cls=Command)
 @user_errors
+@config_options(TrainConfig, into="config")
 def train(store: StoreArg,
           features: Features,
           out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
@@ -762,36 +679,20 @@ def train(store: StoreArg,
           param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Head hyperparameter KEY=VALUE "
                                                              "(repeatable), e.g. hidden=128, encoder=lstm, "
                                                              "causal=true, k=20.")] = None,
-          epochs: Epochs = 60, batch_size: BatchSize = None, lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-2,
-          patience: Patience = 8, class_weights: ClassWeights = False, modality_dropout: ModalityDropout = 0.0,
-          label_smoothing: LabelSmoothing = 0.0, ema: Ema = 0.0,
-          seed: Annotated[int, typer.Option(help="Random seed (runs are reproducible on the CPU).")] = 0,
-          device: Device = "auto",
+          config: Any = None,
           overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
           speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
                                                      "with that speaker's own utterances (speech emotion).")] = False,
           allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Train even when a feature "
                                                          "set has rows not extracted yet (they are masked).")] = False,
-          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-          as_json: Json = False) -> None:
+          quiet: Quiet = False, as_json: Json = False) -> None:
     """Train a head on the train split (early stopping on dev) and save a checkpoint."""
     from emostore.heads.run import train as run_train
 
-    config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
-                           label_smoothing, ema, seed, device)
     result, path = run_train(store, features, head, out, target=target.value, params=_key_values(param),
                              speaker_norm=speaker_norm, allow_incomplete=allow_incomplete,
-                             config=config, overwrite=overwrite,
-                             progress=not quiet and not as_json and sys.stderr.isatty())
-    summary = {"checkpoint": str(path), **result.summary()}
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    score = "n/a (no dev split)" if result.dev_score is None else f"{result.dev_score:.4f}"
-    typer.echo(f"{head} trained on {result.device} in {result.seconds:.1f}s: {result.metric} {score} at epoch "
-               f"{result.best_epoch} of {result.epochs_run}; checkpoint {path}")
-    for note in result.notes:
-        typer.echo(f"  note: {note}")
+                             config=config, overwrite=overwrite, progress=progress_enabled(quiet, as_json))
+    _emit({"checkpoint": str(path), **result.summary()}, as_json, "show_trained")
 
 
 @app.command("evaluate", cls=Command)
@@ -803,7 +704,7 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
              split: Annotated[str, typer.Option(help="Split to evaluate: train, dev or test.")] = "test",
              report: Annotated[Path | None, typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,
-             device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+             device: Device = "auto",
              as_json: Json = False) -> None:
     """Metrics of a checkpoint on a split: per-class and averaged, confusion matrix; or regression metrics."""
     from emostore.heads.evaluate import evaluate as run_evaluate
@@ -822,6 +723,7 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
 
 @app.command("sweep", cls=Command)
 @user_errors
+@config_options(TrainConfig, into="config")
 def sweep(store: StoreArg,
           heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "mlp,gated,context",
           features: Annotated[list[str] | None, typer.Option(
@@ -832,15 +734,10 @@ def sweep(store: StoreArg,
           param: Annotated[list[str] | None, typer.Option(
               "--param", "-p", help="Grid axis KEY=V1,V2 (repeatable). Training options (lr, epochs, ...) or "
                                     "head hyperparameters; HEAD.KEY for one head only (knn.k=5,20).")] = None,
-          epochs: Epochs = 60, batch_size: BatchSize = None, lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-2,
-          patience: Patience = 8, class_weights: ClassWeights = False, modality_dropout: ModalityDropout = 0.0,
-          label_smoothing: LabelSmoothing = 0.0, ema: Ema = 0.0,
-          seed: Annotated[int, typer.Option(help="First seed.")] = 0,
-          device: Device = "auto",
+          config: Any = None,
           speaker_norm: Annotated[bool, typer.Option("--speaker-norm", help="Z-score each speaker's features "
                                                      "with that speaker's own utterances (speech emotion).")] = False,
-          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-          as_json: Json = False) -> None:
+          quiet: Quiet = False, as_json: Json = False) -> None:
     """Train a grid of heads x feature sets x parameters x seeds; mean and std per configuration.
     A run that cannot be made is reported with its error and the others go on."""
     from emostore.heads.sweep import parse_grid, show_sweep
@@ -851,11 +748,9 @@ def sweep(store: StoreArg,
         raise UserError("pass --features (e.g. --features text/minilm); repeat it to compare combinations")
     st = Store.open(store, mode="r")
     combos = [f.split(",") for f in features]
-    config = _train_config(epochs, batch_size, lr, weight_decay, patience, class_weights, modality_dropout,
-                           label_smoothing, ema, seed, device)
     result = run_sweep(st, [h.strip() for h in heads.split(",") if h.strip()], combos, seeds=seeds,
                        target=target.value, split=split, grid=parse_grid(param), config=config,
-                       progress=not quiet and not as_json and sys.stderr.isatty(), speaker_norm=speaker_norm)
+                       progress=progress_enabled(quiet, as_json), speaker_norm=speaker_norm)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -869,89 +764,39 @@ app.add_typer(finetune_app, name="finetune")
 
 @finetune_app.command("text", cls=Command)
 @user_errors
+@config_options(FinetuneOptions, into="options")
 def finetune_text(
         store: StoreArg,
         out: Annotated[Path, typer.Option("--out", "-o", metavar="MODEL_DIR", help="Model folder to write (rerun "
                                                                                    "the same command to resume).")],
-        model: Annotated[str, typer.Option(metavar="NAME|PATH", help="Base model: the bundled MiniLM (minilm), "
-                                                                     "bert, roberta, distilbert, or a Hugging Face "
-                                                                     "name or local folder.")] = "minilm",
-        target: TargetOpt = TargetName.emotion,
-        past: Annotated[int | None, typer.Option(min=0, help="Earlier turns of the dialogue in the input [0, or "
-                                                            "the teacher's].")] = None,
-        future: Annotated[int | None, typer.Option(min=0, help="Later turns of the dialogue in the input [0, or "
-                                                              "the teacher's].")] = None,
-        speaker: Annotated[bool | None, typer.Option("--speaker/--no-speaker", help="Write turns as 'Speaker: "
-                                                                                    "text' [on, or the teacher's]."
-                                                     )] = None,
-        epochs: Annotated[int, typer.Option(min=1, help="Epochs (the best one on dev is kept).")] = 4,
-        lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-5,
-        batch_size: Annotated[int, typer.Option(min=1, help="Utterances per batch.")] = 32,
-        grad_accum: Annotated[int, typer.Option(min=1, help="Batches per optimiser step.")] = 1,
-        max_length: Annotated[int | None, typer.Option(min=8, help="Token limit of an input (default: the "
-                                                                     "model's, at most 512).")] = None,
-        class_weights: ClassWeights = False,
-        label_smoothing: LabelSmoothing = 0.0,
-        warmup: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of steps warming the learning "
-                                                                     "rate up.")] = 0.1,
-        weight_decay: WeightDecay = 0.01,
-        seed: Annotated[int, typer.Option(help="Random seed (runs are reproducible on the CPU).")] = 0,
-        folds: Annotated[int, typer.Option(min=0, help="Cross-fitting: also train K models, each without one "
-                                                       "fold of the train dialogues (0: none).")] = 0,
-        device: Device = "auto",
-        precision: Annotated[Precision, typer.Option(help="auto: bfloat16 autocast on CUDA cards and CPUs that "
-                                                          "have it (AMX, AVX-512 BF16), float16 on older cards, "
-                                                          "float32 elsewhere.")] = Precision.auto,
-        save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N optimiser "
-                                                            "steps (it is saved after every epoch).")] = 200,
-        threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's).")] = None,
-        max_batch_tokens: Annotated[int, typer.Option(min=0, help="Compute batches wider than this many padded "
-                                                                  "tokens in parts (same step, bounded memory; 0: "
-                                                                  "never).")] = 4096,
-        teacher: Annotated[Path | None, typer.Option(metavar="MODEL_DIR", help="Distil a fine-tuned model: train "
-                                                     "on its soft labels mixed with the gold ones, reading its "
-                                                     "input format.")] = None,
-        temperature: Annotated[float, typer.Option(min=0.01, help="--teacher: softmax temperature of the soft "
-                                                                  "labels.")] = 2.0,
-        distill_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="--teacher: share of the loss from "
-                                                                             "the soft labels.")] = 0.5,
+        options: Any = None,
         extract: Annotated[bool, typer.Option("--extract", help="Then write the model's vectors into the store "
                                                                 "(text/<name>, and text/<name>-xfit<K> with "
                                                                 "--folds).")] = False,
         name: Annotated[str | None, typer.Option(help="Feature set name for --extract [the folder's name].")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace the run --out holds and start over.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
+        quiet: Quiet = False,
         as_json: Json = False) -> None:
     """Fine-tune a text transformer on the store's train split (best epoch on dev), resumable."""
-    from emostore.finetune.run import FinetuneOptions, finetune, summary_line
     from emostore.finetune.run import extract as extract_features
-
-    options = FinetuneOptions(model=model, target=target.value, past=past, future=future, speaker=speaker,
-                              epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
-                              max_length=max_length, class_weights=class_weights, label_smoothing=label_smoothing,
-                              warmup=warmup, weight_decay=weight_decay, seed=seed, folds=folds, device=device,
-                              precision=precision.value, save_every=save_every, threads=threads,
-                              max_batch_tokens=max_batch_tokens,
-                              teacher=str(teacher) if teacher else None, temperature=temperature,
-                              distill_weight=distill_weight)
+    from emostore.finetune.run import finetune
 
     def log(line: str) -> None:
         if not quiet:
             typer.echo(line, err=True)
 
-    progress = not quiet and not as_json and sys.stderr.isatty()
+    progress = progress_enabled(quiet, as_json)
     meta = finetune(store, out, options, overwrite=overwrite, progress=progress, log=log)
     if extract:
-        meta = {**meta, "extracted": extract_features(store, out, name=name, device=device, progress=progress,
-                                                      precision=None if precision == Precision.auto else
-                                                      precision.value)}
+        precision = None if options.precision == "auto" else options.precision
+        meta = {**meta, "extracted": extract_features(store, out, name=name, device=options.device, progress=progress,
+                                                      precision=precision)}
     if as_json:
         typer.echo(json.dumps(meta, indent=2))
-        return
-    typer.echo(f"{out}: {summary_line(meta)}")
-    for report in meta.get("extracted", []):
-        typer.echo(f"  {report['feature_set']} (config {report['config_hash']}): {report['rows_run']} rows, "
-                   f"{report['rows_failed']} failed, {'complete' if report['complete'] else 'incomplete'}")
+    else:
+        from emostore.display import show_finetuned
+
+        show_finetuned(meta, out)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -144,3 +145,55 @@ def show_verify(report: Any, *, repair: bool) -> None:
     elif not repair:
         console.print(f"{len(left)} damaged: `emostore verify {report.store} --repair` marks them pending for the "
                       "next extract", highlight=False, soft_wrap=True)
+
+
+def show_extraction(out: dict[str, Any]) -> None:
+    """What ``extract`` did: one line, the first failures, damaged chunks recomputed."""
+    state = "complete" if out["complete"] else "incomplete (other shards or a rerun will finish it)"
+    print(f"{out['feature_set']} ({out['encoder']}, config {out['config_hash']}, {out['dim']}-d) on {out['device']}: "
+          f"{out['rows_run']} rows in {out['chunks_run']} chunks, {out['rows_failed']} failed; {state}")
+    if out["chunks_damaged"]:
+        print(f"  {out['chunks_damaged']} finished chunks were damaged (missing files or failed checksums) and were "
+              "computed again", file=sys.stderr)
+    for f in out["failures"][:10]:
+        print(f"  {f['id']}: {f['reason']}")
+    if len(out["failures"]) > 10:
+        print(f"  ... {len(out['failures']) - 10} more (see `emostore info`)")
+
+
+def show_index(summary: dict[str, Any]) -> None:
+    print(f"indexed {summary['n_vectors']} utterances ({summary['dim']}-d {', '.join(summary['features'])}, "
+          f"{summary['kind']}) in {summary['build_seconds']:.2f} s -> {summary['index']}")
+
+
+def show_trained(summary: dict[str, Any]) -> None:
+    score = "n/a (no dev split)" if summary["dev_score"] is None else f"{summary['dev_score']:.4f}"
+    print(f"{summary['head']} trained on {summary['device']} in {summary['seconds']:.1f}s: {summary['metric']} "
+          f"{score} at epoch {summary['best_epoch']} of {summary['epochs_run']}; checkpoint {summary['checkpoint']}")
+    for note in summary["notes"]:
+        print(f"  note: {note}")
+
+
+def show_finetuned(meta: dict[str, Any], out: Any) -> None:
+    """A fine-tuned model: its best epoch and test score, and the feature sets ``--extract`` wrote."""
+    t = meta.get("test_metrics") or {}
+    score = (f"test MAE {t['mae']:.4f}, corr {t['corr']:.4f}" if t.get("task") == "regression" else
+             f"test weighted F1 {t['weighted_f1']:.4f}, accuracy {t['accuracy']:.4f}" if t else "no test rows")
+    print(f"{out}: best epoch {meta['best_epoch']} of {len(meta['history'])}; {score}")
+    for r in meta.get("extracted", []):
+        print(f"  {r['feature_set']} (config {r['config_hash']}): {r['rows_run']} rows, {r['rows_failed']} failed, "
+              f"{'complete' if r['complete'] else 'incomplete'}")
+
+
+def show_registry(data: dict[str, Any]) -> None:
+    """``emostore list``: the heads and encoders, with their options and defaults."""
+    for h in data.get("heads", []):
+        print(f"head {h['name']}: {h['summary']}")
+        print("    -p " + " ".join(f"{k}={v}" for k, v in h["params"].items()))
+    for e in data.get("encoders", []):
+        if "unavailable" in e:
+            print(f"encoder module {e['module']}: not available ({e['unavailable']})")
+            continue
+        print(f"encoder {e['modality']} --encoder {e['kind']}: {e['summary']}")
+        print("    -p " + " ".join(f"{k}={v}" for k, v in e["options"].items())
+              + (f"; runtime: {', '.join(e['runtime'])}" if e["runtime"] else ""))

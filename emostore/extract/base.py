@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import pkgutil
 import re
-import types
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -29,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import pandas as pd
 
+from emostore.core.convert import convert
 from emostore.core.runtime import resolve_device, stored_precision
 from emostore.errors import UserError
 
@@ -50,6 +51,12 @@ class Encoded:
     ok: np.ndarray
     reasons: list[str]
     sequences: list[np.ndarray | None] | None = None
+
+    @classmethod
+    def empty(cls, n: int, dim: int, *, frames: bool = False) -> Encoded:
+        """``n`` rows not encoded yet: NaN values, not ok, no reason, no frames (filled in place)."""
+        return cls(np.full((n, dim), np.nan, dtype=np.float32), np.zeros(n, dtype=bool), [""] * n,
+                   [None] * n if frames else None)
 
     @staticmethod
     def concat(parts: list[Encoded]) -> Encoded:
@@ -111,36 +118,6 @@ class EncoderConfig:
         if unknown:
             raise UserError(f"no encoder option {', '.join(map(repr, unknown))}; options: {', '.join(allowed)}")
         return cls.from_dict(converted)
-
-
-def convert(value: Any, kind: Any, where: str) -> Any:
-    """``value`` (often a string from the command line) as type ``kind``: bool, int, float, str,
-    ``X | None`` (``none`` or empty is None) and ``list[X]`` (comma-separated)."""
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return convert(value, a, where)
-            except UserError as exc:
-                errors.append(str(exc))
-        raise UserError(errors[0])
-    if typing.get_origin(kind) is list:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return [convert(v.strip() if isinstance(v, str) else v, args[0] if args else str, where) for v in items]
-    if kind is Any or not isinstance(value, str):
-        return value
-    try:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        return kind(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
 
 
 # ----- encoders --------------------------------------------------------------------------------
@@ -208,9 +185,14 @@ class Encoder(ABC):
         runtime = {k: options.pop(k) for k in list(options) if k in cls.runtime_options()}
         return build_encoder(cls.modality, cls.kind, options, runtime, name=name, cls=cls)  # type: ignore[return-value]
 
+    @property
+    def spec(self) -> EncoderSpec:
+        """What identifies this encoder in another process (see :class:`EncoderSpec`)."""
+        return EncoderSpec(type(self), self.stored_config, self.name, dict(self.runtime))
+
     def rebuild(self) -> Encoder:
         """A fresh copy of this encoder (in a worker process, say), from its stored config."""
-        return type(self).from_config(self.stored_config, name=self.name, **self.runtime)
+        return self.spec.build()
 
     @abstractmethod
     def encode_rows(self, table: pd.DataFrame, rows: np.ndarray, progress: Progress | None = None) -> Encoded:
@@ -224,6 +206,38 @@ class Encoder(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How an encoder travels to another process (a ``--workers`` process, a Dask worker): either
+    an encoder already built (its class, stored configuration, name and runtime options), or a
+    request made from user options (``modality``, ``kind``, ``options``) that a worker builds
+    while the main process builds the same. Picklable; :meth:`build` makes the encoder and
+    :attr:`key` tells whether a process's encoder is this one."""
+
+    cls: type[Encoder] | None = None
+    config: dict[str, Any] | None = None
+    name: str | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    request: tuple[str, str, dict[str, Any]] | None = None  # (modality, kind, options)
+
+    @classmethod
+    def requested(cls, modality: str, kind: str, options: Mapping[str, Any], runtime: Mapping[str, Any],
+                  name: str | None) -> EncoderSpec:
+        return cls(name=name, runtime=dict(runtime), request=(modality, kind, dict(options)))
+
+    def build(self) -> Encoder:
+        if self.request is not None:
+            modality, kind, options = self.request
+            return build_encoder(modality, kind, options, self.runtime, name=self.name)
+        assert self.cls is not None and self.config is not None
+        return self.cls.from_config(self.config, name=self.name, **self.runtime)
+
+    @property
+    def key(self) -> str:
+        who = [self.cls.__module__, self.cls.__qualname__] if self.cls is not None else None
+        return json.dumps([who, self.config, self.name, self.runtime, self.request], sort_keys=True, default=str)
 
 
 # ----- registry --------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Extraction on a Dask cluster: one task per pending chunk, one encoder per worker.
 
 The client creates the feature set (so no two workers ever race to create it), registers a worker
-plugin that rebuilds the encoder from its stored configuration
-(``type(enc).from_config(enc.stored_config, name=enc.name, **enc.runtime)``), and submits one task per
+plugin that rebuilds the encoder from its stored configuration (its
+:class:`~emostore.extract.base.EncoderSpec`), and submits one task per
 pending chunk. Each worker loads the encoder and the utterance table once, on its first task, and
 runs :func:`emostore.extract.runner.extract_chunk` (the same code as a local run): it writes its
 chunk straight into the store, ``done`` last. The client only schedules and shows progress.
@@ -21,11 +21,10 @@ import threading
 import uuid
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from emostore.cluster import RETRIES, connect, require_distributed
+from emostore.core.progress import progress_bar
 from emostore.extract.base import Encoder
-from emostore.extract.runner import ChunkDone, RunReport, extract_chunk
+from emostore.extract.chunk import ChunkDone, RunReport, extract_chunk
 from emostore.store import FeatureSet, Location, Store
 
 distributed = require_distributed()
@@ -45,10 +44,7 @@ class EncoderPlugin(distributed.WorkerPlugin):
     def __init__(self, location: Location, feature_set: str, encoder: Encoder):
         self.location = location
         self.feature_set = feature_set
-        self.encoder_cls = type(encoder)
-        self.config = encoder.stored_config
-        self.name = encoder.name
-        self.runtime = dict(encoder.runtime)
+        self.spec = encoder.spec
         self._lock: threading.Lock | None = None
         self._encoder: Encoder | None = None
         self._store: Store | None = None
@@ -77,7 +73,7 @@ class EncoderPlugin(distributed.WorkerPlugin):
             if loaded:
                 self._store = Store.open(self.location)
                 self._fs = self._store.feature_set(self.feature_set)
-                self._encoder = self.encoder_cls.from_config(self.config, name=self.name, **self.runtime)
+                self._encoder = self.spec.build()
             store, fs, encoder = self._store, self._fs, self._encoder
             assert store is not None and fs is not None and encoder is not None
             table = store.table
@@ -97,9 +93,6 @@ def run_on_cluster(cluster: Any, store: Store, encoder: Encoder, fs: FeatureSet,
     if not pending:
         return
     total = sum(fs.chunk_slice(c).stop - fs.chunk_slice(c).start for c in pending)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed:.0f}/{task.total:.0f} rows, {task.fields[failed]} failed"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
     token = hashlib.sha256(f"{store.url}|{fs.name}|{fs.config_hash}".encode()).hexdigest()[:10]
     name = f"emostore-extract-{token}"
     with connect(cluster, quiet=not progress) as client:
@@ -108,7 +101,8 @@ def run_on_cluster(cluster: Any, store: Store, encoder: Encoder, fs: FeatureSet,
         futures = {client.submit(_run_chunk, name, c, key=f"emostore-chunk-{c}-{run}", retries=RETRIES,
                                  pure=False): c for c in pending}
         try:
-            with Progress(*columns, disable=not progress, transient=False) as bar:
+            with progress_bar(enabled=progress,
+                              counts="{task.completed:.0f}/{task.total:.0f} rows, {task.fields[failed]} failed") as bar:
                 task = bar.add_task(fs.name, total=total, failed=0)
                 for fut in distributed.as_completed(futures):
                     chunk = futures[fut]

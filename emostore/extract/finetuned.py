@@ -7,24 +7,19 @@ how it was trained and how its inputs are built (:mod:`emostore.extract.dialogue
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from emostore.core.hashing import files_hash
 from emostore.errors import UserError
-from emostore.extract.encoders.text import BUNDLED_MODEL, HF_ALIASES, bundled_model_path
-from emostore.extract.model_files import sha256_file
+from emostore.extract.text_models import BUNDLED_MODEL, FINETUNE_META, HF_ALIASES, bundled_model_path
 
-META = "finetune.json"
+META = FINETUNE_META
 #: ``--model bert|roberta|distilbert``: the Hugging Face models these names stand for.
 ALIASES = HF_ALIASES
 BUNDLED = BUNDLED_MODEL
 
-
-def is_finetuned(path: str | Path) -> bool:
-    """Whether ``path`` is a folder written by ``emostore finetune text``."""
-    return (Path(path) / META).is_file()
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -71,10 +66,8 @@ def content_hash(path: str | Path) -> str:
     """A hash of the files that define a model folder's outputs (every top-level file but
     ``finetune.json``): a retrained model gets a new hash."""
     root = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.iterdir() if p.is_file() and p.name != META and not p.name.startswith(".")):
-        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest()[:16]
+    return files_hash(sorted(p for p in root.iterdir() if p.is_file() and p.name != META
+                             and not p.name.startswith(".")))[:16]
 
 
 def resolve_source(model: str) -> tuple[str, str]:

@@ -9,11 +9,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from emostore.core.hashing import sha256_file
 from emostore.errors import UserError
 
 FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/"
@@ -59,18 +59,12 @@ def _packaged(package: str, relative: str, sha256: str) -> Path | None:
     return path if path.is_file() and sha256_file(path) == sha256 else None
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/emostore``, by default ``~/.cache/emostore``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "emostore"
+    """The user cache of emostore's model files (platformdirs: ``$XDG_CACHE_HOME/emostore``, by
+    default ``~/.cache/emostore``, on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("emostore"))
 
 
 def _given(path: str | Path, what: str) -> Path:
@@ -81,24 +75,26 @@ def _given(path: str | Path, what: str) -> Path:
 
 
 def download(url: str, dest: Path, sha256: str) -> Path:
-    """Fetch ``url`` to ``dest`` (atomically), keeping it only when its sha256 matches."""
+    """Fetch ``url`` to ``dest`` with pooch (atomically), keeping it only when its sha256 matches."""
+    import pooch
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    downloader = _copy_file if url.startswith("file://") else pooch.HTTPDownloader(timeout=DOWNLOAD_TIMEOUT_S)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            while block := resp.read(1 << 20):
-                out.write(block)
-        got = sha256_file(tmp)
-        if got != sha256:
-            raise UserError(f"downloaded {url} has sha256 {got}, expected {sha256}; not kept. "
-                            f"Download it yourself and pass its path")
-        os.replace(tmp, dest)
-    except OSError as exc:  # URLError, timeouts, disk errors
-        raise UserError(f"cannot download {url} ({exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+        return Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=dest.name, path=dest.parent,
+                                   downloader=downloader, progressbar=False))
+    except ValueError as exc:  # pooch: the hash does not match (the file is not kept)
+        raise UserError(f"downloaded {url}, but its sha256 is not the expected {sha256} ({exc}); not kept. "
+                        "Download it yourself and pass its path") from None
+    except Exception as exc:  # noqa: BLE001  (requests' connection errors, timeouts, disk errors)
+        raise UserError(f"cannot download {url} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+
+
+def _copy_file(url: str, output_file: str, _: object) -> None:
+    """A pooch downloader for ``file://`` URLs (a local mirror of the model files)."""
+    import shutil
+
+    shutil.copyfile(url[len("file://"):], output_file)
 
 
 def resolve_face_model(path: str | Path | None = None, *, url: str = FACE_MODEL_URL,

@@ -1,7 +1,7 @@
 """The one extraction loop: pending chunks of this shard -> encoder -> write -> mark done.
 
-:func:`extract_chunk` is the unit of work, the same code in a local run and in a task on a Dask
-cluster (:mod:`emostore.extract.cluster`).
+:func:`~emostore.extract.chunk.extract_chunk` is the unit of work, the same code in a local run
+and in a task on a Dask cluster (:mod:`emostore.extract.cluster`).
 """
 
 from __future__ import annotations
@@ -11,78 +11,23 @@ import logging
 import multiprocessing as mp
 import os
 import sys
-import time
 import types
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from emostore.core.progress import progress_bar
 from emostore.errors import UserError
 from emostore.extract import worker
-from emostore.extract.base import Encoded, Encoder
+from emostore.extract.base import Encoded, Encoder, EncoderSpec
+from emostore.extract.chunk import RunReport, extract_chunk
 from emostore.store import FeatureSet, Shard, Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunReport:
-    feature_set: str
-    config_hash: str
-    chunks_total: int
-    chunks_run: int
-    rows_run: int
-    rows_failed: int
-    complete: bool
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    #: Chunks whose task failed on a cluster (after its retries): left pending for a rerun.
-    chunk_errors: list[tuple[int, str]] = field(default_factory=list)
-    #: Encoders loaded by cluster workers (one per worker that ran a chunk).
-    encoder_loads: int = 0
-    #: Finished chunks found damaged (missing files, failed checksums) and computed again.
-    chunks_damaged: int = 0
-    #: Seconds spent encoding and writing chunks, summed over the processes that ran them.
-    encode_seconds: float = 0.0
-    write_seconds: float = 0.0
-
-    def add(self, done: ChunkDone) -> None:
-        self.encoder_loads += int(done.encoder_loaded)
-        self.encode_seconds += done.encode_seconds
-        self.write_seconds += done.write_seconds
-        self.chunks_run += 1
-        self.rows_run += done.rows
-        self.rows_failed += len(done.failures)
-        self.failures.extend(done.failures)
-
-
-@dataclass
-class ChunkDone:
-    chunk: int
-    rows: int
-    failures: list[tuple[str, str]]
-    encoder_loaded: bool = False  # this task loaded its worker's encoder (the first on that worker)
-    encode_seconds: float = 0.0
-    write_seconds: float = 0.0
-
-
-def extract_chunk(fs: FeatureSet, table: pd.DataFrame, chunk: int,
-                  encode: Callable[[np.ndarray], Encoded]) -> ChunkDone:
-    """Encode the rows of ``chunk`` and write them, ``done`` last: the unit of work of every run."""
-    sl = fs.chunk_slice(chunk)
-    rows = np.arange(sl.start, sl.stop)
-    t0 = time.perf_counter()
-    out = encode(rows)
-    t1 = time.perf_counter()
-    fs.write_chunk(chunk, out.values, out.ok, out.reasons, out.sequences)
-    bad = np.flatnonzero(~np.asarray(out.ok, dtype=bool))
-    return ChunkDone(chunk, len(rows), [(str(table["id"].iat[rows[i]]), out.reasons[i]) for i in bad],
-                     encode_seconds=t1 - t0, write_seconds=time.perf_counter() - t1)
 
 
 #: Thread-count variables of the OpenMP and BLAS runtimes (PyTorch's CPU threads follow OMP_NUM_THREADS).
@@ -111,8 +56,7 @@ def _spawning(threads: int) -> Iterator[None]:
                 os.environ.pop(k, None)
 
 
-def start_workers(n: int, build: tuple[str, str, dict[str, Any], dict[str, Any], str | None] | None = None
-                  ) -> ProcessPoolExecutor:
+def start_workers(n: int, build: EncoderSpec | None = None) -> ProcessPoolExecutor:
     """``n`` worker processes, started now, so that they load while the caller goes on (opening the
     store, building its own encoder). With ``build`` (see :func:`emostore.extract.worker.start`)
     each worker builds its encoder right away too."""
@@ -150,14 +94,12 @@ def run_extraction(store: Store, encoder: Encoder, *, shard: Shard = Shard(), ov
         return _finish(store, fs, report)
     table = store.table
     total_rows = sum(fs.chunk_slice(c).stop - fs.chunk_slice(c).start for c in pending)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn()]
     own_pool = pool is None and workers > 1 and bool(pending)
     if own_pool:
         pool = start_workers(workers)  # they load while the table is read
-    spec = (type(encoder), encoder.stored_config, encoder.name, encoder.runtime)
+    spec = encoder.spec
     try:
-        with Progress(*columns, disable=not progress, transient=False) as bar:
+        with progress_bar(enabled=progress) as bar:
             task = bar.add_task(f"{encoder.feature_set}", total=total_rows)
             futures = _submit_all(pool, spec, table, fs, pending, encoder.block_rows) if pool else {}
             for chunk in pending:
@@ -198,7 +140,7 @@ def _gather(blocks: list[tuple[np.ndarray, Future[Encoded]]], chunk: int, advanc
     return Encoded.concat(parts)
 
 
-def _submit_all(pool: ProcessPoolExecutor, spec: worker.Spec, table: pd.DataFrame, fs: Any, chunks: list[int],
+def _submit_all(pool: ProcessPoolExecutor, spec: EncoderSpec, table: pd.DataFrame, fs: Any, chunks: list[int],
                 block_rows: int) -> dict[int, list[tuple[np.ndarray, Future[Encoded]]]]:
     """Queue every block of every pending chunk, so workers never wait for the writer. A block goes with
     the other turns of its dialogues, so encoders that read surrounding turns see them as in one process."""

@@ -9,38 +9,26 @@ the encoder it wants by its stored configuration, and a worker whose encoder dif
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
-from emostore.extract.base import Encoded, Encoder
+from emostore.extract.base import Encoded, Encoder, EncoderSpec
 
 _ENCODER: Encoder | None = None
 _KEY: str | None = None
 
-#: What identifies an encoder: its class, stored configuration, name and runtime options.
-Spec = tuple[type[Encoder], dict[str, Any], str, dict[str, Any]]
 
-
-def _key(cls: type[Encoder], config: dict[str, Any], name: str, runtime: dict[str, Any]) -> str:
-    return json.dumps([cls.__module__, cls.__qualname__, config, name, runtime], sort_keys=True, default=str)
-
-
-def start(build: tuple[str, str, dict[str, Any], dict[str, Any], str | None] | None = None) -> None:
-    """Pool initializer: with ``build`` (modality, kind, options, runtime, name), build the encoder
+def start(spec: EncoderSpec | None = None) -> None:
+    """Pool initializer: with ``spec`` (a request from the command's options), build the encoder
     now, as the main process does. A failure here is left to the main process to report."""
     global _ENCODER, _KEY
-    if build is None:
+    if spec is None:
         return
-    from emostore.extract.base import build_encoder
-
     try:
-        enc = build_encoder(build[0], build[1], build[2], build[3], name=build[4])
+        enc = spec.build()
     except Exception:  # noqa: BLE001  (the main process builds the same encoder and reports the error)
         return
-    _ENCODER, _KEY = enc, _key(type(enc), enc.stored_config, enc.name, enc.runtime)
+    _ENCODER, _KEY = enc, enc.spec.key
 
 
 def ready() -> bool:
@@ -48,12 +36,10 @@ def ready() -> bool:
     return True
 
 
-def encode_block(spec: Spec, block: pd.DataFrame, positions: np.ndarray | None = None) -> Encoded:
+def encode_block(spec: EncoderSpec, block: pd.DataFrame, positions: np.ndarray | None = None) -> Encoded:
     """Encode the rows of ``block`` at ``positions`` (default: all; the others are their dialogues'
     other turns) with the encoder ``spec`` describes (built once per process)."""
     global _ENCODER, _KEY
-    key = _key(*spec)
-    if _ENCODER is None or _KEY != key:
-        cls, config, name, runtime = spec
-        _ENCODER, _KEY = cls.from_config(config, name=name, **runtime), key
+    if _ENCODER is None or _KEY != spec.key:
+        _ENCODER, _KEY = spec.build(), spec.key
     return _ENCODER.encode_rows(block.reset_index(drop=True), np.arange(len(block)) if positions is None else positions)

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emostore.core.targets import TARGETS, Target, resolve_target
 from emostore.errors import UserError
 from emostore.extract.dialogue_input import DialogueFormat, TokenizedTurn, TurnTokenizer, dialogue_order, dialogue_turns
-from emostore.heads.data import TARGETS, Target, resolve_target
 from emostore.store import Store
 from emostore.store.table import columns_hash
 

@@ -3,7 +3,6 @@ and how it is written out as a standard Hugging Face / sentence-transformers fol
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +33,22 @@ class TextClassifier(nn.Module):
 
 def export(model: TextClassifier, tokenizer: Any, out: Path, *, max_length: int) -> None:
     """Write ``out`` as a Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer)
-    that sentence-transformers also loads (Transformer + mean pooling), plus the classifier."""
+    that is also a sentence-transformers model (Transformer + mean pooling, saved by
+    sentence-transformers itself), plus the classifier."""
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers 6 moved its modules
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
+
     out.mkdir(parents=True, exist_ok=True)
     model.backbone.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
+    encoder = Transformer(str(out), max_seq_length=max_length)
+    pooling = Pooling(int(model.backbone.config.hidden_size), pooling_mode="mean")
+    SentenceTransformer(modules=[encoder, pooling], device="cpu").save(str(out), create_model_card=False)
     save_tensors(out / CLASSIFIER, {"weight": model.classifier.weight, "bias": model.classifier.bias})
-    hidden = int(model.backbone.config.hidden_size)
-    (out / "1_Pooling").mkdir(exist_ok=True)
-    (out / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2) + "\n")
-    (out / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}], indent=2) + "\n")
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
-                                                               "do_lower_case": False}, indent=2) + "\n")
 
 
 def load_classifier(model_dir: Path, backbone: nn.Module, n_out: int) -> TextClassifier:

@@ -21,58 +21,22 @@ import numpy as np
 import torch
 
 from emostore import __version__
+from emostore.core.clock import now
 from emostore.core.runtime import cpu_threads, resolve_device, resolve_precision
+from emostore.core.targets import Target
 from emostore.errors import UserError
 from emostore.extract.dialogue_input import POOLING, DialogueFormat, TurnTokenizer
 from emostore.extract.finetuned import META, content_hash, load_transformer, model_max_length, read_meta
 from emostore.finetune.data import READ_COLUMNS, FinetuneData, build_data, describe_rows, fold_of_rows, target_of
 from emostore.finetune.model import TextClassifier, export
+from emostore.finetune.options import FinetuneOptions
 from emostore.finetune.state import RUN, cleanup, read_json, write_json
 from emostore.finetune.teacher import OUTPUTS, Teacher, check_format, load_teacher, teacher_outputs
 from emostore.finetune.train import Distillation, FinetuneConfig, Log, TrainResult, metrics_of, predict, train_model
 from emostore.store import Store
-from emostore.store.feature_set import now
 
 FORMAT = "emostore-finetuned-text"
 TRAINING, FOLDS, DONE = "training", "folds", "done.json"
-
-
-@dataclass
-class FinetuneOptions:
-    """The command's options (see ``emostore finetune text --help``)."""
-
-    model: str = "minilm"
-    target: str = "emotion"
-    #: Turns around the utterance, and speaker names (None: 0, 0 and on, or the teacher's).
-    past: int | None = None
-    future: int | None = None
-    speaker: bool | None = None
-    epochs: int = 4
-    lr: float = 5e-5
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_length: int | None = None
-    class_weights: bool = False
-    label_smoothing: float = 0.0
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 0
-    folds: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    #: Also save the training state every this many optimiser steps (0: once per epoch only).
-    save_every: int = 200
-    #: CPU threads (None: torch's default). On a busy machine one thread can be the fastest.
-    threads: int | None = None
-    #: Distil from this fine-tuned model folder: its soft labels, at ``temperature``, make up
-    #: ``distill_weight`` of the loss (the gold labels the rest).
-    teacher: str | None = None
-    temperature: float = 2.0
-    distill_weight: float = 0.5
-    #: Batches wider than this many padded tokens are computed in parts (the same step; memory
-    #: stays bounded with long context inputs). 0: never split.
-    max_batch_tokens: int = 4096
-
 
 
 def is_empty(out: Path) -> bool:
@@ -181,23 +145,46 @@ def finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrite
         return _finetune(store_path, out, options, overwrite=overwrite, progress=progress, log=log)
 
 
-def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrite: bool, progress: bool,
-              log: Log) -> dict[str, Any]:
-    out = Path(out)
+@dataclass
+class Plan:
+    """Everything a run needs, checked before any training: the store and target, the input
+    format, the model and its tokenizer, the tokenized rows, the training configuration and the
+    run's ``spec`` (what ``--out`` must hold to be resumed)."""
+
+    store: Store
+    target: Target
+    fmt: DialogueFormat
+    teacher: Teacher | None
+    device: str
+    precision: str
+    hf_tokenizer: Any
+    backbone: Any
+    base: str
+    tokenizer: TurnTokenizer
+    data: FinetuneData
+    config: FinetuneConfig
+    spec: dict[str, Any]
+
+
+def input_format(options: FinetuneOptions, teacher: Teacher | None) -> DialogueFormat:
+    if teacher is None:
+        return DialogueFormat(options.past or 0, options.future or 0, True if options.speaker is None else
+                              options.speaker)
+    if not 0.0 <= options.distill_weight <= 1.0 or options.temperature <= 0:
+        raise UserError(f"--distill-weight must be in [0, 1] and --temperature above 0, got "
+                        f"{options.distill_weight} and {options.temperature}")
+    return check_format(teacher, options.past, options.future, options.speaker)
+
+
+def plan_run(store_path: Path, out: Path, options: FinetuneOptions) -> Plan:
+    """Check the options, the store and ``out``; load the model; tokenize every row."""
     store = Store.open(store_path, mode="r")
     target = target_of(store, options.target)
     check_out(out)
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device, training=True)
     teacher = load_teacher(options.teacher, target) if options.teacher else None
-    if teacher is not None:
-        fmt = check_format(teacher, options.past, options.future, options.speaker)
-        if not 0.0 <= options.distill_weight <= 1.0 or options.temperature <= 0:
-            raise UserError(f"--distill-weight must be in [0, 1] and --temperature above 0, got "
-                            f"{options.distill_weight} and {options.temperature}")
-    else:
-        fmt = DialogueFormat(options.past or 0, options.future or 0, True if options.speaker is None else
-                             options.speaker)
+    fmt = input_format(options, teacher)
     if options.folds and options.folds < 2:
         raise UserError(f"--folds must be 2 or more (or 0 for none), got {options.folds}")
     hf_tokenizer, backbone, base = load_transformer(options.model, device="cpu")
@@ -216,23 +203,74 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
             "training": config.to_dict(), "folds": options.folds}
     if teacher is not None:
         spec["teacher"] = teacher.to_dict(options.temperature, options.distill_weight)
-    state = claim_out(out, spec, overwrite)
+    return Plan(store, target, fmt, teacher, device, precision, hf_tokenizer, backbone, base, tokenizer, data,
+                config, spec)
+
+
+def open_out(out: Path, plan: Plan, folds: int, overwrite: bool, log: Log) -> str:
+    """Claim ``out`` for this run (:func:`claim_out`) and lay out its training folder."""
+    state = claim_out(out, plan.spec, overwrite)
     if state == "finished":
-        log(f"{out} already holds this fine-tuned model (finished); nothing to train")
-        return read_meta(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / TRAINING).mkdir(exist_ok=True)
+        return state
+    (out / TRAINING).mkdir(parents=True, exist_ok=True)
     if state in ("new", "extend"):
-        write_json(out / TRAINING / RUN, spec)
+        write_json(out / TRAINING / RUN, plan.spec)
     if state == "extend":
-        log(f"{out} holds this model without cross-fitting models: adding {options.folds} (the model is kept)")
+        log(f"{out} holds this model without cross-fitting models: adding {folds} (the model is kept)")
         old = read_meta(out)
         write_json(out / TRAINING / DONE, {"history": old["history"], "best_epoch": old["best_epoch"],
                                            "dev": old["dev_metrics"], "test_metrics": old["test_metrics"],
                                            "minutes_per_epoch": old["minutes_per_epoch"], "notes": old["notes"],
                                            "model_hash": old["model_hash"]})
+    return state
+
+
+def train_folds(out: Path, plan: Plan, train_rows: np.ndarray, options: FinetuneOptions,
+                common: dict[str, Any]) -> dict[str, Any]:
+    """The cross-fitting models: one per fold of whole train dialogues, each without its fold."""
+    table = plan.store.table
+    assignment = fold_of_rows(table, train_rows, options.folds, options.seed)
+    ids = table["id"].to_numpy()
+    folds = []
+    for k in range(options.folds):
+        keep = np.array([r for r in train_rows if assignment[int(r)] != k])
+        fold_dir = out / FOLDS / str(k)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        summary = train_one(fold_dir, train_rows=keep, label=f"fold {k + 1}/{options.folds}: ", **common)
+        folds.append({"path": f"{FOLDS}/{k}", "held_out_rows": int(len(train_rows) - len(keep)),
+                      **{key: summary[key] for key in ("best_epoch", "dev", "test_metrics", "history",
+                                                       "minutes_per_epoch", "model_hash")}})
+    return {"folds": options.folds, "by": "dialogue",
+            "fold_of": {str(ids[r]): int(f) for r, f in sorted(assignment.items())}, "models": folds}
+
+
+def describe(plan: Plan, full: dict[str, Any], cross_fit: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """``finetune.json``: how the model was trained, its input format, metrics and folds."""
+    store, data, target = plan.store, plan.data, plan.target
+    return {
+        "format": FORMAT, "format_version": 1, "emostore_version": __version__, "created": now(),
+        "spec": plan.spec, "base_model": plan.base,
+        "store": {"path": str(Path(store.path).resolve()), "dataset": store.dataset, "table_hash": data.table_hash,
+                  "columns": [*READ_COLUMNS, target.column], **describe_rows(data)},
+        "input": plan.spec["input"], "target": target.to_dict(), "labels": target.labels,
+        "training": {**plan.config.to_dict(), "device": plan.device, "optimizer": "AdamW, linear warm-up and decay",
+                     "selection": "dev MAE" if target.regression else "dev weighted F1"},
+        "history": full["history"], "best_epoch": full["best_epoch"], "dev_metrics": full["dev"],
+        "test_metrics": full["test_metrics"], "minutes_per_epoch": full["minutes_per_epoch"],
+        "model_hash": full["model_hash"], "cross_fit": cross_fit, "notes": full["notes"],
+        "teacher": plan.spec.get("teacher"), "seconds": round(seconds, 1),
+    }
+
+
+def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrite: bool, progress: bool,
+              log: Log) -> dict[str, Any]:
+    out = Path(out)
+    plan = plan_run(store_path, out, options)
+    if open_out(out, plan, options.folds, overwrite, log) == "finished":
+        log(f"{out} already holds this fine-tuned model (finished); nothing to train")
+        return read_meta(out)
     started = time.perf_counter()
-    source = backbone
+    source = plan.backbone
 
     def fresh_backbone() -> Any:
         """The base weights for each model trained (the first one reuses the loaded copy)."""
@@ -242,49 +280,22 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
             return b
         return load_transformer(options.model, device="cpu")[1]
 
-    common: dict[str, Any] = {"backbone_loader": fresh_backbone, "data": data, "tokenizer": tokenizer,
-                              "hf_tokenizer": hf_tokenizer, "config": config, "device": device, "options": options,
-                              "store": store, "progress": progress, "log": log}
-    train_rows = data.rows("train")
-    if teacher is not None:
-        common["distill"] = distillation(teacher, options, store, data, train_rows, device=device,
-                                         cache=out / TRAINING, log=log)
-    log(f"fine-tuning {base} on {store.path} ({target.name}; {describe_rows(data)['rows']} labelled rows; "
-        f"past {fmt.past}, future {fmt.future}, speakers {'on' if fmt.speaker else 'off'}; max length "
-        f"{max_length}) on {device}, {precision}"
+    common: dict[str, Any] = {"backbone_loader": fresh_backbone, "data": plan.data, "tokenizer": plan.tokenizer,
+                              "hf_tokenizer": plan.hf_tokenizer, "config": plan.config, "device": plan.device,
+                              "options": options, "store": plan.store, "progress": progress, "log": log}
+    train_rows = plan.data.rows("train")
+    if plan.teacher is not None:
+        common["distill"] = distillation(plan.teacher, options, plan.store, plan.data, train_rows,
+                                         device=plan.device, cache=out / TRAINING, log=log)
+    fmt, teacher = plan.fmt, plan.teacher
+    log(f"fine-tuning {plan.base} on {plan.store.path} ({plan.target.name}; {describe_rows(plan.data)['rows']} "
+        f"labelled rows; past {fmt.past}, future {fmt.future}, speakers {'on' if fmt.speaker else 'off'}; max "
+        f"length {plan.spec['input']['max_length']}) on {plan.device}, {plan.precision}"
         + (f"; distilling {teacher.folder} (temperature {options.temperature:g}, weight {options.distill_weight:g})"
            if teacher is not None else ""))
-    full = train_one(out, train_rows=train_rows, **common)  # type: ignore[arg-type]
-    cross_fit = None
-    if options.folds:
-        assignment = fold_of_rows(store.table, train_rows, options.folds, options.seed)
-        ids = store.table["id"].to_numpy()
-        folds = []
-        for k in range(options.folds):
-            keep = np.array([r for r in train_rows if assignment[int(r)] != k])
-            fold_dir = out / FOLDS / str(k)
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            summary = train_one(fold_dir, train_rows=keep, label=f"fold {k + 1}/{options.folds}: ",
-                                **common)  # type: ignore[arg-type]
-            folds.append({"path": f"{FOLDS}/{k}", "held_out_rows": int(len(train_rows) - len(keep)),
-                          **{key: summary[key] for key in ("best_epoch", "dev", "test_metrics", "history",
-                                                           "minutes_per_epoch", "model_hash")}})
-        cross_fit = {"folds": options.folds, "by": "dialogue",
-                     "fold_of": {str(ids[r]): int(f) for r, f in sorted(assignment.items())}, "models": folds}
-    meta = {
-        "format": FORMAT, "format_version": 1, "emostore_version": __version__, "created": now(),
-        "spec": spec, "base_model": base,
-        "store": {"path": str(Path(store.path).resolve()), "dataset": store.dataset, "table_hash": data.table_hash,
-                  "columns": [*READ_COLUMNS, target.column], **describe_rows(data)},
-        "input": spec["input"], "target": target.to_dict(), "labels": target.labels,
-        "training": {**config.to_dict(), "device": device, "optimizer": "AdamW, linear warm-up and decay",
-                     "selection": "dev MAE" if target.regression else "dev weighted F1"},
-        "history": full["history"], "best_epoch": full["best_epoch"], "dev_metrics": full["dev"],
-        "test_metrics": full["test_metrics"], "minutes_per_epoch": full["minutes_per_epoch"],
-        "model_hash": full["model_hash"], "cross_fit": cross_fit, "notes": full["notes"],
-        "teacher": spec.get("teacher"),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    full = train_one(out, train_rows=train_rows, **common)
+    cross_fit = train_folds(out, plan, train_rows, options, common) if options.folds else None
+    meta = describe(plan, full, cross_fit, time.perf_counter() - started)
     write_json(out / META, meta)
     cleanup(out / TRAINING)
     shutil.rmtree(out / TRAINING, ignore_errors=True)
@@ -315,10 +326,4 @@ def extract(store_path: Path, out: Path, *, name: str | None = None, device: str
                         "rows_run": report.rows_run, "rows_failed": report.rows_failed, "complete": report.complete})
     return reports
 
-
-def summary_line(meta: dict[str, Any]) -> str:
-    t = meta.get("test_metrics") or {}
-    score = (f"test MAE {t['mae']:.4f}, corr {t['corr']:.4f}" if t.get("task") == "regression" else
-             f"test weighted F1 {t['weighted_f1']:.4f}, accuracy {t['accuracy']:.4f}" if t else "no test rows")
-    return f"best epoch {meta['best_epoch']} of {len(meta['history'])}; {score}"
 

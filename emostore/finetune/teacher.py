@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from emostore.core.runtime import resolve_precision
+from emostore.core.targets import Target
 from emostore.errors import UserError
 from emostore.extract.dialogue_input import DialogueFormat, TurnTokenizer
-from emostore.extract.finetuned import content_hash, is_finetuned, load_transformer, read_meta
+from emostore.extract.finetuned import content_hash, load_transformer, read_meta
+from emostore.extract.text_models import is_finetuned
 from emostore.finetune.data import FinetuneData, build_data
 from emostore.finetune.model import load_classifier
 from emostore.finetune.train import predict
-from emostore.heads.data import Target
 from emostore.store import Store
 
 OUTPUTS = "teacher-outputs.npz"

@@ -17,17 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
+from emostore.core.metrics import classification_metrics, regression_metrics
+from emostore.core.progress import progress_bar
 from emostore.core.runtime import autocast
 from emostore.extract.dialogue_input import TurnTokenizer
 from emostore.finetune.data import FinetuneData, epoch_batches
 from emostore.finetune.model import TextClassifier, parameter_groups
 from emostore.finetune.state import load_state, save_state, save_tensors
-from emostore.heads.evaluate import classification_metrics, regression_metrics
 
 #: Rows per forward pass when evaluating.
 EVAL_BATCH = 64
@@ -297,7 +296,7 @@ def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokeni
     resumed = trainer.resume(log, label)
     c = trainer.counters
     notes = [] if len(data.rows("dev")) else [f"no labelled dev rows: the last of {config.epochs} epochs is kept"]
-    with progress_bar(enabled=progress) as bar:
+    with progress_bar(enabled=progress, transient=True, stderr=True) as bar:
         while c["epoch"] < config.epochs:
             title = f"{label}epoch {c['epoch'] + 1}/{config.epochs}"
             task = bar.add_task(title, total=trainer.n_batches, completed=c["batch"])
@@ -318,8 +317,4 @@ def train_model(model: TextClassifier, data: FinetuneData, tokenizer: TurnTokeni
     return TrainResult(c["history"], c["best_epoch"], c["best"], c["seconds"], resumed, notes)
 
 
-def progress_bar(*, enabled: bool) -> Progress:
-    """A rich bar on stderr (epochs of batches)."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
-    return Progress(*columns, console=Console(stderr=True), disable=not enabled, transient=True)
+

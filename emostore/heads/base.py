@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from emostore.core.convert import convert
 from emostore.errors import UserError
 
 
@@ -125,21 +126,8 @@ def make_params(name: str, values: dict[str, Any] | None = None) -> HeadParams:
         if key not in known:
             raise UserError(f"head {name!r} has no parameter {key!r}; it has {', '.join(known)}")
         default = getattr(cls(), key)
-        kwargs[key] = _convert(value, type(default), f"{name}.{key}")
+        kwargs[key] = convert(value, type(default), f"{name}.{key}")
     return cls(**kwargs)
-
-
-def _convert(value: Any, kind: type, where: str) -> Any:
-    if not isinstance(value, str) or kind is str:
-        return kind(value) if kind in (int, float) and not isinstance(value, bool) else value
-    try:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        return kind(value)
-    except ValueError:
-        raise UserError(f"{where}: cannot read {value!r} as {kind.__name__}") from None
 
 
 class LayerMix(nn.Module):

@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from emostore import __version__
+from emostore.core.clock import now
 from emostore.errors import UserError
 from emostore.heads import manifest
 from emostore.heads.base import Head, build_head, make_params
 from emostore.heads.data import HeadData, Target, load_data
 from emostore.heads.train import FitResult
 from emostore.store import Store
-from emostore.store.feature_set import now
 
 BadCheckpoint = manifest.BadCheckpoint
 FORMAT = "emostore-head"

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from emostore.core.progress import progress_bar
 from emostore.errors import UserError
 from emostore.heads.base import head_class, make_params
 from emostore.heads.data import load_data
@@ -125,9 +125,7 @@ def sweep(store: Store, heads: list[str], feature_combos: list[list[str]], *, se
         split_setting(h, s, config)
     start = time.perf_counter()
     result: SweepResult | None = None
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress) as bar:
+    with progress_bar(enabled=progress) as bar:
         task = bar.add_task("sweep", total=len(runs) * len(feature_combos))
         frames = any(head_class(h).frames for h in heads)
         for features in feature_combos:

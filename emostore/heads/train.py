@@ -11,50 +11,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import f1_score, mean_absolute_error
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
+from emostore.core.progress import progress_bar
 from emostore.core.runtime import cpu_threads, resolve_device
 from emostore.errors import UserError
 from emostore.heads.base import Head, HeadParams, build_head, head_class, make_params
+from emostore.heads.config import TrainConfig
 from emostore.heads.data import HeadData
 
 #: Rows per forward pass when predicting.
 PREDICT_BATCH = 2048
 #: Most frames (rows x padded length) per forward pass when a frame head predicts.
 PREDICT_FRAMES = 1 << 18
-
-
-@dataclass
-class TrainConfig:
-    """How to train; the head's own hyperparameters live in its ``Params``."""
-
-    epochs: int = 60
-    #: Utterances per batch (default 256); dialogues per batch for sequence heads (default 32).
-    batch_size: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    #: Stop after this many epochs without a better dev score.
-    patience: int = 8
-    #: Weigh the loss (and kNN votes) by inverse class frequency in the training split.
-    class_weights: bool = False
-    #: Probability of hiding each present modality of a training row (one always stays).
-    modality_dropout: float = 0.0
-    #: Cross-entropy label smoothing (classification only).
-    label_smoothing: float = 0.0
-    #: Decay of an exponential moving average of the weights, which is what gets evaluated
-    #: and kept (0: off).
-    ema: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    #: CPU threads while training (None: torch's default). These models are too small to gain
-    #: from more than one, and extra threads spin and slow down on a busy machine.
-    threads: int | None = 1
-
-    def batch(self, sequence: bool) -> int:
-        return self.batch_size or (32 if sequence else 256)
 
 
 @dataclass
@@ -297,8 +268,7 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     best_score: float | None = None
     best_state, best_epoch, history = copy.deepcopy(model.state_dict()), 0, []
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    with progress_bar(enabled=progress, transient=True, eta=False) as bar:
         task = bar.add_task(f"train {head}", total=config.epochs)
         epoch = 0
         for epoch in range(1, config.epochs + 1):

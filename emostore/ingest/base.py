@@ -79,8 +79,8 @@ def register(cls: type[Adapter]) -> type[Adapter]:
 
 
 def get_adapter(name: str) -> Adapter:
-    from emostore import ingest  # noqa: F401  (imports register every adapter)
-
+    """The adapter registered as ``name`` (the package's ``__init__`` imports, and so registers,
+    every adapter module before this module is used)."""
     if name not in ADAPTERS:
         raise IngestError(f"unknown dataset adapter {name!r}; known: {', '.join(sorted(ADAPTERS))}")
     return ADAPTERS[name]()

@@ -7,7 +7,6 @@ and a note says so. Several files (one per split, say) are read as one corpus.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,163 +74,164 @@ class CsvAdapter(Adapter):
     def _one_file(self, path: Path, raw: pd.DataFrame, mapping: dict[str, str], given: dict[str, str],
                   problems: list[Problem], notes: list[str], media_root: Path | None,
                   keep_extra: bool) -> pd.DataFrame | None:
-        f = _File(path, _columns(path, raw, mapping, given), mapping, problems, notes, len(raw))
-        _ids_and_dialogues(f)
-        _turns(f)
-        _sentiment(f)
-        _split(f)
-        _times(f)
-        if "media" in f.col:
-            _media(f, media_root or path.parent)
-        keep = _usable(f)
-        df = f.df
+        src = str(path)
+        col = _columns(path, raw, mapping, given, notes)
+        if "text" not in col and "media" not in col:
+            raise IngestError(f"{src}: needs a text or a media column (looked for {mapping['text']!r} and "
+                              f"{mapping['media']!r}; columns are {list(raw.columns)}); name one with "
+                              "--text-col or --media-col")
+        if "emotion" not in col and "sentiment" not in col:
+            notes.append(f"{path.name}: no label column found (looked for {mapping['emotion']!r} and "
+                         f"{mapping['sentiment']!r}, in any case; columns are {list(raw.columns)}): the store has "
+                         "no labels; name the column with --label-col to train on it")
+        rows = _Rows(path, col, mapping, problems, notes)
+        df = rows.ids_and_turns()
+        rows.labels(df)
+        rows.split(df)
+        rows.times(df)
+        if "media" in col:
+            rows.media(df, media_root or path.parent)
+        keep = rows.keep(df)
         if keep_extra:
-            used = {mapping[name] for name in f.col}
+            used = {c.name for c in col.values()}
             for extra in raw.columns:
                 if extra not in used and extra not in df.columns and not str(extra).startswith("Unnamed"):
                     df[extra] = raw[extra].to_numpy()
         return df.loc[keep].reset_index(drop=True)
 
 
-@dataclass
-class _File:
-    """One CSV file being read: its columns by field, the table being built, and what to report."""
-
-    path: Path
-    col: dict[str, pd.Series]
-    mapping: dict[str, str]
-    problems: list[Problem]
-    notes: list[str]
-    n: int
-
-    def __post_init__(self) -> None:
-        self.src = str(self.path)
-        self.line = np.arange(self.n) + 2  # 1-based line in the file, after the header
-        self.df = pd.DataFrame(index=range(self.n))
-
-    def problem(self, i: int, message: str, level: str = "error") -> None:
-        self.problems.append(Problem(self.src, message, row=int(self.line[i]), id=self.df["id"].iat[i], level=level))
-
-    def absent(self, name: str, what: str) -> None:
-        self.notes.append(f"{self.path.name}: no {self.mapping[name]!r} column; {what}")
-
-
-def _columns(path: Path, raw: pd.DataFrame, mapping: dict[str, str], given: dict[str, str]) -> dict[str, pd.Series]:
-    src = str(path)
-    missing = [f"{f} ({mapping[f]!r})" for f in given if mapping[f] not in raw.columns]
+def _columns(path: Path, raw: pd.DataFrame, mapping: dict[str, str], given: dict[str, str],
+             notes: list[str]) -> dict[str, pd.Series]:
+    """The file's column for each field: its header as named (exactly, else in another case,
+    which a note says); a column asked for by an option that is not there is refused."""
+    by_case = {str(c).casefold(): c for c in raw.columns}
+    col: dict[str, pd.Series] = {}
+    missing = []
+    for f in FIELDS:
+        name = mapping[f]
+        header = name if name in raw.columns else by_case.get(name.casefold())
+        if header is None:
+            if f in given:
+                missing.append(f"{f} ({name!r})")
+            continue
+        if header != name:
+            notes.append(f"{path.name}: header {header!r} taken as {f} (asked for {name!r}; case ignored)")
+        col[f] = raw[header]
     if missing:
-        raise IngestError(f"{src}: column(s) {', '.join(missing)} not found; columns are {list(raw.columns)}")
-    col = {f: raw[mapping[f]] for f in FIELDS if mapping[f] in raw.columns}
-    if "text" not in col and "media" not in col:
-        raise IngestError(f"{src}: needs a text or a media column (looked for {mapping['text']!r} and "
-                          f"{mapping['media']!r}; columns are {list(raw.columns)}); name one with "
-                          "--text-col or --media-col")
+        raise IngestError(f"{path}: column(s) {', '.join(missing)} not found; columns are {list(raw.columns)}")
     return col
 
 
-def _lower_words(values: pd.Series) -> list[str | None]:
-    return [v.strip().lower() if isinstance(v, str) and v.strip() else None for v in values]
+class _Rows:
+    """The fields of one file's rows, derived where absent (each derivation noted), with a
+    problem for each bad value (row and id named)."""
 
+    def __init__(self, path: Path, col: dict[str, pd.Series], mapping: dict[str, str], problems: list[Problem],
+                 notes: list[str]):
+        self.path, self.src, self.col, self.mapping = path, str(path), col, mapping
+        self.problems, self.notes = problems, notes
+        self.n = len(next(iter(col.values())))
+        self.line = np.arange(self.n) + 2  # 1-based line in the file, after the header
 
-def _ids_and_dialogues(f: _File) -> None:
-    df, col = f.df, f.col
-    if "id" in col:
-        df["id"] = col["id"].to_numpy()
-    else:
-        df["id"] = [f"{f.path.stem}-{i}" for i in range(f.n)]
-        f.absent("id", f"ids derived as {f.path.stem}-<row>")
-    for name in ("speaker", "text", "emotion", "sentiment", "media"):
-        df[name] = col[name].to_numpy() if name in col else None
-    if "emotion" in col:
-        df["emotion"] = _lower_words(df["emotion"])
-    if "dialogue" in col:
-        df["dialogue"] = col["dialogue"].to_numpy()
-        nodia = df["dialogue"].isna().to_numpy()
-        df.loc[nodia, "dialogue"] = df.loc[nodia, "id"]
-    else:
-        df["dialogue"] = df["id"]
-        f.absent("dialogue", "each utterance is its own dialogue")
+    def problem(self, i: int, why: str, df: pd.DataFrame | None = None, level: str = "error") -> None:
+        self.problems.append(Problem(self.src, why, row=int(self.line[i]),
+                                     id=df["id"].iat[i] if df is not None else None, level=level))
 
+    def ids_and_turns(self) -> pd.DataFrame:
+        col, name, path = self.col, self.path.name, self.path
+        df = pd.DataFrame(index=range(self.n))
+        if "id" in col:
+            df["id"] = col["id"].to_numpy()
+        else:
+            df["id"] = [f"{path.stem}-{i}" for i in range(self.n)]
+            self.notes.append(f"{name}: no {self.mapping['id']!r} column; ids derived as {path.stem}-<row>")
+        for f in ("speaker", "text", "emotion", "sentiment", "media"):
+            df[f] = col[f].to_numpy() if f in col else None
+        if "dialogue" in col:
+            df["dialogue"] = col["dialogue"].to_numpy()
+            nodia = df["dialogue"].isna().to_numpy()
+            df.loc[nodia, "dialogue"] = df.loc[nodia, "id"]
+        else:
+            df["dialogue"] = df["id"]
+            self.notes.append(f"{name}: no {self.mapping['dialogue']!r} column; each utterance is its own dialogue")
+        order = df.groupby("dialogue", sort=False).cumcount().to_numpy()
+        if "turn" not in col:
+            df["turn"] = order
+            self.notes.append(f"{name}: no {self.mapping['turn']!r} column; turns are the order of rows in each "
+                              "dialogue")
+            return df
+        turn = pd.to_numeric(col["turn"], errors="coerce").to_numpy()
+        bad = np.isnan(turn) | (turn < 0) | (turn != np.round(turn))
+        for i in np.flatnonzero(bad & col["turn"].notna().to_numpy()):
+            self.problem(i, f"turn {col['turn'].iat[i]!r} is not a non-negative integer; using the row's order in "
+                            "its dialogue", df, level="warning")
+        df["turn"] = np.where(bad, order, np.nan_to_num(turn)).astype(int)
+        return df
 
-def _turns(f: _File) -> None:
-    order = f.df.groupby("dialogue", sort=False).cumcount().to_numpy()
-    if "turn" not in f.col:
-        f.df["turn"] = order
-        f.absent("turn", "turns are the order of rows in each dialogue")
-        return
-    given = f.col["turn"]
-    turn = pd.to_numeric(given, errors="coerce").to_numpy()
-    bad = np.isnan(turn) | (turn < 0) | (turn != np.round(turn))
-    for i in np.flatnonzero(bad & given.notna().to_numpy()):
-        f.problem(i, f"turn {given.iat[i]!r} is not a non-negative integer; using the row's order in its dialogue",
-                  level="warning")
-    f.df["turn"] = np.where(bad, order, np.nan_to_num(turn)).astype(int)
+    def labels(self, df: pd.DataFrame) -> None:
+        """Emotions in lower case; a sentiment column of numbers is a score, of words a label."""
+        col = self.col
+        if "emotion" in col:
+            df["emotion"] = [v.strip().lower() if isinstance(v, str) and v.strip() else None for v in df["emotion"]]
+        if "sentiment" in col:
+            num = pd.to_numeric(col["sentiment"], errors="coerce")
+            if col["sentiment"].notna().any() and num.notna().sum() >= 0.9 * col["sentiment"].notna().sum():
+                df["sentiment_score"] = num.to_numpy()
+                df["sentiment"] = None
+            else:
+                df["sentiment"] = [v.strip().lower() if isinstance(v, str) and v.strip() else None
+                                   for v in col["sentiment"]]
 
+    def split(self, df: pd.DataFrame) -> None:
+        """The split column, else the file name's, else a stable hash of the dialogue."""
+        name = self.path.name
+        if "split" in self.col:
+            df["split"] = self.col["split"].to_numpy()
+        elif (s := _split_from_name(self.path)) is not None:
+            df["split"] = s
+            self.notes.append(f"{name}: no {self.mapping['split']!r} column; split {s!r} taken from the file name")
+        else:
+            df["split"] = [hashed_split(str(d)) for d in df["dialogue"]]
+            self.notes.append(f"{name}: no {self.mapping['split']!r} column; splits derived 80/10/10 from a hash "
+                              "of the dialogue id (dialogues never straddle splits)")
 
-def _sentiment(f: _File) -> None:
-    """Numbers are a score, words a label."""
-    if "sentiment" not in f.col:
-        return
-    given = f.col["sentiment"]
-    num = pd.to_numeric(given, errors="coerce")
-    if given.notna().any() and num.notna().sum() >= 0.9 * given.notna().sum():
-        f.df["sentiment_score"] = num.to_numpy()
-        f.df["sentiment"] = None
-    else:
-        f.df["sentiment"] = _lower_words(given)
+    def times(self, df: pd.DataFrame) -> None:
+        for f in ("start", "end"):
+            df[f] = pd.to_numeric(self.col[f], errors="coerce").to_numpy() if f in self.col else np.nan
+        if "start" in self.col and "end" in self.col:
+            wrong = (df["end"] <= df["start"]).to_numpy()
+            for i in np.flatnonzero(wrong):
+                self.problem(i, f"segment end {df['end'].iat[i]} is not after start {df['start'].iat[i]}; times "
+                                "dropped", df)
+            df.loc[wrong, ["start", "end"]] = np.nan
 
+    def media(self, df: pd.DataFrame, base: Path) -> None:
+        """Media paths resolved against ``base``; a missing file is a warning (the row stays)."""
+        resolved = []
+        for i, m in enumerate(df["media"]):
+            if not isinstance(m, str) or not m.strip():
+                resolved.append(None)
+                continue
+            p = Path(m.strip()).expanduser()
+            p = p if p.is_absolute() else (base / p)
+            if not p.exists():
+                self.problems.append(Problem(str(p), "media file not found", row=int(self.line[i]),
+                                             id=df["id"].iat[i], level="warning"))
+            resolved.append(str(p.resolve()))
+        df["media"] = resolved
 
-def _split(f: _File) -> None:
-    """The column, else the file name, else a stable hash of the dialogue."""
-    if "split" in f.col:
-        f.df["split"] = f.col["split"].to_numpy()
-    elif (s := _split_from_name(f.path)) is not None:
-        f.df["split"] = s
-        f.absent("split", f"split {s!r} taken from the file name")
-    else:
-        f.df["split"] = [hashed_split(str(d)) for d in f.df["dialogue"]]
-        f.absent("split", "splits derived 80/10/10 from a hash of the dialogue id (dialogues never straddle splits)")
-
-
-def _times(f: _File) -> None:
-    df = f.df
-    for name in ("start", "end"):
-        df[name] = pd.to_numeric(f.col[name], errors="coerce").to_numpy() if name in f.col else np.nan
-    if "start" in f.col and "end" in f.col:
-        wrong = (df["end"] <= df["start"]).to_numpy()
-        for i in np.flatnonzero(wrong):
-            f.problem(i, f"segment end {df['end'].iat[i]} is not after start {df['start'].iat[i]}; times dropped")
-        df.loc[wrong, ["start", "end"]] = np.nan
-
-
-def _media(f: _File, base: Path) -> None:
-    resolved: list[str | None] = []
-    for i, m in enumerate(f.df["media"]):
-        if not isinstance(m, str) or not m.strip():
-            resolved.append(None)
-            continue
-        p = Path(m.strip()).expanduser()
-        p = p if p.is_absolute() else (base / p)
-        if not p.exists():
-            f.problems.append(Problem(str(p), "media file not found", row=int(f.line[i]), id=f.df["id"].iat[i],
-                                      level="warning"))
-        resolved.append(str(p.resolve()))
-    f.df["media"] = resolved
-
-
-def _usable(f: _File) -> np.ndarray:
-    """Rows with an id and text or media (an utterance needs one of them); the others are reported."""
-    df = f.df
-    text_ok = np.array([isinstance(t, str) and bool(t.strip()) for t in df["text"]])
-    has_media = df["media"].notna().to_numpy()
-    for i in np.flatnonzero(~text_ok & ~has_media):
-        f.problem(i, "empty text and no media; row dropped")
-    media_only = int((~text_ok & has_media).sum())
-    if media_only:  # audio- or image-only rows are data, not problems: one line says so
-        f.notes.append(f"{f.path.name}: {media_only} of {len(df)} rows have media and no text "
-                       "(their text features will be masked)")
-    df.loc[~text_ok, "text"] = None
-    noid = df["id"].isna().to_numpy()
-    for i in np.flatnonzero(noid):
-        f.problems.append(Problem(f.src, "empty id; row dropped", row=int(f.line[i])))
-    return (text_ok | has_media) & ~noid
+    def keep(self, df: pd.DataFrame) -> np.ndarray:
+        """Rows with an id and a text or media; the others are problems."""
+        text_ok = np.array([isinstance(t, str) and bool(t.strip()) for t in df["text"]])
+        has_media = df["media"].notna().to_numpy()
+        for i in np.flatnonzero(~text_ok & ~has_media):
+            self.problem(i, "empty text and no media; row dropped", df)
+        media_only = int((~text_ok & has_media).sum())
+        if media_only:  # audio- or image-only rows are data, not problems: one line says so
+            self.notes.append(f"{self.path.name}: {media_only} of {len(df)} rows have media and no text (their "
+                              "text features will be masked)")
+        df.loc[~text_ok, "text"] = None
+        noid = df["id"].isna().to_numpy()
+        for i in np.flatnonzero(noid):
+            self.problem(i, "empty id; row dropped")
+        return (text_ok | has_media) & ~noid

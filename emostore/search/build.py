@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from emostore.core.clock import now
+from emostore.core.progress import progress_bar
 from emostore.errors import UserError
 from emostore.search.index import NearestIndex, _faiss, combine, new_index, store_meta
 from emostore.store import Location, Store
-from emostore.store.feature_set import now
 
 #: Target bytes of vectors in one block (rounded to whole chunks of the first feature set).
 BLOCK_BYTES = 4 * 1024 * 1024
@@ -221,9 +221,7 @@ def build_streaming(store: Store, features: list[str], *, kind: str = "flat", sh
     ranges = shard_ranges(len(store), shards, source.block_rows)
     first_ids = [int(np.searchsorted(rows, a)) for a, _ in ranges]
     served = kind == "hnsw" and shards > 1
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    with progress_bar(enabled=progress, transient=True) as bar:
         if cluster is None:
             task = bar.add_task(f"indexing {'+'.join(features)}", total=len(rows))
             parts: list[Any] = []

@@ -36,10 +36,11 @@ from typing import Any
 import numpy as np
 import zarr
 
+import emostore.store.arrays as arrays
+from emostore.core.clock import now
 from emostore.errors import UserError
 from emostore.search import settings
-from emostore.store import Store, arrays
-from emostore.store.feature_set import now
+from emostore.store import Store
 from emostore.store.layout import INDEXES
 
 KINDS = ("flat", "ivf", "hnsw")

@@ -81,16 +81,19 @@ def cores() -> int:
 _reading: list[Any] = []
 
 
-def _cpu_times() -> tuple[float, int, int, float]:
-    with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    # idle, iowait, and time of niced processes (nice > 0), which give way to this one
-    free = fields[3] + (fields[4] if len(fields) > 4 else 0) + fields[1]
-    return time.monotonic(), sum(fields) - free, sum(fields), time.process_time()
+def _cpu_times() -> tuple[float, float, float, float]:
+    """(now, busy CPU seconds of the machine, all CPU seconds, this process's CPU seconds), with
+    psutil. Idle, I/O wait and niced time (processes that give way to this one) are not busy."""
+    import psutil
+
+    t = psutil.cpu_times()
+    total = sum(t)
+    free = t.idle + getattr(t, "iowait", 0.0) + getattr(t, "nice", 0.0)
+    return time.monotonic(), total - free, total, time.process_time()
 
 
 def free_cores() -> int:
-    """Cores not kept busy by other processes, at least 1: the machine's busy CPU time (``/proc/stat``;
+    """Cores not kept busy by other processes, at least 1: the machine's busy CPU time (psutil;
     niced processes, which give way, do not count) less this process's own, since the last call
     (re-read at most every 0.25 s; the first call samples 20 ms). Not the load average: it lags by
     a minute and counts this process's own work."""
@@ -109,7 +112,7 @@ def free_cores() -> int:
         free = max(1, min(n, int(n - max(0.0, others) + 0.5)))
         _reading[:] = [now, free]
         return free
-    except (OSError, ValueError, IndexError):  # no /proc (not Linux): the load average instead
+    except (OSError, ValueError, ZeroDivisionError):  # CPU times unreadable: the load average instead
         try:
             return max(1, min(n, int(n - os.getloadavg()[0] + 0.5)))
         except OSError:

@@ -140,8 +140,7 @@ def predict_file(predictor: Any, path: Path, kind: str = "audio", *, config: Seg
                  pieces: list[Piece] | None = None, batch: int = 8, progress: bool = True) -> dict[str, Any]:
     """The timeline of a file with a :class:`~emostore.serve.predictor.Predictor`, ``batch`` segments per
     forward pass, with a progress bar over the audio read."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    from emostore.core.progress import progress_bar
     from emostore.extract.audio_io import audio_duration
 
     check_usable(predictor.modalities, kind, bool(pieces))
@@ -156,9 +155,7 @@ def predict_file(predictor: Any, path: Path, kind: str = "audio", *, config: Seg
         for s, it, res in zip(segs, items, predictor.predict_many(items)):
             rows.append(entry(s, res, it.text))
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with progress_bar(enabled=progress, counts="{task.completed:.0f}/{task.total:.0f} s") as bar:
         task = bar.add_task(f"timeline {path.name}", total=total)
 
         def advance(seconds: float) -> None:

@@ -1,6 +1,7 @@
 """The feature store: utterance table + Zarr feature sets, resumable and safe to kill."""
 
-from emostore.store.feature_set import FeatureSet, Shard, config_hash
+from emostore.core.hashing import config_hash
+from emostore.store.feature_set import FeatureSet, Shard
 from emostore.store.location import Location
 from emostore.store.store import ConfigMismatch, Store, StoreNotFound
 

@@ -11,18 +11,15 @@ concurrent writers never touch the same file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import zarr
 
+import emostore.store.arrays as arrays
 from emostore.errors import UserError
-from emostore.store import arrays
 
 #: Target size of one chunk of ``values`` (float32): big enough to batch well, small enough to
 #: lose little work when killed.
@@ -30,20 +27,10 @@ CHUNK_BYTES = 8 * 1024 * 1024
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 4096
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """A stable short hash of a JSON-serialisable configuration (key order does not matter)."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
-
-
 def default_chunk_rows(dim: int) -> int:
     rows = CHUNK_BYTES // (4 * max(dim, 1))
     rows = 1 << max(rows.bit_length() - 1, 0)
     return int(min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, rows)))
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -219,10 +206,35 @@ class FeatureSet:
 
     def damaged_chunks(self, chunks: list[int] | None = None, *, checksums: bool = True) -> dict[int, str]:
         """Of ``chunks`` (all by default), those whose stored files are missing or fail their
-        checksum (``checksums`` False: presence only), without decoding them: chunk -> what is wrong."""
-        from emostore.store.integrity import feature_set_chunk_damage
+        checksum (read as bytes, not decoded; ``checksums`` False: presence only, from one
+        listing per array): chunk -> what is wrong. Only finished chunks are expected to be
+        complete; a pending one is not damaged, only unfinished."""
+        chunks = list(range(self.n_chunks)) if chunks is None else list(chunks)
+        out: dict[int, str] = {}
+        if checksums:
+            done_array = self.array("done")
+            for s in arrays.check_chunks(self.location, f"{self.path}/done", done_array, chunks, expect_all=False):
+                out[s.index] = "its 'done' chunk cannot be read"
+        done = self.done(tolerant=True)
+        finished = [c for c in chunks if c not in out and done[self.chunk_slice(c)].all()]
+        for key in ("values", "mask", "error", *(("seq_lengths",) if self.seq_dim else ())):
+            for s in arrays.check_chunks(self.location, f"{self.path}/{key}", self.array(key), finished,
+                                         expect_all=self.checked, checksums=checksums):
+                out.setdefault(s.index, f"its {key!r} {s.problem}")
+        if self.seq_dim and checksums:
+            for c in finished:
+                if c not in out and (why := self._frames_damage(c)):
+                    out[c] = why
+        return dict(sorted(out.items()))
 
-        return feature_set_chunk_damage(self, chunks, checksums=checksums)
+    def _frames_damage(self, chunk: int) -> str | None:
+        """Whether the frames of a finished chunk (``seq/<chunk>``) are there and intact."""
+        try:
+            arr = self.group["seq"][str(chunk)]
+        except Exception as exc:  # noqa: BLE001  (missing, or bad metadata)
+            return f"its frames (seq/{chunk}) cannot be opened ({type(exc).__name__})"
+        states = arrays.check_chunks(self.location, f"{self.path}/seq/{chunk}", arr, expect_all=self.checked)
+        return f"its frames (seq/{chunk}) {states[0].problem}" if states else None
 
     def is_complete(self) -> bool:
         return bool(self.done().all())

@@ -70,45 +70,6 @@ class VerifyReport:
 
 
 # ----- feature sets ---------------------------------------------------------------------------
-def feature_set_chunk_damage(fs: FeatureSet, chunks: list[int] | None = None, *,
-                             checksums: bool = True) -> dict[int, str]:
-    """Of ``chunks`` (all by default) of ``fs``, those whose stored files are missing or fail
-    their checksum (read as bytes, not decoded; ``checksums`` False: presence only, from one
-    listing per array): chunk -> what is wrong. Only finished chunks are expected to be
-    complete; a pending one is not damaged, only unfinished."""
-    chunks = list(range(fs.n_chunks)) if chunks is None else list(chunks)
-    done = fs.done(tolerant=True)
-    out: dict[int, str] = {}
-    for c in _bad_done_chunks(fs, chunks) if checksums else []:
-        out[c] = "its 'done' chunk cannot be read"
-    finished = [c for c in chunks if c not in out and done[fs.chunk_slice(c)].all()]
-    for key in ("values", "mask", "error", "seq_lengths") if fs.seq_dim else ("values", "mask", "error"):
-        arr = fs.array(key)
-        for state in arrays.check_chunks(fs.location, f"{fs.path}/{key}", arr, finished, expect_all=fs.checked,
-                                         checksums=checksums):
-            out.setdefault(state.index, f"its {key!r} {state.problem}")
-    if fs.seq_dim and checksums:
-        for c in finished:
-            if c not in out and (why := _frames_damage(fs, c)):
-                out[c] = why
-    return dict(sorted(out.items()))
-
-
-def _bad_done_chunks(fs: FeatureSet, chunks: list[int]) -> list[int]:
-    arr = fs.array("done")
-    return [s.index for s in arrays.check_chunks(fs.location, f"{fs.path}/done", arr, chunks, expect_all=False)]
-
-
-def _frames_damage(fs: FeatureSet, chunk: int) -> str | None:
-    """Whether the frames of a finished chunk (``seq/<chunk>``) are there and intact."""
-    try:
-        arr = fs.group["seq"][str(chunk)]
-    except Exception as exc:  # noqa: BLE001  (missing, or bad metadata)
-        return f"its frames (seq/{chunk}) cannot be opened ({type(exc).__name__})"
-    states = arrays.check_chunks(fs.location, f"{fs.path}/seq/{chunk}", arr, expect_all=fs.checked)
-    return f"its frames (seq/{chunk}) {states[0].problem}" if states else None
-
-
 def _consistency(fs: FeatureSet, chunk: int) -> str | None:
     """Decode one finished chunk and check that ``done`` agrees with its files."""
     sl = fs.chunk_slice(chunk)
@@ -133,7 +94,7 @@ def verify_feature_set(store: Store, name: str, report: VerifyReport, repair: bo
         _report_lost(store, name, lost, report, repair)
         return
     fs = store.feature_set(name)
-    problems = feature_set_chunk_damage(fs)
+    problems = fs.damaged_chunks()
     done = fs.done(tolerant=True)
     for c in range(fs.n_chunks):
         if c not in problems and done[fs.chunk_slice(c)].all() and (why := _consistency(fs, c)):
@@ -197,26 +158,15 @@ def _report_lost(store: Store, name: str, lost: tuple[str | None, str], report: 
 # ----- the table and the indexes -------------------------------------------------------------
 def verify_table(store: Store, report: VerifyReport) -> None:
     """Every column: metadata readable, chunks present, checksums (damage cannot be repaired)."""
+    for column, chunk, problem in store.table_damage():
+        report.damage.append(Damage("table", column, problem, chunk=chunk, repairable=False))
     try:
         group = store.root["table"]
-        columns = list(group.attrs["columns"])
-    except Exception as exc:  # noqa: BLE001
-        report.damage.append(Damage("table", "table", f"its metadata cannot be read ({type(exc).__name__})",
-                                    repairable=False))
-        return
-    checked = bool(group.attrs.get(arrays.INTEGRITY))
-    for col in columns:
-        try:
-            arr = group[col]
-        except Exception as exc:  # noqa: BLE001
-            report.damage.append(Damage("table", col, f"the column cannot be opened ({type(exc).__name__})",
-                                        repairable=False))
-            continue
-        for s in arrays.check_chunks(store.location, f"table/{col}", arr, expect_all=checked):
-            report.damage.append(Damage("table", col, s.problem, chunk=s.index, repairable=False))
-    report.checked["table"] = columns
-    if not checked:
-        report.notes.append("the table was written before chunk checksums: its chunks' bytes were not checked")
+        report.checked["table"] = list(group.attrs["columns"])
+        if not group.attrs.get(arrays.INTEGRITY):
+            report.notes.append("the table was written before chunk checksums: its chunks' bytes were not checked")
+    except Exception:  # noqa: BLE001  (reported above)
+        report.checked["table"] = []
 
 
 def verify_indexes(store: Store, report: VerifyReport, repair: bool) -> None:

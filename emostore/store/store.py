@@ -27,10 +27,12 @@ import numpy as np
 import pandas as pd
 import zarr
 
+import emostore.store.arrays as arrays
 from emostore import __version__
+from emostore.core.clock import now
+from emostore.core.hashing import config_hash
 from emostore.errors import UserError
-from emostore.store import arrays
-from emostore.store.feature_set import FeatureSet, StoreDamaged, config_hash, default_chunk_rows, now
+from emostore.store.feature_set import FeatureSet, StoreDamaged, default_chunk_rows
 from emostore.store.layout import INDEXES
 from emostore.store.location import Location
 from emostore.store.table import read_table, write_table
@@ -133,21 +135,35 @@ class Store:
     def _check_table_chunks(self) -> None:
         """Decoding checked every stored chunk's checksum; a chunk file that is gone would read
         as fill values: check that each one is there (one listing per column)."""
-        group = self.root["table"]
-        if not group.attrs.get(arrays.INTEGRITY):
-            return
-        for col in group.attrs["columns"]:
-            lost = arrays.check_chunks(self.location, f"table/{col}", group[col], checksums=False)
-            if lost:
-                raise self._table_damage(RuntimeError(f"column {col}: chunk {lost[0].index} missing"))
+        if self.table_damage(checksums=False):
+            raise self._table_damage(RuntimeError("a chunk is missing"))
+
+    def table_damage(self, *, checksums: bool = True) -> list[tuple[str, int | None, str]]:
+        """``(column, chunk or None, problem)`` for every damaged part of the utterance table:
+        metadata that cannot be read, chunks missing (tables written with every chunk stored) or
+        failing their checksum (``checksums``: the stored bytes are read)."""
+        try:
+            group = self.root["table"]
+            columns = list(group.attrs["columns"])
+        except Exception as exc:  # noqa: BLE001
+            return [("table", None, f"its metadata cannot be read ({type(exc).__name__})")]
+        expect_all = bool(group.attrs.get(arrays.INTEGRITY))
+        out: list[tuple[str, int | None, str]] = []
+        for col in columns:
+            try:
+                arr = group[col]
+            except Exception as exc:  # noqa: BLE001
+                out.append((col, None, f"the column cannot be opened ({type(exc).__name__})"))
+                continue
+            out += [(col, s.index, s.problem) for s in
+                    arrays.check_chunks(self.location, f"table/{col}", arr, expect_all=expect_all, checksums=checksums)]
+        return out
 
     def _table_damage(self, exc: BaseException) -> StoreDamaged:
         """The one line for a table that cannot be read: which column and chunk, and what to do."""
-        from emostore.store.integrity import VerifyReport, verify_table
-
-        report = VerifyReport(self.url)
-        verify_table(self, report)
-        what = report.damage[0].line() if report.damage else f"{type(exc).__name__}: {str(exc)[:80]}"
+        found = self.table_damage()
+        what = (f"column {found[0][0]}" + (f" chunk {found[0][1]}" if found[0][1] is not None else "")
+                + f": {found[0][2]}") if found else f"{type(exc).__name__}: {str(exc)[:80]}"
         return StoreDamaged(f"{self.url}: the utterance table is damaged ({what}); it cannot be recomputed: "
                             "ingest the corpus again (`emostore ingest ... --overwrite`)")
 
@@ -320,6 +336,10 @@ class Store:
                 with contextlib.suppress(zarr.errors.ContainsArrayError):  # another writer made it: same metadata
                     arrays.create(g, key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
         return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.url, self.location)
+
+    def remove_feature_set(self, name: str) -> None:
+        """Delete feature set ``name`` (all its arrays)."""
+        self.location.fs.rm(self.location.key(f"features/{name}"), recursive=True)
 
     def reopen_feature_set(self, name: str) -> FeatureSet:
         """Open ``name``, re-creating any of its arrays that is missing (all rows of a re-created

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from emostore.store import arrays
+import emostore.store.arrays as arrays
 
 TABLE_CHUNK = 16384
 

@@ -16,6 +16,7 @@ av = optional("av", "visual")
 optional("mediapipe", "visual")
 optional("ai_edge_litert", "visual")
 
+from emostore.core.hashing import sha256_file  # noqa: E402
 from emostore.errors import UserError  # noqa: E402
 from emostore.extract.encoders.face import FER_LABELS, FaceLandmarkerEncoder, FerEncoder  # noqa: E402
 from emostore.extract.face_features import GEOMETRY_POINTS, POINTS, Face, frontal_geometry  # noqa: E402
@@ -24,7 +25,6 @@ from emostore.extract.model_files import (  # noqa: E402
     FACE_MODEL_SHA256,
     resolve_face_model,
     resolve_fer_model,
-    sha256_file,
 )
 from emostore.extract.runner import run_extraction  # noqa: E402
 from emostore.extract.video_io import iter_frames, sample_times  # noqa: E402
@@ -355,7 +355,7 @@ def test_face_model_resolution_order(tmp_path, monkeypatch):
     # a download whose bytes do not match the sha256 is refused and not kept
     wrong = tmp_path / "wrong.task"
     wrong.write_bytes(b"not the model" * 100)
-    with pytest.raises(UserError, match="sha256 .* expected " + FACE_MODEL_SHA256):
+    with pytest.raises(UserError, match="sha256 is not the expected " + FACE_MODEL_SHA256):
         resolve_face_model(url=wrong.as_uri())
     assert not cached.exists() and not list(cached.parent.glob("*.part"))
     # the right bytes are kept in the cache, and the cache is used from then on

@@ -273,3 +273,29 @@ def test_a_store_its_model_and_checkpoint_moved_together_still_predict(context_m
         r = run("serve", there / "ckpt", "--port", busy.getsockname()[1])
     assert r.exit_code == 1 and "live conversation turns have no future turns yet" in r.stderr, r.output
     assert r.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:"), r.stderr
+
+
+@pytest.mark.parametrize("change", ["not json", "no input", "negative past", "absolute fold path"])
+def test_a_tampered_finetune_json_is_refused_in_one_line(context_model, tmp_path, change):
+    from emostore.extract.finetuned import read_meta
+
+    _, trained = context_model
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    meta = json.loads((model / "finetune.json").read_text())
+    if change == "not json":
+        (model / "finetune.json").write_text("{ not json")
+    else:
+        if change == "no input":
+            meta.pop("input")
+        elif change == "negative past":
+            meta["input"]["past"] = -1
+        else:
+            meta["cross_fit"] = {"folds": 2, "models": [{"path": "/etc"}]}
+        (model / "finetune.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError) as err:
+        read_meta(model)
+    assert "\n" not in str(err.value) and "finetune.json" in str(err.value)
+    store, _ = ingest("csv", [SAMPLE], tmp_path / "store", dataset="sample")
+    r = run("extract", "text", store.path, "--model", model, "--device", "cpu", "--quiet")
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output

@@ -64,7 +64,8 @@ def test_only_text_derives_ids_turns_and_splits(tmp_path):
     assert (t["dialogue"] == t["id"]).all() and (t["turn"] == 0).all()
     counts = t["split"].value_counts()
     assert set(counts.index) == {"train", "dev", "test"} and counts["train"] > 120
-    assert len(r.notes) == 4  # ids, dialogues, turns, splits: each said
+    assert len(r.notes) == 5  # ids, dialogues, turns, splits, and no labels: each said
+    assert any("no label column found (looked for 'emotion' and 'sentiment'" in n for n in r.notes)
     again = CsvAdapter().load([f]).table
     assert again["split"].tolist() == t["split"].tolist()  # derived splits are stable
 
@@ -158,3 +159,15 @@ def test_a_binary_file_is_refused_in_one_line(tmp_path):
     r = CliRunner().invoke(app, ["ingest", "csv", str(f), "--out", str(tmp_path / "s")])
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output
     assert "corpus.csv" in r.stderr and "not a text file" in r.stderr, r.stderr
+
+
+def test_headers_match_in_any_case_and_say_so(tmp_path):
+    f = write(tmp_path / "cased.csv", """
+        ID,Dialogue,Turn,Speaker,Text,Emotion,Split
+        x1,c1,0,Ann,I love this!,Joy,train
+        x2,c1,1,Bob,Me too.,joy,test
+        """)
+    r = CsvAdapter().load([f])
+    assert r.table["emotion"].tolist() == ["joy", "joy"] and r.table["id"].tolist() == ["x1", "x2"]
+    assert "cased.csv: header 'Emotion' taken as emotion (asked for 'emotion'; case ignored)" in r.notes
+    assert not any("no label column" in n for n in r.notes)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from emostore.core.hashing import sha256_file
 from emostore.errors import UserError
 from emostore.extract.base import Encoded, Encoder, EncoderConfig, Progress, derived, register
 from emostore.extract.face_features import (
@@ -52,7 +53,7 @@ from emostore.extract.face_features import (
     pooled_names,
 )
 from emostore.extract.media_errors import MediaError
-from emostore.extract.model_files import resolve_face_model, resolve_fer_model, sha256_file
+from emostore.extract.model_files import resolve_face_model, resolve_fer_model
 from emostore.extract.video_io import is_image, iter_frames
 
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -32,7 +32,8 @@ from emostore.extract.base import (
     register,
 )
 from emostore.extract.dialogue_input import INPUT_FORMAT, POOLING, DialogueFormat, TurnTokenizer, dialogue_turns, embed
-from emostore.extract.finetuned import content_hash, is_finetuned, read_meta
+from emostore.extract.finetuned import content_hash, read_meta
+from emostore.extract.text_models import is_finetuned
 from emostore.store.table import columns_hash
 
 #: The table columns a fine-tuned model read, when its finetune.json does not list them.

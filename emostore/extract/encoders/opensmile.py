@@ -126,17 +126,15 @@ class OpenSmileEncoder(Encoder):
         return np.concatenate([out.mean(axis=0), out.std(axis=0)]), out
 
     def encode_rows(self, table: pd.DataFrame, rows: np.ndarray, progress: Progress | None = None) -> Encoded:
-        n = len(rows)
-        values = np.full((n, self.dim), np.nan, dtype=np.float32)
-        ok = np.zeros(n, dtype=bool)
-        reasons = [""] * n
-        seqs: list[np.ndarray | None] = [None] * n
+        out = Encoded.empty(len(rows), self.dim, frames=True)
         for i, r in enumerate(rows):
-            reasons[i] = self._encode_one(table, int(r), values, seqs, i)
-            ok[i] = not reasons[i]
+            out.reasons[i] = self._encode_one(table, int(r), out.values, out.sequences, i)  # type: ignore[arg-type]
+            out.ok[i] = not out.reasons[i]
             if progress:
                 progress(1)
-        return Encoded(values, ok, reasons, seqs if self.frames else None)
+        if not self.frames:
+            out.sequences = None
+        return out
 
     def _encode_one(self, table: pd.DataFrame, row: int, values: np.ndarray,
                     seqs: list[np.ndarray | None], i: int) -> str:

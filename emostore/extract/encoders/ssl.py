@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emostore.core.hashing import files_hash
 from emostore.core.runtime import resolve_device, resolve_precision
 from emostore.errors import UserError
 from emostore.extract.audio_io import MediaError, load_audio
@@ -64,7 +65,14 @@ def model_files(folder: Path) -> list[Path]:
 
 
 def content_hash(folder: Path) -> str:
-    """sha256 over the names and contents of :func:`model_files`."""
+    """The identity of a speech model folder: :func:`~emostore.core.hashing.files_hash` of its
+    :func:`model_files`."""
+    return files_hash(model_files(folder))
+
+
+def _stream_hash(folder: Path) -> str:
+    """How emostore 0.1 recorded the same (names and contents in one stream): still accepted, so
+    feature sets recorded then keep their configuration."""
     h = hashlib.sha256()
     for path in model_files(folder):
         h.update(path.name.encode() + b"\0")
@@ -196,6 +204,8 @@ class SSLEncoder(Encoder):
         self.runtime = {"device": device, "batch_size": batch_size}
         self.folder = resolve_model(config.model)
         digest = content_hash(self.folder)
+        if config.model_sha256 and config.model_sha256 != digest and config.model_sha256 == _stream_hash(self.folder):
+            digest = config.model_sha256  # recorded by emostore 0.1: the same files
         if config.model_sha256 and digest != config.model_sha256:
             raise UserError(f"SSL model {self.folder} is not the model these features were made with (its files' "
                             f"sha256 {digest[:12]}... differs from {config.model_sha256[:12]}...); pass that model")
@@ -248,28 +258,15 @@ class SSLEncoder(Encoder):
 
     def encode_rows(self, table: pd.DataFrame, rows: np.ndarray, progress: Progress | None = None) -> Encoded:
         n = len(rows)
-        values = np.full((n, self.dim), np.nan, dtype=np.float32)
-        ok = np.zeros(n, dtype=bool)
-        reasons = [""] * n
-        seqs: list[np.ndarray | None] = [None] * n
+        out = Encoded.empty(n, self.dim, frames=True)
+        values, ok, reasons, seqs = out.values, out.ok, out.reasons, out.sequences
+        assert seqs is not None
         signals: dict[int, np.ndarray] = {}
         for i, r in enumerate(rows):
             reasons[i], signal = self._read(table, int(r))
             if signal is not None:
                 signals[i] = signal
-        # every window of every readable row, then batches of equal-length windows
-        jobs = [(i, w, s, e) for i, x in signals.items() for w, (s, e) in enumerate(self.windows(len(x)))]
-        outputs: dict[tuple[int, int], list[np.ndarray]] = {}
-        by_length: dict[int, list[tuple[int, int, int, int]]] = {}
-        for job in jobs:
-            by_length.setdefault(job[3] - job[2], []).append(job)
-        for length in sorted(by_length):
-            group = by_length[length]
-            for b in range(0, len(group), self.batch_size):
-                batch = group[b:b + self.batch_size]
-                hidden = self._forward([signals[i][s:e] for i, _, s, e in batch])
-                for k, (i, w, _, _) in enumerate(batch):
-                    outputs[(i, w)] = [h[k] for h in hidden]
+        outputs = self._windows_forward(signals)
         for i, x in signals.items():
             layers = self._stitch(len(x), [outputs[(i, w)] for w in range(len(self.windows(len(x))))])
             if any(len(h) == 0 for h in layers):
@@ -284,7 +281,26 @@ class SSLEncoder(Encoder):
                 seqs[i] = layers[-1]
         if progress:
             progress(n)
-        return Encoded(values, ok, reasons, seqs if self.seq_dim else None)
+        if not self.seq_dim:
+            out.sequences = None
+        return out
+
+    def _windows_forward(self, signals: dict[int, np.ndarray]) -> dict[tuple[int, int], list[np.ndarray]]:
+        """Every window of every signal through the model, in batches of equal-length windows:
+        ``{(row, window): hidden states per layer}``."""
+        jobs = [(i, w, s, e) for i, x in signals.items() for w, (s, e) in enumerate(self.windows(len(x)))]
+        outputs: dict[tuple[int, int], list[np.ndarray]] = {}
+        by_length: dict[int, list[tuple[int, int, int, int]]] = {}
+        for job in jobs:
+            by_length.setdefault(job[3] - job[2], []).append(job)
+        for length in sorted(by_length):
+            group = by_length[length]
+            for b in range(0, len(group), self.batch_size):
+                batch = group[b:b + self.batch_size]
+                hidden = self._forward([signals[i][s:e] for i, _, s, e in batch])
+                for k, (i, w, _, _) in enumerate(batch):
+                    outputs[(i, w)] = [h[k] for h in hidden]
+        return outputs
 
     def _read(self, table: pd.DataFrame, row: int) -> tuple[str, np.ndarray | None]:
         path, start, end = row_source(table, row)

