@@ -14,11 +14,12 @@ start=$SECONDS
 if grep -i "deprecat" "$work/build.log"; then
     echo "the build warned that something is deprecated (above)"; exit 1
 fi
-echo "built $(cd "$work/dist" && ls) in $((SECONDS - start)) s"
+echo "built $(cd "$work/dist" && echo *) in $((SECONDS - start)) s"
 
 python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install --quiet "$TORCH"
-"$work/venv/bin/python" -m pip install --quiet "$work"/dist/*.whl
+# --no-compile: modules are compiled when first imported, not all of them (transformers, scipy...) at install
+"$work/venv/bin/python" -m pip install --quiet --no-compile "$TORCH"
+"$work/venv/bin/python" -m pip install --quiet --no-compile "$work"/dist/*.whl
 echo "installed in a fresh virtual environment in $((SECONDS - start)) s"
 
 cd "$work"  # outside the checkout: only the installed package can be imported
