@@ -16,7 +16,7 @@ SAMPLE = Path(__file__).parent / "sample" / "dialogues.csv"
 OPTIONAL = {
     "audio": (("av", "soundfile", "soxr", "opensmile"), "clips of 42 spoken turns, openSMILE features"),
     "visual": (("av", "cv2", "mediapipe", "ai_edge_litert"), "MediaPipe face features of the clips"),
-    "search": (("faiss",), "nearest-emotion search"),
+    "search": (("faiss", "psutil"), "nearest-emotion search"),
 }
 
 
