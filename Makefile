@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # A CPU build of torch first, so that no multi-GB CUDA build is pulled in by the requirements.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint wheel bench clean
 
 $(BIN)/emostore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(BIN)/emostore
 
 lint: $(BIN)/emostore
 	$(BIN)/ruff check emostore tests bench
+
+# the wheel installed without extras in a fresh virtual environment runs `emostore demo` outside the checkout
+wheel: $(BIN)/emostore
+	TORCH="$(TORCH)" scripts/check_wheel.sh $(BIN)/python
 
 bench: $(BIN)/emostore
 	$(BIN)/python bench/text_extract.py

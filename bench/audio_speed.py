@@ -131,7 +131,7 @@ def _one(path: str) -> None:
     _SMILE.process_file(path)
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--emodb", type=Path, default=ROOT.parent / "shared" / "data" / "emodb")
     ap.add_argument("--repeats", type=int, default=5)
@@ -140,9 +140,11 @@ def main() -> None:
                     help="seconds, in all, to wait for a quiet machine; after that runs start regardless")
     ap.add_argument("--limit", type=int, default=None, help="only the first N files (a quick check)")
     ap.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="emostore-bench-audio-"))
+
+def _store(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
+    """Emo-DB (or its first ``--limit`` files) ingested into ``work/store``."""
     labels = args.emodb / "labels.csv"
     if args.limit:
         labels = work / "labels.csv"
@@ -151,6 +153,11 @@ def main() -> None:
     store, _ = ingest("csv", [labels], work / "store", dataset="emodb",
                       columns={"media": "file", "emotion": "emotion", "speaker": "speaker"},
                       media_root=args.emodb / "wav")
+    return store
+
+
+def _runs(store, work: Path, split: dict[str, list[float]]) -> dict[str, Callable[[], None]]:  # type: ignore[no-untyped-def]
+    """The six runs; the 1-worker ``run_extraction`` adds its time reading and in openSMILE to ``split``."""
     files = store.table["media"].tolist()
     n = len(files)
     smile = _smile()
@@ -167,7 +174,6 @@ def main() -> None:
             pool.map(_one, files, chunksize=8)
 
     # where the 1-worker run spends its time: reading + resampling, openSMILE, and the rest
-    split = {"read": [], "opensmile": []}
     original_load, original_features = audio.load_audio, OpenSmileEncoder.features
 
     def timed(key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -197,8 +203,11 @@ def main() -> None:
     def ours_cli(workers: int) -> Callable[[], None]:
         return lambda: subprocess.run([*cli, "--workers", str(workers)], check=True, capture_output=True)
 
-    runs = {"bare": bare, "emostore-1": ours(1), "emostore-2": ours(2), "bare-2": bare2,
+    return {"bare": bare, "emostore-1": ours(1), "emostore-2": ours(2), "bare-2": bare2,
             "cli-1": ours_cli(1), "cli-2": ours_cli(2)}
+
+
+def _measure(runs: dict[str, Callable[[], None]], args: argparse.Namespace, n: int) -> dict[str, list[Run]]:
     results: dict[str, list[Run]] = {k: [] for k in runs}
     deadline = time.time() + args.patience
     for r in range(args.repeats):
@@ -208,7 +217,10 @@ def main() -> None:
             results[name].append(run)
             print(f"repeat {r} {name}: {run.wall:.2f} s, {n / run.wall:.1f} utt/s, CPU {run.cpu:.1f} s "
                   f"(others: {before:.2f} cores before, {run.others:.2f} during)", flush=True)
+    return results
 
+
+def _report(results: dict[str, list[Run]], split: dict[str, list[float]], n: int, args: argparse.Namespace) -> str:
     quiet = all(x.before <= args.max_busy for v in results.values() for x in v)
 
     def ratios(a: str, b: str) -> str:
@@ -264,8 +276,17 @@ def main() -> None:
         f"{ratios('cli-1', 'cli-2')}; the bare loop on 2 processes {ratios('bare', 'bare-2')}.",
         "",
     ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = _arguments()
+    work = Path(tempfile.mkdtemp(prefix="emostore-bench-audio-"))
+    store = _store(args, work)
+    split: dict[str, list[float]] = {"read": [], "opensmile": []}
+    n = len(store.table)
+    text = _report(_measure(_runs(store, work, split), args, n), split, n, args)
     shutil.rmtree(work, ignore_errors=True)
-    text = "\n".join(lines)
     print(text)
     if args.write:
         path = ROOT / "BENCHMARKS.md"

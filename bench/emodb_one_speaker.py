@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import date
+from pathlib import Path
 
 import benchlib
 import numpy as np
@@ -79,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     r = run()
-    load = open("/proc/loadavg").read().split()[0]
+    load = Path("/proc/loadavg").read_text().split()[0]
     lines = [SECTION, "", f"Date {date.today().isoformat()}; {benchlib.machine()}, no GPU; load average {load} "
              f"(shared machine); {time.time() - t0:.0f} s. `python bench/emodb_one_speaker.py --write`.", "",
              "Each of the 10 speakers alone is the training split, the other 9 the test split; ComParE 2016 "

@@ -8,6 +8,7 @@ would not fit does not push other people's work out of memory; the result says s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,10 +38,8 @@ def load() -> str:
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 
@@ -61,10 +60,8 @@ def run(cmd: list[str], *, cap_mb: float, env: dict[str, str] | None = None, log
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 peak_tree = max(peak_tree, tree_rss(watcher))
-            except psutil.NoSuchProcess:
-                pass
             over_time = timeout_s and time.perf_counter() - start > timeout_s
             if stopped is None and (peak_tree > cap_mb * 2**20 or over_time):
                 stopped = (f"stopped: ran past {timeout_s:,.0f} s" if over_time

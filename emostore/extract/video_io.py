@@ -9,10 +9,11 @@ line naming the file and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -139,8 +140,6 @@ def iter_video_frames(path: str | Path, fps: float, start: float | None = None,
 
 def _sample(path: Path, container, stream, fps: float, start: float, end: float | None,  # type: ignore[no-untyped-def]
             t0: float, tb: float, duration: float | None, frame_s: float) -> Iterator[Frame]:
-    import av
-
     def target(k: int) -> float | None:
         t = start + k / fps
         return t if end is None or t < end - 1e-9 else None
@@ -148,30 +147,17 @@ def _sample(path: Path, container, stream, fps: float, start: float, end: float 
     def emit(t: float, frame) -> Frame:  # type: ignore[no-untyped-def]
         return Frame(int(round(t * 1000)), np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
 
-    if start > 0:
-        try:
-            container.seek(int((start + t0) / tb), stream=stream, backward=True)
-        except av.error.FFmpegError:
-            pass  # unseekable: decode from the beginning instead
-    k, prev, last_t = 0, None, None
+    _seek(container, stream, start, t0, tb)
+    k, prev, last_t = 0, None, 0.0
     t = target(0)
-    try:
-        for frame in container.decode(stream):
-            if frame.time is None:
-                continue
-            ft = frame.time - t0
-            while t is not None and t < ft - 1e-6:  # the sample lies before this frame: prev is on screen
-                yield emit(t, prev if prev is not None else frame)
-                k += 1
-                t = target(k)
-            if t is None:
-                return
-            prev, last_t = frame, ft
-    except av.error.DecoderNotFoundError:
-        raise MediaError(f"unsupported codec: {path}: FFmpeg has no decoder for {stream.codec_context.name}") from None
-    except av.error.FFmpegError as exc:
-        where = f"after {last_t:.2f} s" if last_t is not None else "at the first frame"
-        raise MediaError(f"corrupt file: {path}: decoding failed {where} ({exc.strerror or exc})") from None
+    for ft, frame in _decoded(path, container, stream, t0):
+        while t is not None and t < ft - 1e-6:  # the sample lies before this frame: prev is on screen
+            yield emit(t, prev if prev is not None else frame)
+            k += 1
+            t = target(k)
+        if t is None:
+            return
+        prev, last_t = frame, ft
     if prev is None:
         raise MediaError(f"corrupt file: {path} has a video stream with no decodable frames")
     # the last frame stays on screen for one frame duration
@@ -179,8 +165,38 @@ def _sample(path: Path, container, stream, fps: float, start: float, end: float 
         yield emit(t, prev)
         k += 1
         t = target(k)
-    if t is None:
-        return
+    if t is not None:
+        _check_end(path, t, k, start, last_t, duration, frame_s)
+
+
+def _seek(container, stream, start: float, t0: float, tb: float) -> None:  # type: ignore[no-untyped-def]
+    import av
+
+    if start > 0:
+        with contextlib.suppress(av.error.FFmpegError):  # unseekable: decode from the beginning instead
+            container.seek(int((start + t0) / tb), stream=stream, backward=True)
+
+
+def _decoded(path: Path, container, stream, t0: float) -> Iterator[tuple[float, Any]]:  # type: ignore[no-untyped-def]
+    """``(seconds from the stream's start, frame)`` for each decoded frame; decoding errors as :class:`MediaError`."""
+    import av
+
+    last_t = None
+    try:
+        for frame in container.decode(stream):
+            if frame.time is not None:
+                last_t = frame.time - t0
+                yield last_t, frame
+    except av.error.DecoderNotFoundError:
+        raise MediaError(f"unsupported codec: {path}: FFmpeg has no decoder for {stream.codec_context.name}") from None
+    except av.error.FFmpegError as exc:
+        where = f"after {last_t:.2f} s" if last_t is not None else "at the first frame"
+        raise MediaError(f"corrupt file: {path}: decoding failed {where} ({exc.strerror or exc})") from None
+
+
+def _check_end(path: Path, t: float, k: int, start: float, last_t: float, duration: float | None,
+               frame_s: float) -> None:
+    """After the last frame, samples are still due at ``t``: a truncated file, or a segment past the end."""
     if duration is not None and t < duration - max(frame_s, END_TOLERANCE_S):
         raise MediaError(f"truncated file: {path} holds video up to {last_t:.2f} s, its header declares "
                          f"{duration:.2f} s")

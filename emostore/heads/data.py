@@ -369,12 +369,7 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
     dialogues, speakers, groups = dialogue_order(store, split)
     xs, masks, stats, seqs, means, incomplete = [], [], {}, [], [], {}
     for fs in sets:
-        missing = int((~fs.done()).sum())
-        if missing and require_complete:
-            raise UserError(f"{store.url}: feature set {fs.name} is incomplete: {missing} of {fs.n_rows} rows are "
-                            "not extracted yet; run its extract command again to finish it, or pass "
-                            "--allow-incomplete to train without them")
-        if missing:
+        if missing := _missing_rows(store, fs, require_complete):
             incomplete[fs.name] = missing
         mask = fs.mask()
         if norm is None and not (train & mask).any():
@@ -382,16 +377,7 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
         X = None if streamed else fs.read_values()[0]
         if X is not None and speaker_norm:
             X = speaker_normalise(X, mask, np.where(groups == "", [f"\0{i}" for i in range(n)], groups))
-        if norm is not None:
-            mean = np.asarray(norm[fs.name]["mean"], dtype=np.float32)
-            std = np.asarray(norm[fs.name]["std"], dtype=np.float32)
-        elif speaker_norm:  # already standardised, per speaker (see speaker_normalise)
-            mean, std = np.zeros(fs.dim, np.float32), np.ones(fs.dim, np.float32)
-        elif X is None:
-            mean, std = feature_stats(fs, train & mask)
-        else:
-            count, m1, m2 = merge_moments((0, np.zeros(fs.dim), np.zeros(fs.dim)), X[train & mask])
-            mean, std = finish_moments(m1, m2, count)
+        mean, std = _statistics(fs, X, train & mask, norm, speaker_norm)
         stats[fs.name] = {"mean": mean.tolist(), "std": std.tolist()}
         means.append((mean, std))
         seq = None
@@ -407,6 +393,31 @@ def load_data(store: Store, feature_sets: list[str] | str, target: str | Target 
     return HeadData(names, [fs.dim for fs in sets], [fs.config_hash for fs in sets], tgt, split, xs,
                     torch.from_numpy(np.stack(masks, 1)), y, dialogues, torch.from_numpy(speakers), stats, seqs,
                     [fs.layers for fs in sets], groups, reader, budget, store, None, incomplete)
+
+
+def _missing_rows(store: Store, fs: Any, require_complete: bool) -> int:
+    """Rows of ``fs`` not extracted yet; refused with ``require_complete``."""
+    missing = int((~fs.done()).sum())
+    if missing and require_complete:
+        raise UserError(f"{store.url}: feature set {fs.name} is incomplete: {missing} of {fs.n_rows} rows are "
+                        "not extracted yet; run its extract command again to finish it, or pass "
+                        "--allow-incomplete to train without them")
+    return missing
+
+
+def _statistics(fs: Any, X: np.ndarray | None, ref: np.ndarray, norm: dict[str, dict[str, list[float]]] | None,
+                speaker_norm: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of ``fs``: the checkpoint's (``norm``), else those of the ``ref``
+    rows (the valid training rows), from ``X`` or streamed from the store when ``X`` is None."""
+    if norm is not None:
+        return (np.asarray(norm[fs.name]["mean"], dtype=np.float32),
+                np.asarray(norm[fs.name]["std"], dtype=np.float32))
+    if speaker_norm:  # already standardised, per speaker (see speaker_normalise)
+        return np.zeros(fs.dim, np.float32), np.ones(fs.dim, np.float32)
+    if X is None:
+        return feature_stats(fs, ref)
+    count, m1, m2 = merge_moments((0, np.zeros(fs.dim), np.zeros(fs.dim)), X[ref])
+    return finish_moments(m1, m2, count)
 
 
 def _load_frames(store: Store, fs: Any, mask: np.ndarray, train: np.ndarray, speakers: np.ndarray | None,

@@ -146,10 +146,8 @@ def csd_rows(labels: Sequence, words: Sequence | None, problems: list[Problem]) 
         order = np.argsort(intervals[:, 0], kind="stable")
         for k, i in enumerate(order, 1):
             start, end = (float(x) for x in intervals[i])
-            if seg is None:
-                uid = f"{video}_{k}"
-            else:
-                uid = f"{video}_{seg}" if len(order) == 1 else f"{video}_{seg}_{k}"
+            suffix = str(k) if seg is None else (seg if len(order) == 1 else f"{seg}_{k}")
+            uid = f"{video}_{suffix}"
             row: dict[str, Any] = {"id": uid, "dialogue": video, "speaker": video, "start": start,
                                    "end": end, "sentiment_score": features[i, 0],
                                    "sentiment": _sentiment(features[i, 0])}
@@ -264,9 +262,9 @@ def load_cmu(name: str, root: Path, folds: Path | None = None) -> IngestResult:
             raw = read_csv(path, problems)
             if raw is None:
                 continue
-            if SEGMENT_COLUMNS <= set(raw.columns):
+            if SEGMENT_COLUMNS.issubset(raw.columns):
                 frames.append(segments_csv_rows(raw))
-            elif MOSEI_CSV_COLUMNS <= set(raw.columns):
+            elif MOSEI_CSV_COLUMNS.issubset(raw.columns):
                 frames.append(mosei_csv_rows(raw))
                 notes.append(f"{path.name}: labels only (no text); sentiment_score is label7, the "
                              "sentiment binned to -3..3; emotion is label6, the argmax of the six "

@@ -47,6 +47,49 @@ def _find(root: Path, name: str) -> Path | None:
     return None
 
 
+def _split_table(path: Path, split: str, problems: list[Problem]) -> tuple[pd.DataFrame, pd.Series, pd.Series] | None:
+    """One split's CSV as utterance rows, with its dialogue and utterance numbers; None if unreadable."""
+    raw = read_csv(path, problems)
+    if raw is None:
+        return None
+    missing = [c for c in REQUIRED if c not in raw.columns]
+    if missing:
+        problems.append(Problem(str(path), f"missing column(s) {missing}; columns are {list(raw.columns)}"))
+        return None
+    d = pd.to_numeric(raw["Dialogue_ID"], errors="coerce")
+    u = pd.to_numeric(raw["Utterance_ID"], errors="coerce")
+    bad = (d.isna() | u.isna()).to_numpy()
+    for i in np.flatnonzero(bad):
+        problems.append(Problem(str(path), "Dialogue_ID/Utterance_ID is not an integer; row skipped", row=int(i) + 2))
+    raw, d, u = raw.loc[~bad], d[~bad].astype(int), u[~bad].astype(int)
+    df = pd.DataFrame({
+        "id": [f"meld-{split}-dia{a}-utt{b}" for a, b in zip(d, u)],
+        "dialogue": [f"{split}-dia{a}" for a in d],
+        "turn": u.to_numpy(),
+        "speaker": raw["Speaker"].to_numpy(),
+        "text": raw["Utterance"].to_numpy(),
+        "emotion": raw["Emotion"].str.strip().str.lower().to_numpy(),
+        "sentiment": raw["Sentiment"].str.strip().str.lower().to_numpy(),
+        "split": split,
+        "season": _numbers(raw, "Season"),
+        "episode": _numbers(raw, "Episode"),
+        "episode_start": [_seconds(x) for x in raw.get("StartTime", [None] * len(raw))],
+        "episode_end": [_seconds(x) for x in raw.get("EndTime", [None] * len(raw))],
+    })
+    return df, d, u
+
+
+def _link_clips(df: pd.DataFrame, d: pd.Series, u: pd.Series, clips: Path, problems: list[Problem]) -> None:
+    """``media``: each row's MELD.Raw clip ``dia{D}_utt{U}.mp4``; a missing clip is a warning."""
+    media = [clips / f"dia{a}_utt{b}.mp4" for a, b in zip(d, u)]
+    exists = [p.exists() for p in media]
+    for uid, p, ok in zip(df["id"], media, exists):
+        if not ok:
+            problems.append(Problem(str(p), "clip missing from MELD.Raw; row kept without media", id=uid,
+                                    level="warning"))
+    df["media"] = [str(p.resolve()) if ok else None for p, ok in zip(media, exists)]
+
+
 @register
 class MeldAdapter(Adapter):
     name = "meld"
@@ -67,47 +110,17 @@ class MeldAdapter(Adapter):
             if path is None:
                 problems.append(Problem(str(root / fname), "MELD CSV not found; split skipped", level="warning"))
                 continue
-            raw = read_csv(path, problems)
-            if raw is None:
+            read = _split_table(path, split, problems)
+            if read is None:
                 continue
-            missing = [c for c in REQUIRED if c not in raw.columns]
-            if missing:
-                problems.append(Problem(str(path), f"missing column(s) {missing}; columns are {list(raw.columns)}"))
-                continue
-            d = pd.to_numeric(raw["Dialogue_ID"], errors="coerce")
-            u = pd.to_numeric(raw["Utterance_ID"], errors="coerce")
-            bad = (d.isna() | u.isna()).to_numpy()
-            for i in np.flatnonzero(bad):
-                problems.append(Problem(str(path), "Dialogue_ID/Utterance_ID is not an integer; row skipped",
-                                        row=int(i) + 2))
-            raw, d, u = raw.loc[~bad], d[~bad].astype(int), u[~bad].astype(int)
-            df = pd.DataFrame({
-                "id": [f"meld-{split}-dia{a}-utt{b}" for a, b in zip(d, u)],
-                "dialogue": [f"{split}-dia{a}" for a in d],
-                "turn": u.to_numpy(),
-                "speaker": raw["Speaker"].to_numpy(),
-                "text": raw["Utterance"].to_numpy(),
-                "emotion": raw["Emotion"].str.strip().str.lower().to_numpy(),
-                "sentiment": raw["Sentiment"].str.strip().str.lower().to_numpy(),
-                "split": split,
-                "season": _numbers(raw, "Season"),
-                "episode": _numbers(raw, "Episode"),
-                "episode_start": [_seconds(x) for x in raw.get("StartTime", [None] * len(raw))],
-                "episode_end": [_seconds(x) for x in raw.get("EndTime", [None] * len(raw))],
-            })
+            df, d, u = read
             if fix_mojibake:
                 n = repair_mojibake(df, ["text", "speaker"], str(path), problems)
                 if n:
                     notes.append(f"{path.name}: repaired mojibake in {n} cells (recorded as repairs)")
             clips = clip_dirs[split]
             if clips is not None:
-                media = [clips / f"dia{a}_utt{b}.mp4" for a, b in zip(d, u)]
-                exists = [p.exists() for p in media]
-                for uid, p, ok in zip(df["id"], media, exists):
-                    if not ok:
-                        problems.append(Problem(str(p), "clip missing from MELD.Raw; row kept without media",
-                                                id=uid, level="warning"))
-                df["media"] = [str(p.resolve()) if ok else None for p, ok in zip(media, exists)]
+                _link_clips(df, d, u, clips, problems)
             elif have_video:
                 problems.append(Problem(str(root / CLIP_DIRS[split]), f"no clip folder for {split}; "
                                         "its rows have no media", level="warning"))

@@ -217,33 +217,43 @@ class Predictor:
                     todo.append((i, src))
             if not todo:
                 continue
-            try:
-                outs = [(todo, self._encode_rows(name, items, todo, histories))]
-            except Exception as exc:  # noqa: BLE001  (retried one by one below)
-                if len(todo) == 1:
-                    failed[todo[0][0]] = exc
-                    continue
-                log.warning("encoding %d requests for %s failed together (%s); retrying them one by one",
-                            len(todo), name, exc)
-                outs = []
-                for one in todo:
-                    try:
-                        outs.append(([one], self._encode_rows(name, items, [one], histories)))
-                    except Exception as exc1:  # noqa: BLE001  (this request fails alone)
-                        failed[one[0]] = exc1
-            for part, out in outs:
+            for part, out in self._encode_parts(name, items, todo, histories, failed):
                 for j, (i, _) in enumerate(part):
-                    turns[i].present[name] = bool(out.ok[j])
-                    turns[i].reasons[name] = "" if out.ok[j] else out.reasons[j]
-                    if out.ok[j]:
-                        turns[i].raw[name] = np.asarray(out.values[j], dtype=np.float32)
-                    if out.ok[j] and name in self.frame_sets:
-                        seq = None if out.sequences is None else out.sequences[j]
-                        if seq is None or not len(seq):
-                            turns[i].present[name], turns[i].reasons[name] = False, "no frames"
-                        else:
-                            turns[i].frames[name] = np.asarray(seq, dtype=np.float32)
+                    self._keep_output(turns[i], name, out, j)
         return turns, failed
+
+    def _encode_parts(self, name: str, items: list[Inputs], todo: list[tuple[int, str]],
+                      histories: list[list[Encoded]] | None, failed: dict[int, Exception]) -> list[tuple[list, Any]]:
+        """``todo`` encoded together; when that raises, one by one, each request that raises put in ``failed``."""
+        try:
+            return [(todo, self._encode_rows(name, items, todo, histories))]
+        except Exception as exc:  # noqa: BLE001  (retried one by one below)
+            if len(todo) == 1:
+                failed[todo[0][0]] = exc
+                return []
+            log.warning("encoding %d requests for %s failed together (%s); retrying them one by one",
+                        len(todo), name, exc)
+        outs = []
+        for one in todo:
+            try:
+                outs.append(([one], self._encode_rows(name, items, [one], histories)))
+            except Exception as exc1:  # noqa: BLE001  (this request fails alone)
+                failed[one[0]] = exc1
+        return outs
+
+    def _keep_output(self, turn: Encoded, name: str, out: Any, j: int) -> None:
+        """Row ``j`` of an encoder's output into ``turn``: its vector, or why it is missing; its frames."""
+        turn.present[name] = bool(out.ok[j])
+        turn.reasons[name] = "" if out.ok[j] else out.reasons[j]
+        if not out.ok[j]:
+            return
+        turn.raw[name] = np.asarray(out.values[j], dtype=np.float32)
+        if name in self.frame_sets:
+            seq = None if out.sequences is None else out.sequences[j]
+            if seq is None or not len(seq):
+                turn.present[name], turn.reasons[name] = False, "no frames"
+            else:
+                turn.frames[name] = np.asarray(seq, dtype=np.float32)
 
     def _encode_rows(self, name: str, items: list[Inputs], todo: list[tuple[int, str]],
                      histories: list[list[Encoded]] | None) -> Any:

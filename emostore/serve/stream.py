@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import shutil
@@ -403,10 +404,8 @@ def _ready(message: dict[str, Any]) -> asyncio.Future:
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
     if ws.application_state != WebSocketState.DISCONNECTED and ws.client_state != WebSocketState.DISCONNECTED:
-        try:
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
             await ws.close(code, reason)
-        except (RuntimeError, WebSocketDisconnect, OSError):
-            pass
 
 
 def _write_inputs(folder: Path, name: str, audio: np.ndarray, frames: list[tuple[float, bytes]],

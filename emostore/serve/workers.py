@@ -72,8 +72,17 @@ def _worker_main(wid: int, jobs: Any, results: Any, predictor_args: dict[str, An
     batcher.close()
 
 
+class WorkerDied(Busy):
+    """The worker process running a request died; it is being restarted, so the request can be sent again
+    (HTTP 503 with Retry-After)."""
+
+
 class WorkerPool:
-    """The same interface as :class:`Batcher` (``submit``, ``info``, ``summary``, ``close``) over N processes."""
+    """The same interface as :class:`Batcher` (``submit``, ``info``, ``summary``, ``close``) over N processes.
+
+    Each worker has its own job queue and its own result queue, read by its own thread: a worker killed
+    while writing a result can leave only its own queue unreadable, and a watcher thread fails that
+    worker's requests and starts it again, however busy the others are."""
 
     def __init__(self, workers: int, *, checkpoint: Path, device: str = "auto", evidence_store: Path | None = None,
                  max_batch: int = 32, batch_wait_ms: float = 2.0, max_queue: int = 1024, start_timeout: float = 900):
@@ -85,42 +94,50 @@ class WorkerPool:
         self._predictor_args = {"checkpoint": Path(checkpoint), "device": device, "evidence_store": evidence_store}
         self._batcher_args = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue}
         self._threads = max(1, available_cores() // workers)
-        self._results: Any = self._ctx.Queue()
         self._lock = threading.Lock()
         self._futures: dict[int, tuple[int, Future]] = {}
         self._ids = itertools.count()
         self._procs: list[Any] = [None] * workers
         self._queues: list[Any] = [None] * workers
+        self._results: list[Any] = [None] * workers
         self.info: dict[str, Any] = {}
         self.restarts = 0
         self._closed = False
         for wid in range(workers):
             self._start(wid)
-        waiting, deadline = set(range(workers)), time.monotonic() + start_timeout
         try:
-            while waiting:
-                msg = self._results.get(timeout=max(0.1, deadline - time.monotonic()))
-                if msg[0] == "failed":
-                    raise UserError(msg[2])
-                if msg[0] == "ready":
-                    waiting.discard(msg[1])
-                    self.info = msg[2]
-        except queue.Empty:
-            self.close()
-            raise UserError(f"{len(waiting)} of {workers} workers did not start within {start_timeout:.0f} s") from None
+            self._wait_ready(start_timeout)
         except BaseException:
             self.close()
             raise
-        self._reader = threading.Thread(target=self._read, name="emostore-workers", daemon=True)
-        self._reader.start()
+        for wid in range(workers):
+            self._listen(wid)
+        self._watcher = threading.Thread(target=self._watch, name="emostore-workers", daemon=True)
+        self._watcher.start()
+
+    def _wait_ready(self, start_timeout: float) -> None:
+        deadline = time.monotonic() + start_timeout
+        for wid in range(self.n):
+            try:
+                msg = self._results[wid].get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                late = self.n - wid
+                raise UserError(f"{late} of {self.n} workers did not start within {start_timeout:.0f} s") from None
+            if msg[0] == "failed":
+                raise UserError(msg[2])
+            self.info = msg[2]
 
     def _start(self, wid: int) -> None:
-        self._queues[wid] = self._ctx.Queue()
+        self._queues[wid], self._results[wid] = self._ctx.Queue(), self._ctx.Queue()
         p = self._ctx.Process(target=_worker_main, name=f"emostore-worker-{wid}", daemon=True,
-                              args=(wid, self._queues[wid], self._results, self._predictor_args,
+                              args=(wid, self._queues[wid], self._results[wid], self._predictor_args,
                                     self._batcher_args, self._threads))
         p.start()
         self._procs[wid] = p
+
+    def _listen(self, wid: int) -> None:
+        threading.Thread(target=self._read, args=(self._procs[wid], self._results[wid]),
+                         name=f"emostore-worker-{wid}-results", daemon=True).start()
 
     @property
     def in_flight(self) -> int:
@@ -155,38 +172,48 @@ class WorkerPool:
             wid = self._route(job)
             job_id = next(self._ids)
             self._futures[job_id] = (wid, fut)
-        self._queues[wid].put((job_id, job))
+            self._queues[wid].put((job_id, job))  # under the lock: never into a dead worker's queue
         return fut
 
-    def _read(self) -> None:
-        """Deliver results; when a worker dies, fail its requests and start it again."""
+    def _read(self, proc: Any, results: Any) -> None:
+        """Deliver one worker process's results until it is gone or the pool closes."""
         while not self._closed:
             try:
-                msg = self._results.get(timeout=0.5)
+                msg = results.get(timeout=0.5)
             except queue.Empty:
-                self._check_workers()
+                if not proc.is_alive():
+                    return
                 continue
-            except (EOFError, OSError):
+            except (EOFError, OSError, ValueError):  # a queue closed, or left half-written by a killed worker
                 return
-            if msg[0] in ("ready", "failed"):
-                if msg[0] == "failed":
-                    log.error("worker %s failed to restart: %s", msg[1], msg[2])
-                continue
-            job_id, status, payload = msg
-            with self._lock:
-                _, fut = self._futures.pop(job_id, (None, None))
-            if fut is None:
-                continue
-            if status == "ok":
-                fut.set_result(payload)
-            elif status == "user":
-                fut.set_exception(UserError(payload))
-            elif status == "busy":
-                fut.set_exception(Busy(payload))
-            else:
-                fut.set_exception(RuntimeError(payload))
+            self._deliver(msg)
+
+    def _deliver(self, msg: tuple) -> None:
+        if msg[0] in ("ready", "failed"):  # a restarted worker
+            if msg[0] == "failed":
+                log.error("worker %s failed to restart: %s", msg[1], msg[2])
+            return
+        job_id, status, payload = msg
+        with self._lock:
+            _, fut = self._futures.pop(job_id, (None, None))
+        if fut is None:  # already failed: its worker died after answering
+            return
+        if status == "ok":
+            fut.set_result(payload)
+        elif status == "user":
+            fut.set_exception(UserError(payload))
+        elif status == "busy":
+            fut.set_exception(Busy(payload))
+        else:
+            fut.set_exception(RuntimeError(payload))
+
+    def _watch(self) -> None:
+        while not self._closed:
+            time.sleep(0.25)
+            self._check_workers()
 
     def _check_workers(self) -> None:
+        """When a worker has died: fail its requests (the client may send them again) and start it again."""
         for wid, p in enumerate(self._procs):
             if self._closed or p is None or p.is_alive():
                 continue
@@ -196,10 +223,12 @@ class WorkerPool:
                     del self._futures[i]
                 self.restarts += 1
                 self._start(wid)
+            self._listen(wid)
             log.error("worker %d died (exit code %s); %d requests failed, its conversations are lost; restarted it",
                       wid, p.exitcode, len(lost))
             for _, f in lost:
-                f.set_exception(RuntimeError(f"the worker process died (exit code {p.exitcode})"))
+                f.set_exception(WorkerDied(f"the worker process running this request died (exit code {p.exitcode}) "
+                                           "and is being restarted; send it again"))
 
     def close(self) -> None:
         if self._closed:

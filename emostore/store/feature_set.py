@@ -10,6 +10,7 @@ concurrent writers never touch the same file.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -184,10 +185,8 @@ class FeatureSet:
         out = np.zeros(self.n_rows, dtype=bool)
         for c in range(self.n_chunks):
             sl = self.chunk_slice(c)
-            try:
+            with contextlib.suppress(Exception):  # damaged: pending
                 out[sl] = np.asarray(arr[sl], dtype=bool)
-            except Exception:  # noqa: BLE001  (damaged: pending)
-                pass
         return out
 
     def mask(self) -> np.ndarray:

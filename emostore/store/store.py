@@ -17,6 +17,7 @@ feature set relies instead on a create-if-absent write of its metadata (one winn
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -358,10 +359,8 @@ class Store:
                  arrays.INTEGRITY: arrays.INTEGRITY_VERSION,
                  **({"seq_dim": seq_dim} if seq_dim else {}),
                  **({"layers": int(layers)} if layers and layers > 1 else {})}
-        try:
+        with contextlib.suppress(zarr.errors.ContainsGroupError):  # another writer made the modality's group now
             self.root["features"].require_group(name.split("/")[0])
-        except zarr.errors.ContainsGroupError:  # another writer made the modality's group just now
-            pass
         if not self.location.create_exclusive(f"features/{name}/zarr.json", _group_document(attrs)):
             fs = self._reopen(name, h, dim, config, overwrite=False, racing=True)
             assert fs is not None
@@ -403,17 +402,13 @@ class Store:
         if g.attrs.get("seq_dim"):
             specs.append(("seq_lengths", (n,), (rows,), "int64", 0))
             if "seq" not in have:
-                try:
+                with contextlib.suppress(zarr.errors.ContainsGroupError):  # another writer made it just now
                     g.require_group("seq")
-                except zarr.errors.ContainsGroupError:  # another writer made it just now
-                    pass
         specs.append(("done", (n,), (rows,), bool, False))  # last: its presence means all are there
         for key, shape, chunks, dtype, fill in specs:
             if key not in have:
-                try:
+                with contextlib.suppress(zarr.errors.ContainsArrayError):  # another writer made it: same metadata
                     arrays.create(g, key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
-                except zarr.errors.ContainsArrayError:  # another writer made it just now: same metadata
-                    pass
         return FeatureSet(self.root["features"][name], name, lambda: self.ids, self.url, self.location,
                           self.ids_of)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import SAMPLE
 from typer.testing import CliRunner
 
@@ -107,3 +108,22 @@ def test_demo_runs_offline(tmp_path, minilm_encoder):
     assert "text/minilm" in r.output and "385 utterances" in r.output
     assert "We won the final! This is the best day of my life!" in r.output  # the sentence it predicts
     assert (tmp_path / "sample-store" / "zarr.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_on_a_core_install_says_what_each_absent_extra_would_add(tmp_path, minilm_encoder, monkeypatch):
+    """Without the audio, visual and search extras (their modules made unimportable by name), the demo
+    still ingests, extracts text, trains and predicts, and says in one line per extra what it skipped."""
+    from emostore import demo
+
+    absent = {extra: (("emostore_no_such_module",), what) for extra, (_, what) in demo.OPTIONAL.items()}
+    monkeypatch.setattr(demo, "OPTIONAL", absent)
+    r = run("demo", "--dir", tmp_path, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    for extra in ("audio", "visual", "search"):
+        said = [line for line in r.output.splitlines() if line.startswith(f"skipped {extra} (")]
+        assert len(said) == 1 and said[0].endswith(f"pip install 'emostore[{extra}]'"), r.output
+    assert "We won the final! This is the best day of my life!" in r.output
+    info = json.loads(run("info", tmp_path / "sample-store", "--json").output)
+    assert sorted(info["features"]) == ["text/minilm", "text/minilm-ctx2"]
+    assert not (tmp_path / "media").exists()

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, rounding
+from conftest import SAMPLE, optional, rounding
 from typer.testing import CliRunner
 
 from emostore.cli import app
@@ -20,7 +20,7 @@ from emostore.extract.runner import run_extraction
 from emostore.ingest.run import ingest
 from emostore.store import Store
 
-distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed (emostore[cluster])")
+distributed = optional("distributed", "cluster")
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 CHUNK = 24

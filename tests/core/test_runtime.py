@@ -3,6 +3,8 @@ and what a stored precision becomes when a feature set's encoder is rebuilt."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import SAMPLE
 from typer.testing import CliRunner
@@ -46,7 +48,8 @@ def test_explicit_precisions_and_refusals(monkeypatch):
 def test_the_real_flags_are_read_from_proc_cpuinfo():
     runtime.cpu_flags.cache_clear()
     found = runtime.cpu_flags()
-    text = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
     assert ("avx512_bf16" in found) == (" avx512_bf16" in text)
     assert runtime.cpu_has_fast_bf16() == any(f in found for f in runtime.BF16_FLAGS)
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import optional, shared_data
 
-opensmile = pytest.importorskip("opensmile")
-av = pytest.importorskip("av")
-sf = pytest.importorskip("soundfile")
+opensmile = optional("opensmile", "audio")
+av = optional("av", "audio")
+sf = optional("soundfile", "audio")
 
 from emostore.extract.audio_io import MediaError, load_audio  # noqa: E402
 from emostore.extract.encoders.opensmile import OpenSmileEncoder  # noqa: E402
@@ -21,24 +22,15 @@ from emostore.extract.runner import run_extraction  # noqa: E402
 from emostore.ingest.base import finalize  # noqa: E402
 from emostore.store import Store  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is missing (see ../shared/README.md)")
-    return path
-
 
 @pytest.fixture(scope="module")
 def emodb() -> list[Path]:
-    return sorted(shared("emodb", "wav").glob("*.wav"))
+    return sorted(shared_data("emodb", "wav").glob("*.wav"))
 
 
 @pytest.fixture(scope="module")
 def videos() -> Path:
-    return shared("face_media")
+    return shared_data("face_media")
 
 
 def make_store(path: Path, rows: list[dict]) -> Store:

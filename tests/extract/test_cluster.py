@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, sample_with_audio_csv
+from conftest import SAMPLE, optional, sample_with_audio_csv
 
 from emostore.extract.runner import run_extraction
 from emostore.ingest.run import ingest
 from emostore.store import Store
 
-distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed (emostore[cluster])")
+distributed = optional("distributed", "cluster")
 pytestmark = pytest.mark.slow
 CHUNK = 24  # 385 sample rows: 17 tasks
 
@@ -69,7 +69,7 @@ def test_text_on_cluster_equals_single_process(tmp_path, client, ref, minilm_enc
 
 
 def test_audio_on_cluster_equals_single_process(tmp_path, client):
-    pytest.importorskip("opensmile")
+    optional("opensmile", "audio")
     from emostore.extract.base import build_encoder
 
     csv = sample_with_audio_csv(tmp_path)

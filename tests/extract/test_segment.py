@@ -6,13 +6,14 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import soundfile as sf
+from conftest import optional
 
 from emostore.errors import UserError
 from emostore.extract.segment import RATE, Segmenter, SegmenterConfig
 from emostore.sample.clips import joined_recording, speech_clips
 
-pytest.importorskip("silero_vad", reason="the audio extra (silero-vad) is not installed")
+optional("silero_vad", "audio")
+sf = optional("soundfile", "audio")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_memory_stays_bounded_on_a_long_stream(recording):
 
 
 def test_webrtc_detector_finds_the_same_segments(recording):
-    pytest.importorskip("webrtcvad", reason="webrtcvad-wheels is not installed")
+    optional("webrtcvad", "audio")
     audio, truth = recording
     segs = segment(audio, SegmenterConfig(vad="webrtc"))
     assert len(segs) == len(truth)

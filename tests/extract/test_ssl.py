@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import zarr
-from conftest import SAMPLE, sample_with_audio_csv
+from conftest import SAMPLE, optional, sample_with_audio_csv
 from typer.testing import CliRunner
 
 from emostore.cli import app
@@ -29,7 +29,8 @@ from emostore.ingest.base import finalize
 from emostore.ingest.run import ingest
 from emostore.store import Store
 
-transformers = pytest.importorskip("transformers")
+for _module in ("av", "soundfile", "soxr"):  # the sample's speech and the videos made here are read with them
+    optional(_module, "audio")
 FAMILIES = ("wav2vec2", "hubert", "wavlm")
 SPEECH_ROWS = 42
 runner = CliRunner()

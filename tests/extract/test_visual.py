@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import optional, shared_data, shared_model, unavailable
 
-av = pytest.importorskip("av")
-pytest.importorskip("mediapipe")
-pytest.importorskip("ai_edge_litert")
-
-from conftest import SHARED, shared_data  # noqa: E402
+av = optional("av", "visual")
+optional("mediapipe", "visual")
+optional("ai_edge_litert", "visual")
 
 from emostore.core.hashing import sha256_file  # noqa: E402
 from emostore.errors import UserError  # noqa: E402
@@ -31,15 +30,6 @@ from emostore.extract.runner import run_extraction  # noqa: E402
 from emostore.extract.video_io import iter_frames, sample_times  # noqa: E402
 from emostore.ingest.base import finalize  # noqa: E402
 from emostore.store import Store  # noqa: E402
-
-MODELS = SHARED.parent / "models"
-
-
-def shared_model(name: str) -> Path:
-    path = MODELS / name
-    if not path.exists():
-        pytest.skip(f"model not available: {path} is missing (see ../shared/README.md)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -386,7 +376,7 @@ def test_packaged_model_files(package, relative, tmp_path, monkeypatch):
     from emostore.extract import model_files
 
     if importlib.util.find_spec(package) is None:
-        pytest.skip(f"{package} is not installed (`make` installs it with --no-deps for its model file)")
+        unavailable(f"{package} is not installed (`make` installs it with --no-deps for its model file)")
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("EMOSTORE_FACE_MODEL", raising=False)
@@ -403,9 +393,17 @@ def test_fer_model_needs_a_path(tmp_path, monkeypatch):
     from emostore.extract import model_files
 
     monkeypatch.delenv("EMOSTORE_FER_MODEL", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(model_files, "_packaged", lambda *a: None)
-    with pytest.raises(UserError, match="--fer-model PATH or set \\$EMOSTORE_FER_MODEL"):
+    with pytest.raises(UserError, match="emostore download-models.*--fer-model PATH or set \\$EMOSTORE_FER_MODEL"):
         resolve_fer_model()
     model = shared_model("fer_emotion_model_quantized.tflite")
+    cached = tmp_path / "cache" / "emostore" / model_files.FER_MODEL_FILE  # `emostore download-models` puts it here
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not the model")
+    with pytest.raises(UserError, match="delete it to download it again, or pass --fer-model PATH"):
+        resolve_fer_model()
+    shutil.copy(model, cached)
+    assert resolve_fer_model() == cached
     monkeypatch.setenv("EMOSTORE_FER_MODEL", str(model))
     assert resolve_fer_model() == model.resolve()

@@ -13,24 +13,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_data
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 #: Dialogues taken from the start of each MELD split.
 MELD_DIALOGUES = {"train": 110, "dev": 30, "test": 45}
 _cache: dict[str, Any] = {}
 
 
-def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.is_dir():
-        pytest.skip(f"real data not available: {path} is missing")
-    return path
-
-
 def meld_subset_csvs(out: Path) -> Path:
     from emostore.ingest.meld import CSV_FILES
 
-    root = shared("meld")
+    root = shared_data("meld")
     out.mkdir(parents=True, exist_ok=True)
     for split, name in CSV_FILES.items():
         raw = pd.read_csv(root / name)
@@ -102,7 +95,7 @@ def mosi_store(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Any:
         from emostore.extract.runner import run_extraction
         from emostore.ingest.run import ingest
 
-        store, _ = ingest("mosi", shared("cmu_mosi"), tmp_path_factory.mktemp("mosi") / "store")
+        store, _ = ingest("mosi", shared_data("cmu_mosi"), tmp_path_factory.mktemp("mosi") / "store")
         run_extraction(store, encoder, progress=False)
         _cache["mosi"] = store
     return _cache["mosi"]

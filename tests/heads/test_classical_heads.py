@@ -88,6 +88,12 @@ def test_garbage_in_masked_rows_changes_no_prediction(data, case):
         data.xs[1][missing] = torch.randn(int(missing.sum()), data.dims[1]) * 1e3
         data.xs[1][torch.nonzero(missing).flatten()[::5]] = torch.nan
         assert torch.equal(before, predict_rows(model, data, rows))
+        # the positive control: where the second feature set is present, the head reads it (each row with
+        # speech given another such row's eGeMAPS changes that row's scores, and no other row's)
+        present = torch.nonzero(data.mask[:, 1]).flatten()
+        data.xs[1][present] = clean[present.roll(1)]
+        changed = (predict_rows(model, data, rows) - before).abs().amax(1)
+        assert (changed[present] > 0).all() and changed[present].median() > 0.1 and not changed[missing].any()
     finally:
         data.xs[1].copy_(clean)
 

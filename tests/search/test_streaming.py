@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import optional
 
 from emostore.search.index import NearestIndex, combine, ids_hash, list_indexes, store_ids_hash
 from emostore.search.run import build_index
 from emostore.store import Store
 
-faiss = pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'emostore[search]')")
+faiss = optional("faiss", "search")
 pytestmark = pytest.mark.slow
 DIM = 384
 
@@ -140,7 +141,7 @@ def test_hnsw_shards_are_searched_together(small, queries):
 
 
 def test_cluster_build_equals_local_build(small, queries):
-    distributed = pytest.importorskip("distributed")
+    distributed = optional("distributed", "cluster")
     import logging
 
     q, _ = queries

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import optional
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed")
+optional("fastapi", "serve")
 
 import httpx
 import serve_helpers as helpers
@@ -45,7 +46,7 @@ def causal(sample_store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_audio(tmp_path_factory, minilm_encoder):
-    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    optional("opensmile", "audio")
     return helpers.text_audio(tmp_path_factory, minilm_encoder)
 
 
@@ -216,11 +217,29 @@ def test_health_answers_while_predictions_run(causal):
         same_answer(r.json(), pred.predict(text=text))
 
 
+#: Long requests (about 120 words each), so that a batch takes a while and requests wait in the workers.
+LONG = [f"Request {i}: " + " ".join(TEXTS * 6) for i in range(40)]
+
+
+def kill_a_worker_with_requests_in_flight(client, url: str, pid: int) -> list:
+    """Send :data:`LONG` at once; when both workers hold at least 3 of them, SIGKILL the worker ``pid``.
+    Returns the responses (a response that never came fails here, after 5 minutes)."""
+    with ThreadPoolExecutor(16) as pool:
+        sent = [pool.submit(client.post, f"{url}/predict", json={"text": t}) for t in LONG]
+        deadline = time.time() + 300
+        while min(client.get(f"{url}/health").json()["in_flight_per_worker"]) < 3:
+            assert time.time() < deadline and not all(f.done() for f in sent), "the requests never queued up"
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        return [f.result(timeout=300) for f in sent]
+
+
 @pytest.mark.slow
 def test_workers_keep_each_conversation_in_order_and_survive_a_crash(causal):
     """`emostore serve --workers 2`: turns of interleaved conversations are answered in order and as
-    one process would; a worker killed with SIGKILL fails only its own requests and is restarted."""
-    psutil = pytest.importorskip("psutil")
+    one process would; a worker killed with SIGKILL while it holds requests answers each of them with
+    a 503 (send it again), is restarted, and the server goes on answering as before."""
+    psutil = optional("psutil", "dev")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -257,14 +276,19 @@ def test_workers_keep_each_conversation_in_order_and_survive_a_crash(causal):
                 same_answer(got, pred.predict(text=t))
             workers = [p for p in psutil.Process(server.pid).children() if "spawn_main" in " ".join(p.cmdline())]
             assert len(workers) == 2
-            os.kill(workers[0].pid, signal.SIGKILL)
-            deadline = time.time() + 600
-            while client.get(f"{url}/health").json()["worker_restarts"] < 1 and time.time() < deadline:
-                time.sleep(0.2)
+            answers = kill_a_worker_with_requests_in_flight(client, url, workers[0].pid)
+            codes = [r.status_code for r in answers]
+            assert set(codes) <= {200, 503} and 503 in codes, codes  # an answer for each: none hangs
+            lost = [t for t, r in zip(LONG, answers) if r.status_code == 503]
+            for r in answers:
+                if r.status_code == 503:
+                    assert "worker process running this request died" in r.json()["detail"]
+                    assert r.headers["retry-after"] == "1"
             assert client.get(f"{url}/health").json()["worker_restarts"] == 1
-            after = [client.post(f"{url}/predict", json={"text": t}) for t in TEXTS[:4]]
-            assert [r.status_code for r in after] == [200] * 4
-            for t, r in zip(TEXTS, after):
+            # the server keeps serving: the lost requests sent again, and new ones, are answered as before
+            again = [client.post(f"{url}/predict", json={"text": t}) for t in [*lost[:3], *TEXTS[:4]]]
+            assert [r.status_code for r in again] == [200] * len(again)
+            for t, r in zip([*lost[:3], *TEXTS[:4]], again):
                 same_answer(r.json(), pred.predict(text=t))
     finally:
         server.send_signal(signal.SIGINT)

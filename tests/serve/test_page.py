@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import serve_helpers as helpers
+from conftest import optional, unavailable
 
 from emostore.sample.clips import joined_recording, speech_clips
 
-pytest.importorskip("silero_vad", reason="the audio extra (silero-vad) is not installed")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+optional("silero_vad", "audio")
+playwright = optional("playwright.sync_api", "dev")
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -23,7 +24,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 def test_live_and_file_timelines_in_chromium(request, audio_sample_store, tmp_path_factory, tmp_path):
     if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+        unavailable("Chromium is not installed (Debian: apt-get install chromium)")
     url, _ = helpers.realtime_server(request, audio_sample_store, tmp_path_factory)
     mic = tmp_path / "mic.wav"  # two utterances, then silence
     spoken = joined_recording(mic, speech_clips()[:2], [1.5, 2.5])

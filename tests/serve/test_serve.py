@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import optional
 
-fastapi = pytest.importorskip("fastapi", reason="the serve extra is not installed")
+fastapi = optional("fastapi", "serve")
 
 import serve_helpers as helpers
 from fastapi.testclient import TestClient
@@ -33,7 +34,7 @@ def causal(sample_store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_audio(tmp_path_factory, minilm_encoder):
-    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    optional("opensmile", "audio")
     return helpers.text_audio(tmp_path_factory, minilm_encoder)
 
 

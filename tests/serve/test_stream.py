@@ -11,12 +11,13 @@ import httpx
 import numpy as np
 import pytest
 import serve_helpers as helpers
-import soundfile as sf
+from conftest import optional
 
 from emostore.sample.clips import joined_recording, speech_clips
 
-pytest.importorskip("silero_vad", reason="the audio extra (silero-vad) is not installed")
-ws_client = pytest.importorskip("websockets.sync.client", reason="the serve extra (websockets) is not installed")
+optional("silero_vad", "audio")
+sf = optional("soundfile", "audio")
+ws_client = optional("websockets.sync.client", "serve")
 pytestmark = pytest.mark.slow
 RATE = 16000
 

@@ -7,12 +7,13 @@ import io
 
 import numpy as np
 import pytest
+from conftest import optional
 
 from emostore.extract.video_io import iter_frames
 from emostore.sample.clips import _frame, photo
 from emostore.serve.stream import write_mjpeg
 
-pytest.importorskip("av", reason="the audio extra (av) is not installed")
+optional("av", "audio")
 
 
 def test_frames_become_a_video_read_back_at_their_times(tmp_path):

@@ -9,12 +9,13 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import serve_helpers as helpers
+from conftest import optional
 from typer.testing import CliRunner
 
 from emostore.cli import app
 from emostore.sample.clips import joined_recording, speech_clips
 
-pytest.importorskip("silero_vad", reason="the audio extra (silero-vad) is not installed")
+optional("silero_vad", "audio")
 GAPS = [1.0, 1.6, 1.2, 2.0, 1.0, 1.4, 1.8, 1.0, 1.2, 1.5, 1.1, 2.0]
 
 
@@ -65,7 +66,8 @@ def test_timeline_json_csv_plot_and_transcript(ckpt, long_file, tmp_path):
     per = summary["per_emotion"]
     assert sum(v["segments"] for v in per.values()) == len(truth)
     assert sum(v["seconds"] for v in per.values()) == pytest.approx(summary["speech_s"], abs=0.01)
-    rows = list(csv.DictReader(open(out_csv, encoding="utf-8")))
+    with open(out_csv, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["label"] for r in rows] == [s["label"] for s in segs]
     assert float(rows[2]["start"]) == segs[2]["start"] and rows[0]["text"] == "Well, I never did."
     assert float(rows[5][segs[5]["label"]]) == segs[5]["probabilities"][segs[5]["label"]]

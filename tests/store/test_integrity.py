@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import sample_with_audio_csv
+from conftest import optional, sample_with_audio_csv
 from typer.testing import CliRunner
 
 from emostore.cli import app
@@ -46,8 +46,8 @@ def one_line_failure(r, *needles: str) -> str:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     """The sample with speech: text/minilm and egemaps-lld frames in 32-row chunks, and an index."""
-    pytest.importorskip("opensmile", reason="the audio extra is not installed")
-    pytest.importorskip("faiss", reason="the search extra is not installed")
+    optional("opensmile", "audio")
+    optional("faiss", "search")
     root = tmp_path_factory.mktemp("integrity")
     store, _ = ingest("csv", [sample_with_audio_csv(root)], root / "store", dataset="sample")
     for cmd in EXTRACT.values():

@@ -266,19 +266,7 @@ class SSLEncoder(Encoder):
             reasons[i], signal = self._read(table, int(r))
             if signal is not None:
                 signals[i] = signal
-        # every window of every readable row, then batches of equal-length windows
-        jobs = [(i, w, s, e) for i, x in signals.items() for w, (s, e) in enumerate(self.windows(len(x)))]
-        outputs: dict[tuple[int, int], list[np.ndarray]] = {}
-        by_length: dict[int, list[tuple[int, int, int, int]]] = {}
-        for job in jobs:
-            by_length.setdefault(job[3] - job[2], []).append(job)
-        for length in sorted(by_length):
-            group = by_length[length]
-            for b in range(0, len(group), self.batch_size):
-                batch = group[b:b + self.batch_size]
-                hidden = self._forward([signals[i][s:e] for i, _, s, e in batch])
-                for k, (i, w, _, _) in enumerate(batch):
-                    outputs[(i, w)] = [h[k] for h in hidden]
+        outputs = self._windows_forward(signals)
         for i, x in signals.items():
             layers = self._stitch(len(x), [outputs[(i, w)] for w in range(len(self.windows(len(x))))])
             if any(len(h) == 0 for h in layers):
@@ -296,6 +284,23 @@ class SSLEncoder(Encoder):
         if not self.seq_dim:
             out.sequences = None
         return out
+
+    def _windows_forward(self, signals: dict[int, np.ndarray]) -> dict[tuple[int, int], list[np.ndarray]]:
+        """Every window of every signal through the model, in batches of equal-length windows:
+        ``{(row, window): hidden states per layer}``."""
+        jobs = [(i, w, s, e) for i, x in signals.items() for w, (s, e) in enumerate(self.windows(len(x)))]
+        outputs: dict[tuple[int, int], list[np.ndarray]] = {}
+        by_length: dict[int, list[tuple[int, int, int, int]]] = {}
+        for job in jobs:
+            by_length.setdefault(job[3] - job[2], []).append(job)
+        for length in sorted(by_length):
+            group = by_length[length]
+            for b in range(0, len(group), self.batch_size):
+                batch = group[b:b + self.batch_size]
+                hidden = self._forward([signals[i][s:e] for i, _, s, e in batch])
+                for k, (i, w, _, _) in enumerate(batch):
+                    outputs[(i, w)] = [h[k] for h in hidden]
+        return outputs
 
     def _read(self, table: pd.DataFrame, row: int) -> tuple[str, np.ndarray | None]:
         path, start, end = row_source(table, row)

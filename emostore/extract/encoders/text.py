@@ -180,7 +180,7 @@ def _load_sentence_transformer(source: str, device: str, precision: str) -> Any:
     _quiet_transformers()
     try:
         model = SentenceTransformer(source, device=device)
-    except Exception as exc:  # hub unreachable, bad path, not a model
+    except Exception as exc:  # noqa: BLE001  (hub unreachable, bad path, not a model: one line)
         raise UserError(f"cannot load text model {source!r}: {exc}. Offline, use the "
                         "default (bundled MiniLM) or a local model directory.") from None
     if precision != "float32":
@@ -244,7 +244,7 @@ class HuggingFaceEncoder(TextEncoder):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModel.from_pretrained(source)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (hub unreachable, bad path, not a model: one line)
             raise UserError(f"cannot load Hugging Face model {self.model_name!r} ({source}): {exc}. "
                             "Offline, pass a local model directory.") from None
         self.tokenizer.truncation_side = "left" if self.context else "right"
