@@ -165,13 +165,15 @@ def ingest_csv(files: Annotated[list[Path], typer.Argument(metavar="FILE...",
 @user_errors
 def ingest_images(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder <split>/<label>/*.jpg|png "
                                                             "(the FER2013 layout) or <label>/*, or a CSV of "
-                                                            "path,label[,split].")],
+                                                            "path,label[,split] (or path,split,emotion).")],
                   out: Out, overwrite: Overwrite = False,
                   dataset: Annotated[str | None, typer.Option(help="Dataset name (default: folder name).")] = None,
+                  label_col: Annotated[str | None, typer.Option(help="A CSV's column of labels [label, else "
+                                                                     "emotion; any case].")] = None,
                   as_json: Json = False) -> None:
     """Labelled still images, one utterance each (ids are relative paths); faces are found by
     `extract visual`."""
-    _finish_ingest("images", root, out, overwrite, as_json, dataset=dataset)
+    _finish_ingest("images", root, out, overwrite, as_json, dataset=dataset, label_col=label_col)
 
 
 Param = Annotated[list[str] | None, typer.Option(

@@ -12,6 +12,8 @@ from rich.table import Table
 from emostore.ingest.base import IngestResult
 
 console = Console()
+#: Warnings and errors: on stderr, so that stdout holds only what a command reports.
+errors = Console(stderr=True)
 
 
 def next_steps(info: dict[str, Any]) -> str:
@@ -63,23 +65,32 @@ def show_info(info: dict[str, Any]) -> None:
             console.print(f"  ... {s['rows_failed'] - 5} more failed rows in {name}")
 
 
+def counts_text(counts: dict[Any, int]) -> str:
+    """``train 268, dev 51, test 66`` (rows without a value counted as ``no split``)."""
+    return ", ".join(f"{'no split' if k is None or k != k else k} {v}" for k, v in counts.items())
+
+
 def show_ingest(result: IngestResult, path: str, limit: int = 10) -> None:
+    """The summary on stdout; warnings and errors about rows and files on stderr."""
     t = result.table
     splits = t["split"].value_counts(dropna=False).to_dict()
-    console.print(f"[green]ingested[/green] {len(t)} utterances from {result.dataset} into {path} "
-                  f"({', '.join(f'{k}: {v}' for k, v in splits.items())}); "
-                  f"{t['emotion'].nunique()} emotions")
+    emotions = t["emotion"].nunique()
+    labels = f"{emotions} emotions" if emotions else "no emotion labels"
+    console.print("[green]ingested[/green] " + escape(f"{len(t)} utterances from {result.dataset} into {path} "
+                                                      f"({counts_text(splits)}); {labels}"),
+                  highlight=False, soft_wrap=True)
     for note in result.notes:
-        console.print(f"  note: {note}")
+        console.print(escape(f"  note: {note}"), highlight=False, soft_wrap=True)
     issues = [p for p in result.problems if p.level != "repair"]
     repairs = [p for p in result.problems if p.level == "repair"]
     if repairs:
-        console.print(f"  repaired {len(repairs)} cells (e.g. {repairs[0]})")
+        console.print(escape(f"  repaired {len(repairs)} cells (e.g. {repairs[0]})"), highlight=False, soft_wrap=True)
     for p in issues[:limit]:
         colour = "red" if p.level == "error" else "yellow"
-        console.print(f"  [{colour}]{p.level}[/{colour}] {p}")
+        errors.print(f"  [{colour}]{p.level}[/{colour}] {escape(str(p))}", highlight=False, soft_wrap=True)
     if len(issues) > limit:
-        console.print(f"  ... {len(issues) - limit} more problems (all recorded in the store; see `emostore info`)")
+        errors.print(f"  ... {len(issues) - limit} more problems (all recorded in the store; see `emostore info`)",
+                     highlight=False, soft_wrap=True)
 
 
 def show_neighbours(result: dict[str, Any]) -> None:
