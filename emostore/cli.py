@@ -770,6 +770,7 @@ def finetune_text(
         quiet: Quiet = False,
         as_json: Json = False) -> None:
     """Fine-tune a text transformer on the store's train split (best epoch on dev), resumable."""
+    options.check_model()  # before PyTorch loads: a model that cannot be fetched fails at once
     from emostore.finetune.run import extract as extract_features
     from emostore.finetune.run import finetune
 

@@ -128,7 +128,7 @@ def show_prediction(result: dict[str, Any]) -> None:
     console.print(f"from {', '.join(present)} with the {result['head']} head"
                   + "".join(f"; {n} masked ({why})" for n, why in missing.items()))
     for name, why in result.get("unused_inputs", {}).items():  # given, but this checkpoint cannot use it
-        console.print(escape(f"--{name} {why}"), style="yellow")
+        errors.print(escape(f"warning: --{name} {why}"), style="yellow", highlight=False, soft_wrap=True)
     for e in result.get("evidence", []):
         console.print(escape(f"  similar: {e['similarity']:.3f} ({e['label']}) {e['id']}: {e['text']}"))
 
@@ -167,9 +167,9 @@ def show_extraction(out: dict[str, Any]) -> None:
         print(f"  {out['chunks_damaged']} finished chunks were damaged (missing files or failed checksums) and were "
               "computed again", file=sys.stderr)
     for f in out["failures"][:10]:
-        print(f"  {f['id']}: {f['reason']}")
+        print(f"  {f['id']}: {f['reason']}", file=sys.stderr)
     if len(out["failures"]) > 10:
-        print(f"  ... {len(out['failures']) - 10} more (see `emostore info`)")
+        print(f"  ... {len(out['failures']) - 10} more (see `emostore info`)", file=sys.stderr)
 
 
 def show_index(summary: dict[str, Any]) -> None:
