@@ -27,6 +27,20 @@ class Command(TyperCommand):
 
 app = typer.Typer(help="emostore: multimodal emotion recognition for conversations, on a feature store.",
                   rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False)
+def _version(value: bool) -> None:
+    if value:
+        from emostore import __version__
+
+        typer.echo(f"emostore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = False) -> None:
+    """emostore: multimodal emotion recognition for conversations, on a feature store."""
+
+
 ingest_app = typer.Typer(help="Turn a corpus into a new store (the utterance table).", no_args_is_help=True)
 extract_app = typer.Typer(help="Compute per-utterance features into a store.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
@@ -174,6 +188,21 @@ def ingest_images(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Fol
     """Labelled still images, one utterance each (ids are relative paths); faces are found by
     `extract visual`."""
     _finish_ingest("images", root, out, overwrite, as_json, dataset=dataset, label_col=label_col)
+
+
+@ingest_app.command("sample", cls=Command)
+@user_errors
+def ingest_sample(out: Out, overwrite: Overwrite = False,
+                  clips: Annotated[Path | None, typer.Option(
+                      metavar="DIR", help="Make a short video (the speech over a face) of each utterance with speech "
+                                          "in DIR and use it as its media, so that `extract visual` has faces too "
+                                          "[media: the speech files].")] = None,
+                  as_json: Json = False) -> None:
+    """The built-in sample conversations, offline: 385 utterances of 60 dialogues, 7 emotions, 42 with
+    speech."""
+    from emostore.ingest.sample import SAMPLE
+
+    _finish_ingest("sample", SAMPLE, out, overwrite, as_json, clips=clips)
 
 
 Param = Annotated[list[str] | None, typer.Option(
@@ -612,11 +641,12 @@ def list_cmd(what: Annotated[str | None, typer.Argument(
 @user_errors
 def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to put the demo store "
                                                                "(default: a temporary directory).")] = None,
-         device: Device = "auto") -> None:
+         device: Device = "auto",
+         overwrite: Annotated[bool, typer.Option(help="Replace a demo that --dir already holds.")] = False) -> None:
     """Run the whole pipeline offline on the built-in sample conversations."""
     from emostore.demo import run_demo
 
-    run_demo(directory, device=device)
+    run_demo(directory, device=device, overwrite=overwrite)
 
 
 def _head_name(value: str) -> str:

@@ -3,43 +3,33 @@ heads -> search -> prediction of a new utterance."""
 
 from __future__ import annotations
 
-import csv
 import tempfile
 from pathlib import Path
 
 from emostore.display import console, show_info, show_ingest, show_neighbours, show_prediction
 from emostore.errors import UserError
 
-SAMPLE = Path(__file__).parent / "sample" / "dialogues.csv"
+#: What ``emostore demo`` writes into its folder.
+WRITES = ("sample-store", "checkpoints", "media")
 
 
-def sample_with_media(directory: Path) -> Path:
-    """The sample CSV plus a ``media`` column: video clips (speech + face) for the utterances
-    that have synthesised speech, nothing for the rest (their audio and visual rows stay masked)."""
-    from emostore.sample.clips import build_sample_media
-
-    clips = build_sample_media(directory / "media")
-    out = directory / "sample.csv"
-    with open(SAMPLE, newline="", encoding="utf-8") as src, open(out, "w", newline="", encoding="utf-8") as dst:
-        reader = csv.DictReader(src)
-        writer = csv.DictWriter(dst, fieldnames=[*(reader.fieldnames or []), "media"])
-        writer.writeheader()
-        for row in reader:
-            writer.writerow({**row, "media": clips.get(row["id"], "")})
-    return out
-
-
-def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
-    """Build a store from the sample conversations in ``directory`` (a new temporary one by default)."""
+def run_demo(directory: Path | None = None, *, device: str = "auto", overwrite: bool = False) -> Path:
+    """Build a store from the sample conversations in ``directory`` (a new temporary one by
+    default); a folder that already holds a demo is refused unless ``overwrite``."""
     from emostore.extract.encoders.text import text_encoder
     from emostore.extract.runner import run_extraction
     from emostore.heads.run import demo_heads
     from emostore.ingest.run import ingest
+    from emostore.ingest.sample import SAMPLE
 
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="emostore-demo-"))
+    there = [name for name in WRITES if (root / name).exists()]
+    if there and not overwrite:
+        raise UserError(f"--dir {root} already holds {', '.join(there)} (a demo made before): choose another --dir, "
+                        "or pass --overwrite to replace it")
     store_path = root / "sample-store"
     console.rule("[bold]1. ingest the sample conversations (with speech + face clips for some turns)")
-    store, result = ingest("csv", [sample_with_media(root)], store_path, overwrite=True, dataset="sample")
+    store, result = ingest("sample", SAMPLE, store_path, overwrite=True, clips=root / "media")
     show_ingest(result, str(store_path))
 
     console.rule("[bold]2. extract features: text (bundled all-MiniLM-L6-v2), audio (openSMILE), face (MediaPipe)")
@@ -76,9 +66,11 @@ def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
     sentence = "We won the final! This is the best day of my life!"
     console.print(f"mlp checkpoint, text only: [italic]{sentence}[/italic]")
     show_prediction(Predictor(ckpts / "mlp", device=device).predict(text=sentence))
-    console.print(f"\nstore: [bold]{store_path}[/bold]; checkpoints: {ckpts}. Try `emostore info {store_path}`, "
-                  f"`emostore evaluate {ckpts / 'context'} --store {store_path} --report {root / 'report'}`, "
-                  f"`emostore serve {ckpts / 'context'}`.")
+    console.print(f"\nstore: {store_path}\ncheckpoints: {ckpts}\ntry:", highlight=False, soft_wrap=True)
+    for command in (f"emostore info {store_path}",
+                    f"emostore evaluate {ckpts / 'context'} --store {store_path} --report {root / 'report'}",
+                    f"emostore serve {ckpts / 'context'}"):  # whole lines, never wrapped: they are copied
+        console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
     return store_path
 
 
