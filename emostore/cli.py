@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from emostore.cli_options import Device, Json, OptionalDevice, Quiet, config_options, progress_enabled
+from emostore.core.splits import split_name
 from emostore.errors import UserError, unreachable_storage
 from emostore.finetune.options import FinetuneOptions
 from emostore.heads.config import TrainConfig
@@ -431,7 +432,8 @@ def search_cmd(store: StoreArg,
                query: Annotated[str, typer.Argument(metavar="QUERY", help="A text, an utterance id of the store, or an "
                                                    "audio/video/image file.")],
                k: Annotated[int, typer.Option("-k", min=1, help="Number of neighbours.")] = 10,
-               split: Annotated[str | None, typer.Option(help="Only neighbours from this split.")] = None,
+               split: Annotated[str | None, typer.Option(parser=split_name,
+                                                         help="Only neighbours from this split.")] = None,
                label: Annotated[str | None, typer.Option(help="Only neighbours with this emotion.")] = None,
                index: Annotated[str | None, typer.Option(help="Index name (default: the only/first one).")] = None,
                features: Annotated[str | None, typer.Option(help="Pick the index over these feature sets.")] = None,
@@ -723,7 +725,8 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                                                          help="Checkpoint directory (from `emostore train`).")],
              store: Annotated[str, typer.Option("--store", "-s", metavar="STORE",
                                                 help="Store to evaluate on (a directory or URL).")],
-             split: Annotated[str, typer.Option(help="Split to evaluate: train, dev or test.")] = "test",
+             split: Annotated[str, typer.Option(parser=split_name, help="Split to evaluate: train, dev (or "
+                                                                       "validation) or test.")] = "test",
              report: Annotated[Path | None, typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,
              device: Device = "auto",
@@ -752,7 +755,9 @@ def sweep(store: StoreArg,
               "--features", "-f", help="Comma-separated feature sets; repeat for several combinations.")] = None,
           seeds: Annotated[int, typer.Option(min=1, help="Seeds per configuration (from --seed on).")] = 5,
           target: TargetOpt = TargetName.emotion,
-          split: Annotated[str, typer.Option(help="Split to score each run on.")] = "test",
+          split: Annotated[str, typer.Option(parser=split_name, help="Split to score each run on: dev, or test "
+                                                                     "to report on once hyperparameters are "
+                                                                     "chosen.")] = "dev",
           param: Annotated[list[str] | None, typer.Option(
               "--param", "-p", help="Grid axis KEY=V1,V2 (repeatable). Training options (lr, epochs, ...) or "
                                     "head hyperparameters; HEAD.KEY for one head only (knn.k=5,20).")] = None,
@@ -762,21 +767,21 @@ def sweep(store: StoreArg,
           quiet: Quiet = False, as_json: Json = False) -> None:
     """Train a grid of heads x feature sets x parameters x seeds; mean and std per configuration.
     A run that cannot be made is reported with its error and the others go on."""
-    from emostore.heads.sweep import parse_grid, show_sweep
+    from emostore.heads.sweep import parse_grid
     from emostore.heads.sweep import sweep as run_sweep
     from emostore.store import Store
 
     if not features:
         raise UserError("pass --features (e.g. --features text/minilm); repeat it to compare combinations")
+    if split == "test":
+        typer.echo("note: scoring on the test split; choose hyperparameters on dev (the default) and score the "
+                   "chosen ones on test once", err=True)
     st = Store.open(store, mode="r")
     combos = [f.split(",") for f in features]
     result = run_sweep(st, [h.strip() for h in heads.split(",") if h.strip()], combos, seeds=seeds,
                        target=target.value, split=split, grid=parse_grid(param), config=config,
                        progress=progress_enabled(quiet, as_json), speaker_norm=speaker_norm)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        show_sweep(result)
+    _emit(result.to_dict(), as_json, "show_sweep")
 
 
 finetune_app = typer.Typer(help="Fine-tune encoders on a store's labels (heavy: run once, then extract).",

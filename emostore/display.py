@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -208,3 +209,33 @@ def show_registry(data: dict[str, Any]) -> None:
         print(f"encoder {e['modality']} --encoder {e['kind']}: {e['summary']}")
         print("    -p " + " ".join(f"{k}={v}" for k, v in e["options"].items())
               + (f"; runtime: {', '.join(e['runtime'])}" if e["runtime"] else ""))
+
+
+#: Columns of the sweep table that are not metrics.
+SWEEP_COLUMNS = ("head", "features", "setting", "seeds", "seconds")
+
+
+def show_sweep(result: dict[str, Any]) -> None:
+    """The sweep's summary (mean ±std over seeds per configuration); it fits 80 columns by wrapping
+    cells between words (one feature set per line, a std under its mean), never by cutting them."""
+    summary = result["summary"]
+    keys = [k for k in (summary[0] if summary else {}) if k not in SWEEP_COLUMNS]
+    t = Table(title=f"{len(result['runs'])} runs scored on the {result['split']} split in {result['seconds']:.0f}s "
+                    "(mean ±std over seeds)", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+              collapse_padding=True)
+    settings = [[f"{k}={v}" for k, v in row["setting"].items()] or ["-"] for row in summary]
+    widest = {"head": [row["head"] for row in summary], "features": [f for row in summary for f in row["features"]],
+              "setting": [s for setting in settings for s in setting], "seconds": ["seconds"],
+              **{k: ["±0.0000"] for k in keys}}
+    for col in ("head", "features", "setting", "seeds", *keys, "seconds"):
+        numeric = col in (*keys, "seeds", "seconds")
+        t.add_column(col.replace("_f1", " F1").replace("_", " "), justify="right" if numeric else "left",
+                     overflow="fold", min_width=max(map(len, widest.get(col, [""])), default=0),
+                     no_wrap=col in ("head", "seeds", "seconds"))
+    for row, setting in zip(summary, settings):
+        t.add_row(row["head"], "\n".join(row["features"]), "\n".join(setting), str(row["seeds"]),
+                  *[f"{row[k]['mean']:.4f} ±{row[k]['std']:.4f}" for k in keys], f"{row['seconds']['mean']:.1f}")
+    console.print(t)
+    for f in result["failures"]:
+        errors.print(f"failed: {f['head']} {','.join(f['features'])} seed {f['seed']}: {f['error']}",
+                     markup=False, highlight=False, style="red", soft_wrap=True)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from emostore.core.splits import SPLIT_ALIASES
 from emostore.extract.video_io import IMAGE_SUFFIXES
 from emostore.ingest.base import (
-    SPLIT_ALIASES,
     Adapter,
     IngestError,
     IngestResult,
