@@ -31,14 +31,14 @@ def build(work: Path) -> tuple[Path, Path]:
     """An ``mlp`` on text/minilm + audio/egemaps of the sample (with its speech clips) and a 3.0 s wav."""
     import soundfile as sf
 
-    from emostore.demo import sample_with_media
     from emostore.extract.encoders.opensmile import OpenSmileEncoder
     from emostore.extract.encoders.text import text_encoder
     from emostore.extract.runner import run_extraction
     from emostore.heads.run import train
     from emostore.ingest.run import ingest
+    from emostore.ingest.sample import SAMPLE
 
-    store, _ = ingest("csv", [sample_with_media(work)], work / "store", dataset="sample")
+    store, _ = ingest("sample", SAMPLE, work / "store", clips=work / "media")
     run_extraction(store, text_encoder("minilm", device="cpu"), progress=False)
     run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
     _, ckpt = train(store.path, ["text/minilm", "audio/egemaps"], "mlp", work / "ckpt")

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from emostore.cli_options import Device, Json, OptionalDevice, Quiet, config_options, progress_enabled
+from emostore.core.splits import split_name
 from emostore.errors import UserError, unreachable_storage
 from emostore.finetune.options import FinetuneOptions
 from emostore.heads.config import TrainConfig
@@ -27,6 +28,20 @@ class Command(TyperCommand):
 
 app = typer.Typer(help="emostore: multimodal emotion recognition for conversations, on a feature store.",
                   rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False)
+def _version(value: bool) -> None:
+    if value:
+        from emostore import __version__
+
+        typer.echo(f"emostore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = False) -> None:
+    """emostore: multimodal emotion recognition for conversations, on a feature store."""
+
+
 ingest_app = typer.Typer(help="Turn a corpus into a new store (the utterance table).", no_args_is_help=True)
 extract_app = typer.Typer(help="Compute per-utterance features into a store.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
@@ -165,13 +180,30 @@ def ingest_csv(files: Annotated[list[Path], typer.Argument(metavar="FILE...",
 @user_errors
 def ingest_images(root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder <split>/<label>/*.jpg|png "
                                                             "(the FER2013 layout) or <label>/*, or a CSV of "
-                                                            "path,label[,split].")],
+                                                            "path,label[,split] (or path,split,emotion).")],
                   out: Out, overwrite: Overwrite = False,
                   dataset: Annotated[str | None, typer.Option(help="Dataset name (default: folder name).")] = None,
+                  label_col: Annotated[str | None, typer.Option(help="A CSV's column of labels [label, else "
+                                                                     "emotion; any case].")] = None,
                   as_json: Json = False) -> None:
     """Labelled still images, one utterance each (ids are relative paths); faces are found by
     `extract visual`."""
-    _finish_ingest("images", root, out, overwrite, as_json, dataset=dataset)
+    _finish_ingest("images", root, out, overwrite, as_json, dataset=dataset, label_col=label_col)
+
+
+@ingest_app.command("sample", cls=Command)
+@user_errors
+def ingest_sample(out: Out, overwrite: Overwrite = False,
+                  clips: Annotated[Path | None, typer.Option(
+                      metavar="DIR", help="Make a short video (the speech over a face) of each utterance with speech "
+                                          "in DIR and use it as its media, so that `extract visual` has faces too "
+                                          "[media: the speech files].")] = None,
+                  as_json: Json = False) -> None:
+    """The built-in sample conversations, offline: 385 utterances of 60 dialogues, 7 emotions, 42 with
+    speech."""
+    from emostore.ingest.sample import SAMPLE
+
+    _finish_ingest("sample", SAMPLE, out, overwrite, as_json, clips=clips)
 
 
 Param = Annotated[list[str] | None, typer.Option(
@@ -400,7 +432,8 @@ def search_cmd(store: StoreArg,
                query: Annotated[str, typer.Argument(metavar="QUERY", help="A text, an utterance id of the store, or an "
                                                    "audio/video/image file.")],
                k: Annotated[int, typer.Option("-k", min=1, help="Number of neighbours.")] = 10,
-               split: Annotated[str | None, typer.Option(help="Only neighbours from this split.")] = None,
+               split: Annotated[str | None, typer.Option(parser=split_name,
+                                                         help="Only neighbours from this split.")] = None,
                label: Annotated[str | None, typer.Option(help="Only neighbours with this emotion.")] = None,
                index: Annotated[str | None, typer.Option(help="Index name (default: the only/first one).")] = None,
                features: Annotated[str | None, typer.Option(help="Pick the index over these feature sets.")] = None,
@@ -610,11 +643,12 @@ def list_cmd(what: Annotated[str | None, typer.Argument(
 @user_errors
 def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to put the demo store "
                                                                "(default: a temporary directory).")] = None,
-         device: Device = "auto") -> None:
+         device: Device = "auto",
+         overwrite: Annotated[bool, typer.Option(help="Replace a demo that --dir already holds.")] = False) -> None:
     """Run the whole pipeline offline on the built-in sample conversations."""
     from emostore.demo import run_demo
 
-    run_demo(directory, device=device)
+    run_demo(directory, device=device, overwrite=overwrite)
 
 
 @app.command("download-models", cls=Command)
@@ -708,7 +742,8 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT",
                                                          help="Checkpoint directory (from `emostore train`).")],
              store: Annotated[str, typer.Option("--store", "-s", metavar="STORE",
                                                 help="Store to evaluate on (a directory or URL).")],
-             split: Annotated[str, typer.Option(help="Split to evaluate: train, dev or test.")] = "test",
+             split: Annotated[str, typer.Option(parser=split_name, help="Split to evaluate: train, dev (or "
+                                                                       "validation) or test.")] = "test",
              report: Annotated[Path | None, typer.Option(help="Also write metrics.json, predictions.csv, "
                                                                  "plots and summary.md to this folder.")] = None,
              device: Device = "auto",
@@ -738,7 +773,9 @@ def sweep(store: StoreArg,
               "--features", "-f", help="Comma-separated feature sets; repeat for several combinations.")] = None,
           seeds: Annotated[int, typer.Option(min=1, help="Seeds per configuration (from --seed on).")] = 5,
           target: TargetOpt = TargetName.emotion,
-          split: Annotated[str, typer.Option(help="Split to score each run on.")] = "test",
+          split: Annotated[str, typer.Option(parser=split_name, help="Split to score each run on: dev, or test "
+                                                                     "to report on once hyperparameters are "
+                                                                     "chosen.")] = "dev",
           param: Annotated[list[str] | None, typer.Option(
               "--param", "-p", help="Grid axis KEY=V1,V2 (repeatable). Training options (lr, epochs, ...) or "
                                     "head hyperparameters; HEAD.KEY for one head only (knn.k=5,20).")] = None,
@@ -754,22 +791,22 @@ def sweep(store: StoreArg,
           quiet: Quiet = False, as_json: Json = False) -> None:
     """Train a grid of heads x feature sets x parameters x seeds; mean and std per configuration.
     A run that cannot be made is reported with its error and the others go on."""
-    from emostore.heads.sweep import parse_grid, show_sweep
+    from emostore.heads.sweep import parse_grid
     from emostore.heads.sweep import sweep as run_sweep
     from emostore.store import Store
 
     if not features:
         raise UserError("pass --features (e.g. --features text/minilm); repeat it to compare combinations")
+    if split == "test":
+        typer.echo("note: scoring on the test split; choose hyperparameters on dev (the default) and score the "
+                   "chosen ones on test once", err=True)
     st = Store.open(store, mode="r")
     combos = [f.split(",") for f in features]
     result = run_sweep(st, [h.strip() for h in heads.split(",") if h.strip()], combos, seeds=seeds,
                        target=target.value, split=split, grid=parse_grid(param), config=config,
                        progress=progress_enabled(quiet, as_json), speaker_norm=speaker_norm,
                        memory_budget=memory_budget, checkpoints=checkpoints, cluster=cluster)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        show_sweep(result)
+    _emit(result.to_dict(), as_json, "show_sweep")
 
 
 finetune_app = typer.Typer(help="Fine-tune encoders on a store's labels (heavy: run once, then extract).",
@@ -793,6 +830,7 @@ def finetune_text(
         quiet: Quiet = False,
         as_json: Json = False) -> None:
     """Fine-tune a text transformer on the store's train split (best epoch on dev), resumable."""
+    options.check_model()  # before PyTorch loads: a model that cannot be fetched fails at once
     from emostore.finetune.run import extract as extract_features
     from emostore.finetune.run import finetune
 

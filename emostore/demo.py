@@ -3,7 +3,6 @@ heads -> search -> prediction of a new utterance."""
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import tempfile
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 from emostore.display import console, show_info, show_ingest, show_neighbours, show_prediction
 from emostore.errors import UserError
 
-SAMPLE = Path(__file__).parent / "sample" / "dialogues.csv"
 #: The optional steps: the extra each needs, the modules that extra brings, and what it adds.
 OPTIONAL = {
     "audio": (("av", "soundfile", "soxr", "opensmile"), "clips of 42 spoken turns, openSMILE features"),
@@ -33,40 +31,32 @@ def absent_extras() -> dict[str, list[str]]:
 def _say_skipped(extra: str, missing: list[str]) -> None:
     console.print(f"[yellow]skipped {extra}[/yellow] ({OPTIONAL[extra][1]}): no {', '.join(missing)}; "
                   f"pip install 'emostore\\[{extra}]'", soft_wrap=True)
+#: What ``emostore demo`` writes into its folder.
+WRITES = ("sample-store", "checkpoints", "media")
 
 
-def sample_with_media(directory: Path) -> Path:
-    """The sample CSV plus a ``media`` column: video clips (speech + face) for the utterances
-    that have synthesised speech, nothing for the rest (their audio and visual rows stay masked)."""
-    from emostore.sample.clips import build_sample_media
-
-    clips = build_sample_media(directory / "media")
-    out = directory / "sample.csv"
-    with open(SAMPLE, newline="", encoding="utf-8") as src, open(out, "w", newline="", encoding="utf-8") as dst:
-        reader = csv.DictReader(src)
-        writer = csv.DictWriter(dst, fieldnames=[*(reader.fieldnames or []), "media"])
-        writer.writeheader()
-        for row in reader:
-            writer.writerow({**row, "media": clips.get(row["id"], "")})
-    return out
-
-
-def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
-    """Build a store from the sample conversations in ``directory`` (a new temporary one by default)."""
+def run_demo(directory: Path | None = None, *, device: str = "auto", overwrite: bool = False) -> Path:
+    """Build a store from the sample conversations in ``directory`` (a new temporary one by
+    default); a folder that already holds a demo is refused unless ``overwrite``."""
     from emostore.extract.encoders.text import text_encoder
     from emostore.extract.runner import run_extraction
     from emostore.heads.run import demo_heads
     from emostore.ingest.run import ingest
+    from emostore.ingest.sample import SAMPLE
 
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="emostore-demo-"))
+    there = [name for name in WRITES if (root / name).exists()]
+    if there and not overwrite:
+        raise UserError(f"--dir {root} already holds {', '.join(there)} (a demo made before): choose another --dir, "
+                        "or pass --overwrite to replace it")
     store_path = root / "sample-store"
     absent = absent_extras()
     for extra, missing in absent.items():
         _say_skipped(extra, missing)
     console.rule("[bold]1. ingest the sample conversations" + ("" if "audio" in absent else
                                                                 " (with speech + face clips for some turns)"))
-    sample = SAMPLE if "audio" in absent else sample_with_media(root)
-    store, result = ingest("csv", [sample], store_path, overwrite=True, dataset="sample")
+    clips = None if "audio" in absent else root / "media"  # the clips are made with the audio extra's av
+    store, result = ingest("sample", SAMPLE, store_path, overwrite=True, clips=clips)
     show_ingest(result, str(store_path))
 
     encoders = [("text", lambda: text_encoder("minilm", device=device)),
@@ -110,9 +100,11 @@ def run_demo(directory: Path | None = None, *, device: str = "auto") -> Path:
     sentence = "We won the final! This is the best day of my life!"
     console.print(f"mlp checkpoint, text only: [italic]{sentence}[/italic]")
     show_prediction(Predictor(ckpts / "mlp", device=device).predict(text=sentence))
-    console.print(f"\nstore: [bold]{store_path}[/bold]; checkpoints: {ckpts}. Try `emostore info {store_path}`, "
-                  f"`emostore evaluate {ckpts / 'context'} --store {store_path} --report {root / 'report'}`, "
-                  f"`emostore serve {ckpts / 'context'}`.")
+    console.print(f"\nstore: {store_path}\ncheckpoints: {ckpts}\ntry:", highlight=False, soft_wrap=True)
+    for command in (f"emostore info {store_path}",
+                    f"emostore evaluate {ckpts / 'context'} --store {store_path} --report {root / 'report'}",
+                    f"emostore serve {ckpts / 'context'}"):  # whole lines, never wrapped: they are copied
+        console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
     return store_path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -12,6 +13,8 @@ from rich.table import Table
 from emostore.ingest.base import IngestResult
 
 console = Console()
+#: Warnings and errors: on stderr, so that stdout holds only what a command reports.
+errors = Console(stderr=True)
 
 
 def next_steps(info: dict[str, Any]) -> str:
@@ -63,23 +66,32 @@ def show_info(info: dict[str, Any]) -> None:
             console.print(f"  ... {s['rows_failed'] - 5} more failed rows in {name}")
 
 
+def counts_text(counts: dict[Any, int]) -> str:
+    """``train 268, dev 51, test 66`` (rows without a value counted as ``no split``)."""
+    return ", ".join(f"{'no split' if k is None or k != k else k} {v}" for k, v in counts.items())
+
+
 def show_ingest(result: IngestResult, path: str, limit: int = 10) -> None:
+    """The summary on stdout; warnings and errors about rows and files on stderr."""
     t = result.table
     splits = t["split"].value_counts(dropna=False).to_dict()
-    console.print(f"[green]ingested[/green] {len(t)} utterances from {result.dataset} into {path} "
-                  f"({', '.join(f'{k}: {v}' for k, v in splits.items())}); "
-                  f"{t['emotion'].nunique()} emotions")
+    emotions = t["emotion"].nunique()
+    labels = f"{emotions} emotions" if emotions else "no emotion labels"
+    console.print("[green]ingested[/green] " + escape(f"{len(t)} utterances from {result.dataset} into {path} "
+                                                      f"({counts_text(splits)}); {labels}"),
+                  highlight=False, soft_wrap=True)
     for note in result.notes:
-        console.print(f"  note: {note}")
+        console.print(escape(f"  note: {note}"), highlight=False, soft_wrap=True)
     issues = [p for p in result.problems if p.level != "repair"]
     repairs = [p for p in result.problems if p.level == "repair"]
     if repairs:
-        console.print(f"  repaired {len(repairs)} cells (e.g. {repairs[0]})")
+        console.print(escape(f"  repaired {len(repairs)} cells (e.g. {repairs[0]})"), highlight=False, soft_wrap=True)
     for p in issues[:limit]:
         colour = "red" if p.level == "error" else "yellow"
-        console.print(f"  [{colour}]{p.level}[/{colour}] {p}")
+        errors.print(f"  [{colour}]{p.level}[/{colour}] {escape(str(p))}", highlight=False, soft_wrap=True)
     if len(issues) > limit:
-        console.print(f"  ... {len(issues) - limit} more problems (all recorded in the store; see `emostore info`)")
+        errors.print(f"  ... {len(issues) - limit} more problems (all recorded in the store; see `emostore info`)",
+                     highlight=False, soft_wrap=True)
 
 
 def show_neighbours(result: dict[str, Any]) -> None:
@@ -117,7 +129,7 @@ def show_prediction(result: dict[str, Any]) -> None:
     console.print(f"from {', '.join(present)} with the {result['head']} head"
                   + "".join(f"; {n} masked ({why})" for n, why in missing.items()))
     for name, why in result.get("unused_inputs", {}).items():  # given, but this checkpoint cannot use it
-        console.print(escape(f"--{name} {why}"), style="yellow")
+        errors.print(escape(f"warning: --{name} {why}"), style="yellow", highlight=False, soft_wrap=True)
     for e in result.get("evidence", []):
         console.print(escape(f"  similar: {e['similarity']:.3f} ({e['label']}) {e['id']}: {e['text']}"))
 
@@ -156,9 +168,9 @@ def show_extraction(out: dict[str, Any]) -> None:
         print(f"  {out['chunks_damaged']} finished chunks were damaged (missing files or failed checksums) and were "
               "computed again", file=sys.stderr)
     for f in out["failures"][:10]:
-        print(f"  {f['id']}: {f['reason']}")
+        print(f"  {f['id']}: {f['reason']}", file=sys.stderr)
     if len(out["failures"]) > 10:
-        print(f"  ... {len(out['failures']) - 10} more (see `emostore info`)")
+        print(f"  ... {len(out['failures']) - 10} more (see `emostore info`)", file=sys.stderr)
 
 
 def show_index(summary: dict[str, Any]) -> None:
@@ -197,3 +209,33 @@ def show_registry(data: dict[str, Any]) -> None:
         print(f"encoder {e['modality']} --encoder {e['kind']}: {e['summary']}")
         print("    -p " + " ".join(f"{k}={v}" for k, v in e["options"].items())
               + (f"; runtime: {', '.join(e['runtime'])}" if e["runtime"] else ""))
+
+
+#: Columns of the sweep table that are not metrics.
+SWEEP_COLUMNS = ("head", "features", "setting", "seeds", "seconds")
+
+
+def show_sweep(result: dict[str, Any]) -> None:
+    """The sweep's summary (mean ±std over seeds per configuration); it fits 80 columns by wrapping
+    cells between words (one feature set per line, a std under its mean), never by cutting them."""
+    summary = result["summary"]
+    keys = [k for k in (summary[0] if summary else {}) if k not in SWEEP_COLUMNS]
+    t = Table(title=f"{len(result['runs'])} runs scored on the {result['split']} split in {result['seconds']:.0f}s "
+                    "(mean ±std over seeds)", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+              collapse_padding=True)
+    settings = [[f"{k}={v}" for k, v in row["setting"].items()] or ["-"] for row in summary]
+    widest = {"head": [row["head"] for row in summary], "features": [f for row in summary for f in row["features"]],
+              "setting": [s for setting in settings for s in setting], "seconds": ["seconds"],
+              **{k: ["±0.0000"] for k in keys}}
+    for col in ("head", "features", "setting", "seeds", *keys, "seconds"):
+        numeric = col in (*keys, "seeds", "seconds")
+        t.add_column(col.replace("_f1", " F1").replace("_", " "), justify="right" if numeric else "left",
+                     overflow="fold", min_width=max(map(len, widest.get(col, [""])), default=0),
+                     no_wrap=col in ("head", "seeds", "seconds"))
+    for row, setting in zip(summary, settings):
+        t.add_row(row["head"], "\n".join(row["features"]), "\n".join(setting), str(row["seeds"]),
+                  *[f"{row[k]['mean']:.4f} ±{row[k]['std']:.4f}" for k in keys], f"{row['seconds']['mean']:.1f}")
+    console.print(t)
+    for f in result["failures"]:
+        errors.print(f"failed: {f['head']} {','.join(f['features'])} seed {f['seed']}: {f['error']}",
+                     markup=False, highlight=False, style="red", soft_wrap=True)

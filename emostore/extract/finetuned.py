@@ -13,6 +13,7 @@ from typing import Any
 
 from emostore.core.hashing import files_hash
 from emostore.errors import UserError
+from emostore.extract.hub import local_or_hub, one_line
 from emostore.extract.text_models import BUNDLED_MODEL, FINETUNE_META, HF_ALIASES, bundled_model_path
 
 META = FINETUNE_META
@@ -100,17 +101,17 @@ def _transformer_folder(folder: Path) -> Path:
 def load_transformer(model: str, *, device: str = "cpu") -> tuple[Any, Any, str]:
     """``(tokenizer, AutoModel, recorded name)`` of a base or fine-tuned model, or a one-line
     UserError (an unknown name offline, a folder that is not a model)."""
+    source, recorded = resolve_source(model)
+    folder = local_or_hub(source, what=f"text model {model!r} ({source})")
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    source, recorded = resolve_source(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        backbone = AutoModel.from_pretrained(source)
-    except Exception as exc:  # noqa: BLE001  (hub unreachable, unknown name, not a model folder)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load text model {model!r} ({source}): {first}. Offline, use the bundled "
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        backbone = AutoModel.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001  (unknown name, not a model folder)
+        raise UserError(f"cannot load text model {model!r} ({source}): {one_line(exc)}. Offline, use the bundled "
                         "MiniLM (the default) or a local model folder") from None
     return tokenizer, backbone.to(device), recorded
 

@@ -47,3 +47,12 @@ class FinetuneOptions:
                                             "gold ones, reading its input format.", metavar="MODEL_DIR")
     temperature: float = option(2.0, help="--teacher: softmax temperature of the soft labels.", min=0.01)
     distill_weight: float = option(0.5, help="--teacher: share of the loss from the soft labels.", min=0.0, max=1.0)
+
+    def check_model(self) -> None:
+        """Refuse at once, before PyTorch loads, a base model that is neither a local folder nor
+        cached while the Hugging Face hub cannot be reached (see :mod:`emostore.extract.hub`)."""
+        from emostore.extract.finetuned import resolve_source
+        from emostore.extract.hub import local_or_hub
+
+        source, _ = resolve_source(self.model)
+        local_or_hub(source, what=f"text model {self.model!r} ({source})")

@@ -288,9 +288,10 @@ def _finetune(store_path: Path, out: Path, options: FinetuneOptions, *, overwrit
         common["distill"] = distillation(plan.teacher, options, plan.store, plan.data, train_rows,
                                          device=plan.device, cache=out / TRAINING, log=log)
     fmt, teacher = plan.fmt, plan.teacher
-    log(f"fine-tuning {plan.base} on {plan.store.path} ({plan.target.name}; {describe_rows(plan.data)['rows']} "
-        f"labelled rows; past {fmt.past}, future {fmt.future}, speakers {'on' if fmt.speaker else 'off'}; max "
-        f"length {plan.spec['input']['max_length']}) on {plan.device}, {plan.precision}"
+    rows = ", ".join(f"{split} {n}" for split, n in plan.data.counts().items())
+    log(f"fine-tuning {plan.base} on {plan.store.path} ({plan.target.name}; labelled rows: {rows}; past "
+        f"{fmt.past}, future {fmt.future}, speakers {'on' if fmt.speaker else 'off'}; max length "
+        f"{plan.spec['input']['max_length']}) on {plan.device}, {plan.precision}"
         + (f"; distilling {teacher.folder} (temperature {options.temperature:g}, weight {options.distill_weight:g})"
            if teacher is not None else ""))
     full = train_one(out, train_rows=train_rows, **common)

@@ -173,7 +173,7 @@ def show(m: dict[str, Any]) -> None:
     """Print an evaluation with rich."""
     from rich.table import Table
 
-    from emostore.display import console
+    from emostore.display import console, counts_text, errors
 
     console.print(f"[bold]{m.get('head', '')}[/bold] on the [cyan]{m['split']}[/cyan] split "
                   f"({m['n']} rows; {', '.join(m.get('feature_sets', []))})")
@@ -191,4 +191,5 @@ def show(m: dict[str, Any]) -> None:
     console.print(t)
     console.print(confusion_text(m["confusion_matrix"], m["labels"]), highlight=False, markup=False)
     if m.get("skipped_unknown_labels"):
-        console.print(f"[yellow]skipped rows with labels the checkpoint does not know: {m['skipped_unknown_labels']}")
+        errors.print(f"warning: skipped rows with labels the checkpoint does not know: "
+                     f"{counts_text(m['skipped_unknown_labels'])}", style="yellow", markup=False, highlight=False)

@@ -234,23 +234,3 @@ def target_is_regression(store: Store, target: str) -> bool:
 
     return read_target(store, read_split(store), target)[0].regression
 
-
-def show_sweep(result: SweepResult) -> None:
-    """Print the summary table (mean ± std over seeds)."""
-    from rich.table import Table
-
-    from emostore.display import console
-
-    t = Table(title=f"{len(result.runs)} runs on the {result.split} split in {result.seconds:.0f}s "
-                    "(mean ± std over seeds)")
-    for col in ("head", "features", "setting", "seeds", *result.keys, "seconds"):
-        t.add_column(col, justify="right" if col in (*result.keys, "seeds", "seconds") else "left")
-    for row in result.summary():
-        setting = ", ".join(f"{k}={v}" for k, v in row["setting"].items()) or "-"
-        t.add_row(row["head"], ",".join(row["features"]), setting, str(row["seeds"]),
-                  *[f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" for k in result.keys],
-                  f"{row['seconds']['mean']:.1f}")
-    console.print(t)
-    for f in result.failures:
-        console.print(f"failed: {f['head']} {','.join(f['features'])} seed {f['seed']}: {f['error']}",
-                      markup=False, highlight=False, style="red")

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from emostore.core.splits import split_name
 from emostore.errors import UserError
 
 #: Fixed columns of the utterance table, in order. Adapters may add extra columns after these.
@@ -21,9 +22,6 @@ COLUMNS = [
     "id", "dataset", "dialogue", "turn", "speaker", "text", "media",
     "start", "end", "emotion", "sentiment", "sentiment_score", "split",
 ]
-SPLITS = ("train", "dev", "test")
-SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "valid": "dev",
-                 "val": "dev", "validation": "dev", "test": "test", "testing": "test"}
 
 
 class IngestError(UserError):
@@ -99,7 +97,7 @@ def hashed_split(key: str, dev: float = 0.1, test: float = 0.1) -> str:
 def normalize_split(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
-    return SPLIT_ALIASES.get(str(value).strip().lower(), str(value).strip().lower() or None)
+    return split_name(value) or None
 
 
 def _clean_str(value: Any) -> str | None:

@@ -362,6 +362,15 @@ def list_indexes(store: Store) -> list[str]:
     return sorted(name for name, g in group.groups() if g.attrs.get("current"))
 
 
+def index_meta(store: Store, name: str) -> dict[str, Any]:
+    """What index ``name`` was built from (its current version's attributes), without reading it."""
+    group = _indexes_group(store)
+    if group is None or name not in set(group.group_keys()):
+        return {}
+    current = group[name].attrs.get("current")
+    return dict(group[name][str(current)].attrs) if current in set(group[name].group_keys()) else {}
+
+
 def _indexes_group(store: Store, create: bool = False) -> zarr.Group | None:
     if create:
         return zarr.open_group(store.location.zarr_store(), path=INDEXES, mode="a")

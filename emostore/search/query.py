@@ -41,6 +41,18 @@ def query_kind(query: str) -> str:
     return "text"
 
 
+#: The modalities of the feature sets a query of each kind can be encoded into.
+QUERY_MODALITIES = {"text": {"text"}, "audio": {"audio"}, "video": {"audio", "visual"}, "image": {"visual"}}
+
+
+def takes(meta: dict[str, Any], kind: str) -> bool:
+    """Whether an index (by its attributes) takes a new ``kind`` query, not a stored id: one over
+    stored features of the modalities that query gives (a checkpoint's embeddings take ids only)."""
+    if "checkpoint" in meta or not meta.get("features"):
+        return False
+    return {f.split("/", 1)[0] for f in meta["features"]} <= QUERY_MODALITIES[kind]
+
+
 def looks_like_id(store: Store, query: str) -> bool:
     """True when ``query`` has the shape of the store's ids (digits aside), e.g. ``d001_u99``."""
     if not query or any(c.isspace() for c in query):
@@ -74,14 +86,12 @@ def encode_query(store: Store, index: NearestIndex, query: str,
         raise UserError(f"unknown utterance id {query!r} in {store.url}")
     kind = query_kind(query)
     media = {"text": None, "media": None}
+    wanted = QUERY_MODALITIES[kind]
     if kind == "text":
-        wanted = {"text"}
         media["text"] = query
     else:
-        wanted = {"audio", "visual"} if kind == "video" else ({"audio"} if kind == "audio" else {"visual"})
         media["media"] = str(Path(query).expanduser().resolve())
-    modalities = {f.split("/", 1)[0] for f in features}
-    if not modalities <= wanted:
+    if not takes(index.meta, kind):
         raise UserError(f"the index covers {', '.join(features)}; a {kind} query can only search "
                         f"{' or '.join(sorted(wanted))} features (build an index with --features for that)")
     row = pd.DataFrame([{"id": "query", "dialogue": "query", "turn": 0, "speaker": None, **media,
@@ -93,6 +103,24 @@ def encode_query(store: Store, index: NearestIndex, query: str,
             raise UserError(f"cannot encode the query for {name}: {out.reasons[0]}")
         parts.append(out.values)
     return combine(parts, features, index.meta.get("standardisation"))[0], None, f"{kind} query"
+
+
+def label_shares(hits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Count and similarity-weighted share of each label among ``hits``, largest share first.
+
+    A neighbour weighs its similarity, or nothing when that is below zero; when no neighbour is
+    above zero (z-scored features, a filter that leaves only distant rows), each weighs the same,
+    so the shares are those of the counts and always add up to 1."""
+    counts: dict[str, int] = defaultdict(int)
+    weights: dict[str, float] = defaultdict(float)
+    labelled = [h for h in hits if h["label"] is not None]
+    positive = any(h["similarity"] > 0 for h in labelled)
+    for h in labelled:
+        counts[h["label"]] += 1
+        weights[h["label"]] += max(h["similarity"], 0.0) if positive else 1.0
+    total = sum(weights.values()) or 1.0
+    return {lab: {"count": counts[lab], "share": round(weights[lab] / total, 4)}
+            for lab in sorted(counts, key=lambda lab: (-weights[lab], -counts[lab]))}
 
 
 def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, split: str | None = None,
@@ -127,15 +155,7 @@ def neighbours(store: Store, index: NearestIndex, query: str, *, k: int = 10, sp
             "sentiment_score": None if pd.isna(r["sentiment_score"]) else float(r["sentiment_score"]),
             "split": r["split"], "similarity": round(sim, 4),
         })
-    counts: dict[str, int] = defaultdict(int)
-    weights: dict[str, float] = defaultdict(float)
-    for h in hits:
-        if h["label"] is not None:
-            counts[h["label"]] += 1
-            weights[h["label"]] += max(h["similarity"], 0.0)
-    total = sum(weights.values()) or 1.0
-    distribution = {lab: {"count": counts[lab], "share": round(weights[lab] / total, 4)}
-                    for lab in sorted(counts, key=lambda lab: -weights[lab])}
+    distribution = label_shares(hits)
     utterance = None
     if self_row is not None:  # a query by id: show the utterance itself, not only its id
         r = table.iloc[len(found)]

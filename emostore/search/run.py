@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from emostore.errors import UserError
-from emostore.search.index import NearestIndex, StaleIndex, default_name, list_indexes
-from emostore.search.query import neighbours
+from emostore.search.index import NearestIndex, StaleIndex, default_name, index_meta, list_indexes
+from emostore.search.query import QUERY_MODALITIES, looks_like_id, neighbours, query_kind, takes
 from emostore.store import Store
 
 
@@ -35,8 +35,11 @@ def build_index(store: Store | Path | str, features: list[str] | None = None, *,
     return index
 
 
-def open_index(store: Store, name: str | None = None, features: list[str] | None = None) -> NearestIndex:
-    """The named index, else the one over ``features``, else the store's only (or first) index."""
+def open_index(store: Store, name: str | None = None, features: list[str] | None = None,
+               query: str | None = None) -> NearestIndex:
+    """The named index, else the one over ``features``, else the store's only (or first) index;
+    for a ``query`` that is not a stored id, the first index that takes its kind (text, audio,
+    video, image) rather than, say, a checkpoint's index, which takes ids only."""
     have = list_indexes(store)
     if not have:
         first = features or store.feature_sets()[:1] or ["text"]
@@ -47,6 +50,14 @@ def open_index(store: Store, name: str | None = None, features: list[str] | None
         name = wanted if wanted in have else None
         if name is None:
             raise UserError(f"no index over {', '.join(features)} (have: {', '.join(have)})")
+    if name is None and query is not None and len(have) > 1 and not looks_like_id(store, query):
+        kind = query_kind(query)
+        name = next((n for n in have if takes(index_meta(store, n), kind)), None)
+        if name is None:
+            raise UserError(f"none of the indexes of {store.url} takes a{'n' if kind[0] in 'aei' else ''} {kind} "
+                            f"query (have: {', '.join(have)}; a checkpoint's embeddings take utterance ids); build "
+                            f"one with `emostore index build {store.url} --features "
+                            f"{sorted(QUERY_MODALITIES[kind])[0]}`")
     name = name or have[0]
     if name not in have:
         raise UserError(f"no index {name!r} in {store.url} (have: {', '.join(have)})")
@@ -66,7 +77,7 @@ def search(store: Store | Path | str, query: str, *, k: int = 10, split: str | N
            confirm: Callable[[str], bool] | None = None, as_id: bool = False) -> dict[str, Any]:
     """Search the store; a stale index is rebuilt when allowed (flag or confirmation), else refused."""
     store = store if isinstance(store, Store) else Store.open(store, mode="r")
-    idx = open_index(store, index, features)
+    idx = open_index(store, index, features, query=None if as_id else query)
     reasons = idx.stale_reasons(store)
     if reasons:
         what = f"index {idx.name or ''} is stale: {'; '.join(reasons)}"

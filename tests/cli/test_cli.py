@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import SAMPLE
@@ -103,11 +104,20 @@ def test_ingest_meld_and_mosi_commands(tmp_path):
 
 
 def test_demo_runs_offline(tmp_path, minilm_encoder):
-    r = run("demo", "--dir", tmp_path, "--device", "cpu")
+    r = runner.invoke(app, ["demo", "--dir", str(tmp_path), "--device", "cpu"], terminal_width=80)
     assert r.exit_code == 0, r.output
     assert "text/minilm" in r.output and "385 utterances" in r.output
     assert "We won the final! This is the best day of my life!" in r.output  # the sentence it predicts
     assert (tmp_path / "sample-store" / "zarr.json").exists()
+    store, ckpts = tmp_path / "sample-store", tmp_path / "checkpoints"
+    lines = r.stdout.splitlines()  # the closing commands, each whole on one line at 80 columns
+    assert f"  emostore evaluate {ckpts / 'context'} --store {store} --report {tmp_path / 'report'}" in lines
+    assert f"  emostore serve {ckpts / 'context'}" in lines
+    before = sorted(p.stat().st_mtime_ns for p in store.rglob("*"))
+    r = run("demo", "--dir", tmp_path, "--device", "cpu")  # a second demo into the same folder
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert f"--dir {tmp_path} already holds sample-store, checkpoints, media" in r.stderr and "--overwrite" in r.stderr
+    assert sorted(p.stat().st_mtime_ns for p in store.rglob("*")) == before
 
 
 @pytest.mark.slow
@@ -127,3 +137,24 @@ def test_demo_on_a_core_install_says_what_each_absent_extra_would_add(tmp_path, 
     info = json.loads(run("info", tmp_path / "sample-store", "--json").output)
     assert sorted(info["features"]) == ["text/minilm", "text/minilm-ctx2"]
     assert not (tmp_path / "media").exists()
+
+
+def test_version():
+    from emostore import __version__
+
+    r = run("--version")
+    assert r.exit_code == 0 and r.stdout == f"emostore {__version__}\n"
+
+
+def test_ingest_sample_builds_a_store_of_the_bundled_sample(tmp_path):
+    """`ingest sample`: the sample's 385 utterances, the 42 with speech pointing at its FLAC files."""
+    r = run("ingest", "sample", "--out", tmp_path / "s", "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["utterances"] == 385 and info["dialogues"] == 60 and info["with_media"] == 42
+    assert info["splits"] == {"train": 268, "test": 66, "dev": 51} and len(info["labels"]) == 7
+    assert "42 of 385 utterances have speech (FLAC) as their media" in info["notes"][0]
+    from emostore.store import Store
+
+    media = [m for m in Store.open(tmp_path / "s").table["media"] if m]
+    assert len(media) == 42 and all(m.endswith(".flac") and Path(m).is_file() for m in media)

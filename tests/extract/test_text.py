@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import rounding
+from conftest import SAMPLE, rounding
 
 from emostore.extract.encoders.text import build_inputs, bundled_model_path, text_encoder
 from emostore.extract.runner import run_extraction
@@ -135,3 +139,63 @@ def test_other_configuration_refused(tmp_path, minilm_encoder):
         run_extraction(store, other, progress=False)
     report = run_extraction(store, other, overwrite=True, progress=False)
     assert report.complete and store.feature_set("text/minilm").config["max_length"] == 16
+
+
+def hub_out_of_reach(monkeypatch, cache: Path, *, offline: bool = False) -> None:
+    """The Hugging Face hub cannot be reached (a closed port on loopback), or HF_HUB_OFFLINE is set;
+    ``cache`` is the Hugging Face cache."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:1")  # reachable() keeps its answer per endpoint
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+
+
+def cached(cache: Path, repo: str) -> Path:
+    """``repo`` in the Hugging Face cache's layout, holding the bundled MiniLM's files (linked)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(bundled_model_path(), folder / "snapshots" / ("0" * 40), copy_function=os.symlink)
+    return folder / "snapshots" / ("0" * 40)
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_hub_name_out_of_reach_fails_at_once_in_one_line(tmp_path, monkeypatch, offline):
+    """`extract text` and `finetune text` with a model name that is not cached, the hub out of reach
+    (or HF_HUB_OFFLINE set): one line saying why and how to pass a local folder; nothing written."""
+    from typer.testing import CliRunner
+
+    from emostore.cli import app
+    from emostore.ingest.run import ingest
+
+    store, _ = ingest("csv", [SAMPLE], tmp_path / "s", dataset="sample")
+    hub_out_of_reach(monkeypatch, tmp_path / "cache", offline=offline)
+    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub (http://127.0.0.1:1) cannot be reached"
+    runner = CliRunner()
+    for args in (["extract", "text", str(store.path), "--model", "roberta"],
+                 ["finetune", "text", str(store.path), "--model", "roberta", "--out", str(tmp_path / "ft")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output
+        said = r.stderr
+        assert f"'roberta' (roberta-base): it is not a local folder nor in the Hugging Face cache, and {why}" in said
+        assert "--model ./models/roberta-base, made with `hf download roberta-base --local-dir" in said
+    assert Store.open(store.path).feature_sets() == [] and not (tmp_path / "ft").exists()
+
+
+def test_a_cached_hub_name_loads_while_the_hub_is_out_of_reach(tmp_path, monkeypatch, minilm_encoder):
+    """A hub name in the Hugging Face cache loads from there, recorded under its hub name; a
+    sentence-transformers short name finds its ``sentence-transformers/`` copy."""
+    from emostore.extract.hub import local_or_hub
+
+    hub_out_of_reach(monkeypatch, tmp_path / "cache")
+    folder = cached(tmp_path / "cache", "acme/minilm-copy")
+    cached(tmp_path / "cache", "sentence-transformers/minilm-short")
+    assert local_or_hub("acme/minilm-copy", what="x") == str(folder)
+    texts = ["Why would you do that to me?", "Okay."]
+    hf = text_encoder("acme/minilm-copy", backend="huggingface", device="cpu", precision="float32")
+    assert hf.stored_config["model"] == "acme/minilm-copy"
+    st = text_encoder("minilm-short", device="cpu", precision="float32")
+    assert st.stored_config["model"] == "minilm-short"
+    np.testing.assert_allclose(st.encode_texts(texts), text_encoder("minilm", device="cpu", precision="float32")
+                               .encode_texts(texts), atol=1e-6)

@@ -159,3 +159,16 @@ def test_mosei_csv_codes(tmp_path: Path) -> None:
     assert t["split"].to_dict() == {"81406_0": "train", "81406_1": "test", "zz_0": None}
     assert t["sentiment"].tolist() == ["positive", "negative", "neutral"]
     assert t.loc["81406_0", "turn"] == 1 and t.loc["81406_0", "dialogue"] == "81406"
+
+
+def test_mosei_summary_counts_rows_without_a_fold_in_words(tmp_path: Path) -> None:
+    """The ingest summary names the rows outside the folds "no split", not Python's ``None``."""
+    from typer.testing import CliRunner
+
+    from emostore.cli import app
+
+    root = shared_data("cmu_mosei")
+    r = CliRunner().invoke(app, ["ingest", "mosei", str(root), "--out", str(tmp_path / "s")], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "(train 16327, test 4662, dev 1871, no split 399); 6 emotions" in r.stdout
+    assert "None" not in r.stdout and "{" not in r.stdout

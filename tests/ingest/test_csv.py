@@ -171,3 +171,19 @@ def test_headers_match_in_any_case_and_say_so(tmp_path):
     assert r.table["emotion"].tolist() == ["joy", "joy"] and r.table["id"].tolist() == ["x1", "x2"]
     assert "cased.csv: header 'Emotion' taken as emotion (asked for 'emotion'; case ignored)" in r.notes
     assert not any("no label column" in n for n in r.notes)
+
+
+def test_warnings_go_to_stderr_and_the_summary_to_stdout(tmp_path):
+    """A Windows-1252 file: the summary (and its notes) on stdout, the encoding warning on stderr."""
+    from typer.testing import CliRunner
+
+    from emostore.cli import app
+
+    f = tmp_path / "cafe.csv"
+    f.write_bytes("text,emotion,split\nUn café, s'il vous plaît,joy,train\nNon merci,anger,test\n"
+                  .replace(", s'il", " s'il").encode("cp1252"))
+    r = CliRunner().invoke(app, ["ingest", "csv", str(f), "--out", str(tmp_path / "s")], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "ingested 2 utterances from cafe" in r.stdout and "(train 1, test 1); 2 emotions" in r.stdout
+    assert "note: cafe.csv: no 'id' column" in r.stdout
+    assert "not UTF-8; read as Windows-1252" in r.stderr and "Windows-1252" not in r.stdout

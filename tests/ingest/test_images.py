@@ -110,3 +110,57 @@ def test_fer2013_subset_through_ingest_and_extract(tmp_path):
     pred = np.array(names)[np.argmax(X[mask, :7], axis=1)]  # mean probabilities over the one frame
     # the CNN was trained on FER2013: this checks the crop pipeline, it is no generalisation result
     assert (pred == labels[mask]).mean() > 0.4
+
+
+def test_csv_label_column_any_case_emotion_or_named(tmp_path):
+    """FER2013's own labels.csv says ``emotion``; a header in another case is taken (and noted); a
+    column named otherwise needs --label-col, and without it the summary says there are no labels."""
+    for name in ("a", "b", "c"):
+        image(tmp_path / f"{name}.png")
+    fer_style = tmp_path / "labels.csv"
+    fer_style.write_text("Path,Split,Emotion\na.png,train,Happy\nb.png,validation,sad\nc.png,test,happy\n")
+    r = ImagesAdapter().load(fer_style)
+    assert r.table["emotion"].tolist() == ["happy", "sad", "happy"]
+    assert r.table["split"].tolist() == ["train", "dev", "test"]
+    assert "labels.csv: header 'Emotion' taken as the label column (asked for 'emotion'; case ignored)" in r.notes
+
+    other = tmp_path / "feelings.csv"
+    other.write_text("path,feeling\na.png,angry\nb.png,calm\n")
+    r = ImagesAdapter().load(other)
+    assert r.table["emotion"].isna().all()
+    assert any(n.startswith("feelings.csv: no label column found (looked for 'label' and 'emotion', in any case; "
+                            "columns are path, feeling)") for n in r.notes)
+    assert ImagesAdapter().load(other, label_col="Feeling").table["emotion"].tolist() == ["angry", "calm"]
+    with pytest.raises(IngestError, match="--label-col 'mood' not found; columns are path, feeling"):
+        ImagesAdapter().load(other, label_col="mood")
+    with pytest.raises(IngestError, match="--label-col names a column of a CSV"):
+        ImagesAdapter().load(tmp_path, label_col="feeling")
+
+
+def test_ingest_images_of_fer2013_labels_csv_finds_its_labels(tmp_path):
+    """`ingest images` on rows of FER2013's own labels.csv (``path,split,emotion``) keeps the labels;
+    the summary names them, and without a label column it says there are none (on stdout, exit 0)."""
+    root = shared_data("fer2013", "labels.csv").parent
+    lines = (root / "labels.csv").read_text().splitlines()
+    header, rows = lines[0], [line for line in lines[1:] if "/happy/" in line][:3] + \
+        [line for line in lines[1:] if "/sad/" in line][:3]
+    assert header == "path,split,emotion"
+    subset = tmp_path / "labels.csv"
+    subset.write_text("\n".join([header, *(f"{root / line.split(',')[0]},{line.split(',', 1)[1]}" for line in rows)])
+                      + "\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["ingest", "images", str(subset), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert "(train 6); 2 emotions" in r.stdout and not r.stderr
+
+    unlabelled = tmp_path / "paths.csv"
+    unlabelled.write_text("path,split,mood\n" + "\n".join(line.rsplit(",", 1)[0] + ",x" for line in
+                                                        subset.read_text().splitlines()[1:]) + "\n")
+    r = runner.invoke(app, ["ingest", "images", str(unlabelled), "--out", str(tmp_path / "u")])
+    assert r.exit_code == 0, r.output
+    assert "no emotion labels" in r.stdout
+    assert "note: paths.csv: no label column found (looked for 'label' and 'emotion'" in r.stdout
+    r = runner.invoke(app, ["ingest", "images", str(unlabelled), "--out", str(tmp_path / "m"), "--label-col", "MOOD",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["labels"] == {"x": 6}

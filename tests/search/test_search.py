@@ -194,6 +194,51 @@ def test_checkpoint_embedding_index(store, tmp_path):
         search(store, "d030_u01", index=idx.name)
 
 
+def test_a_text_query_goes_to_an_index_that_takes_text(store, tmp_path):
+    """After `index build --checkpoint` (whose index sorts first), a plain text search uses the
+    text index; an id still goes to the first index; with no index for text, one line says so."""
+    from emostore.heads import checkpoint as ckpt_io
+    from emostore.heads.data import load_data
+    from emostore.heads.train import TrainConfig, fit
+
+    data = load_data(store, ["text/minilm"], "emotion")
+    ckpt = ckpt_io.save(fit(data, "mlp", {"hidden": 16}, TrainConfig(epochs=1, device="cpu")), data,
+                        tmp_path / "context", store=store)
+    build_index(store, checkpoint=ckpt)
+    other = ckpt_io.save(fit(data, "mlp", {"hidden": 16}, TrainConfig(epochs=1, seed=1, device="cpu")), data,
+                         tmp_path / "another", store=store)
+    build_index(store, checkpoint=other)
+    with pytest.raises(UserError, match="none of the indexes of .* takes a text query .*another-embedding, "
+                                        "context-embedding.*--features text`"):
+        search(store, "I told you so")
+    build_index(store, ["text/minilm"])
+    r = CliRunner().invoke(app, ["search", str(store.path), "I told you so", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["index"] == "text-minilm"
+    assert search(store, "d030_u01", k=3)["index"] == "another-embedding"
+
+
+def test_label_shares_with_negative_similarities(tmp_path):
+    """z-scored eGeMAPS of the sample's speech: the 3 nearest anger rows to a sad utterance are all
+    below zero similarity; 3 of 3 neighbours labelled anger give anger a share of 1.0, not 0."""
+    pytest.importorskip("opensmile", reason="the audio extra is not installed")
+    from emostore.extract.encoders.opensmile import OpenSmileEncoder
+    from emostore.extract.runner import run_extraction
+    from emostore.ingest.run import ingest
+    from emostore.ingest.sample import SAMPLE
+
+    store, _ = ingest("sample", SAMPLE, tmp_path / "s")
+    run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
+    build_index(store, ["audio/egemaps"])
+    out = search(store, "d002_u01", k=3, label="anger")
+    assert [h["label"] for h in out["neighbours"]] == ["anger"] * 3
+    assert all(h["similarity"] < 0 for h in out["neighbours"])
+    assert out["labels"] == {"anger": {"count": 3, "share": 1.0}} and out["nearest_emotion"] == "anger"
+    mixed = search(store, "d002_u01", k=10)["labels"]
+    assert sum(v["share"] for v in mixed.values()) == pytest.approx(1.0, abs=1e-3)
+    assert sum(v["count"] for v in mixed.values()) == 10
+
+
 def test_multimodal_store_audio_and_media_queries(tmp_path):
     """A store with text and audio (Emo-DB speech): audio features are z-scored before cosine, and a
     wav file or a video's soundtrack is a query encoded like the store."""

@@ -48,13 +48,13 @@ def text_audio(tmp_path_factory, minilm_encoder):
     """An ``mlp`` on text/minilm + audio/egemaps of the sample with its media clips (speech + face video)."""
 
     def make() -> SimpleNamespace:
-        from emostore.demo import sample_with_media
         from emostore.extract.encoders.opensmile import OpenSmileEncoder
         from emostore.extract.runner import run_extraction
         from emostore.ingest.run import ingest
+        from emostore.ingest.sample import SAMPLE
 
         work = tmp_path_factory.mktemp("av")
-        store, _ = ingest("csv", [sample_with_media(work)], work / "store", dataset="sample")
+        store, _ = ingest("sample", SAMPLE, work / "store", clips=work / "media")
         run_extraction(store, minilm_encoder, progress=False)
         run_extraction(store, OpenSmileEncoder.create(feature_set="egemaps"), progress=False)
         data = load_data(store, ["text/minilm", "audio/egemaps"], "emotion")

@@ -241,7 +241,8 @@ def test_inputs_a_checkpoint_does_not_use_are_reported(mlp):
     r = runner.invoke(app, ["predict", str(mlp[0]), "--text", "I can't believe it!", "--audio", str(flac),
                             "--device", "cpu"], terminal_width=200)
     assert r.exit_code == 0, r.output
-    assert "--audio not used: the checkpoint has no audio feature set" in r.output
+    assert "warning: --audio not used: the checkpoint has no audio feature set" in r.stderr
+    assert "not used" not in r.stdout  # stdout holds the prediction only
     r = runner.invoke(app, ["predict", str(mlp[0]), "--text", "I can't believe it!", "--audio", str(flac),
                             "--device", "cpu", "--json"])
     assert r.exit_code == 0

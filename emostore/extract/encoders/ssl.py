@@ -43,6 +43,7 @@ from emostore.extract.base import (
     register,
 )
 from emostore.extract.encoders.opensmile import IMAGE_SUFFIXES, row_source
+from emostore.extract.hub import one_line
 
 #: ``model_type`` values of Hugging Face speech encoders that take raw waveforms.
 SPEECH_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "wav2vec2-bert",
@@ -50,11 +51,6 @@ SPEECH_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2
 #: Files whose content defines the model (weights are matched by suffix).
 MODEL_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def model_files(folder: Path) -> list[Path]:

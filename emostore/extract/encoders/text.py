@@ -30,6 +30,7 @@ from emostore.extract.base import (
     register,
 )
 from emostore.extract.dialogue_input import dialogue_order
+from emostore.extract.hub import local_or_hub, one_line
 from emostore.extract.text_models import BUNDLED_MODEL, HF_ALIASES, bundled_model_path, is_finetuned
 
 #: Context inputs keep the current utterance: when too long, tokens are dropped from the left.
@@ -101,6 +102,8 @@ class TextEncoder(Encoder):
     def __init__(self, config: TextConfig, *, name: str | None = None, device: str = "auto", batch_size: int = 64):
         self.runtime = {"device": device, "batch_size": batch_size}
         self.model_name = config.model
+        # before torch loads (seconds): a hub name that cannot be fetched fails at once
+        self.source = self._source()
         self.device = resolve_device(device)
         precision = resolve_precision(config.precision, self.device)
         if config.context < 0:
@@ -118,8 +121,12 @@ class TextEncoder(Encoder):
     max_length: int
 
     @abstractmethod
+    def _source(self) -> str:
+        """What to load: a local folder, or a hub name (see :func:`~emostore.extract.hub.local_or_hub`)."""
+
+    @abstractmethod
     def _load(self, max_length: int | None, pooling: str | None) -> None:
-        """Load the model; set ``model_id``, ``max_length``, ``pooling`` and ``dim``."""
+        """Load the model from ``source``; set ``model_id``, ``max_length``, ``pooling`` and ``dim``."""
 
     @abstractmethod
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -180,8 +187,8 @@ def _load_sentence_transformer(source: str, device: str, precision: str) -> Any:
     _quiet_transformers()
     try:
         model = SentenceTransformer(source, device=device)
-    except Exception as exc:  # noqa: BLE001  (hub unreachable, bad path, not a model: one line)
-        raise UserError(f"cannot load text model {source!r}: {exc}. Offline, use the "
+    except Exception as exc:  # noqa: BLE001  (unknown name, bad path, not a model: one line)
+        raise UserError(f"cannot load text model {source!r}: {one_line(exc)}. Offline, use the "
                         "default (bundled MiniLM) or a local model directory.") from None
     if precision != "float32":
         model.to(getattr(torch, precision))
@@ -194,16 +201,23 @@ class SentenceTransformerEncoder(TextEncoder):
 
     kind = "sentence-transformers"
 
+    def _source(self) -> str:
+        name = self.model_name
+        if name in ("", "minilm", BUNDLED_MODEL):
+            return str(bundled_model_path())
+        return local_or_hub(name, what=f"text model {name!r}",
+                            also=() if "/" in name else (f"sentence-transformers/{name}",))
+
     def _load(self, max_length: int | None, pooling: str | None) -> None:
         if pooling not in (None, "model"):
             raise UserError(f"sentence-transformers models pool as the model says; pooling {pooling!r} is "
                             "for --encoder huggingface")
-        if self.model_name in ("", "minilm", BUNDLED_MODEL):
-            source, self.model_id = str(bundled_model_path()), BUNDLED_MODEL
+        name = self.model_name
+        if name in ("", "minilm", BUNDLED_MODEL):
+            self.model_id = BUNDLED_MODEL
         else:
-            source = self.model_name
-            self.model_id = str(Path(source).resolve()) if Path(source).exists() else source
-        self.model = _load_sentence_transformer(source, self.device, self.precision)
+            self.model_id = str(Path(name).resolve()) if Path(name).exists() else name
+        self.model = _load_sentence_transformer(self.source, self.device, self.precision)
         self.max_length = int(max_length or self.model.max_seq_length or 512)
         self.pooling = "model"
         self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
@@ -232,6 +246,10 @@ class HuggingFaceEncoder(TextEncoder):
 
     kind = "huggingface"
 
+    def _source(self) -> str:
+        name = HF_ALIASES.get(self.model_name, self.model_name)
+        return local_or_hub(name, what=f"Hugging Face model {self.model_name!r} ({name})")
+
     def _load(self, max_length: int | None, pooling: str | None) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -239,13 +257,13 @@ class HuggingFaceEncoder(TextEncoder):
         if pooling not in (None, "mean", "cls"):
             raise UserError(f"pooling for Hugging Face models is mean or cls, got {pooling!r}")
         _quiet_transformers()
-        source = HF_ALIASES.get(self.model_name, self.model_name)
-        self.model_id = str(Path(source).resolve()) if Path(source).exists() else source
+        name = HF_ALIASES.get(self.model_name, self.model_name)
+        self.model_id = str(Path(name).resolve()) if Path(name).exists() else name
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            self.model = AutoModel.from_pretrained(source)
-        except Exception as exc:  # noqa: BLE001  (hub unreachable, bad path, not a model: one line)
-            raise UserError(f"cannot load Hugging Face model {self.model_name!r} ({source}): {exc}. "
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+            self.model = AutoModel.from_pretrained(self.source)
+        except Exception as exc:  # noqa: BLE001  (unknown name, bad path, not a model: one line)
+            raise UserError(f"cannot load Hugging Face model {self.model_name!r} ({name}): {one_line(exc)}. "
                             "Offline, pass a local model directory.") from None
         self.tokenizer.truncation_side = "left" if self.context else "right"
         dtype = getattr(torch, self.precision)
