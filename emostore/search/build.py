@@ -25,6 +25,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,6 +198,30 @@ def _fill_task(source: Source, blob: np.ndarray, kind: str, shards: int, start: 
     faiss = _faiss()
     index = target(faiss.deserialize_index(blob), kind, shards)
     return faiss.serialize_index(fill(source, index, start, stop, first_id))
+
+
+def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Rows valid in every feature set, their cosine-ready concatenated vectors, and the
+    standardisation applied to the feature sets that need it (see :mod:`emostore.search.build`).
+    All in memory: for large stores, :func:`emostore.search.build.build_streaming` streams."""
+    source, rows = plan(store, features)
+    vectors = np.concatenate([v for _, v in source.blocks(store, 0, len(store))])
+    return rows, vectors, source.stats
+
+
+def build_for_store(store: Store, features: list[str], *, kind: str = "flat", checkpoint: Path | None = None,
+                    shards: int = 1, cluster: Any = None, train_size: int | None = None, progress: bool = False,
+                    **params: Any) -> NearestIndex:
+    """Index a store: its feature sets streamed chunk by chunk (:func:`build_streaming`), or a
+    checkpoint's embeddings (computed in memory, like training)."""
+    if checkpoint is None:
+        return build_streaming(store, features, kind=kind, shards=shards, cluster=cluster, train_size=train_size,
+                               progress=progress, **params)
+    from emostore.search.embed import checkpoint_vectors
+
+    rows, vectors, extra = checkpoint_vectors(store, Path(checkpoint))
+    features = extra["feature_sets"]
+    return NearestIndex.build(vectors, rows, kind=kind, meta={**store_meta(store, features, rows), **extra}, **params)
 
 
 def build_streaming(store: Store, features: list[str], *, kind: str = "flat", shards: int = 1,

@@ -83,17 +83,6 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def store_vectors(store: Store, features: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Rows valid in every feature set, their cosine-ready concatenated vectors, and the
-    standardisation applied to the feature sets that need it (see :mod:`emostore.search.build`).
-    All in memory: for large stores, :func:`emostore.search.build.build_streaming` streams."""
-    from emostore.search.build import plan
-
-    source, rows = plan(store, features)
-    vectors = np.concatenate([v for _, v in source.blocks(store, 0, len(store))])
-    return rows, vectors, source.stats
-
-
 def combine(parts: list[np.ndarray], features: list[str] | None = None,
             stats: dict[str, dict[str, list[float]]] | None = None) -> np.ndarray:
     """Each part (z-scored when ``stats`` has it) L2-normalised, concatenated, normalised again.
@@ -185,23 +174,6 @@ class NearestIndex:
                 "build_seconds": round(time.perf_counter() - t0, 3), "created": now(),
                 "faiss": faiss.__version__}
         return cls(index, np.asarray(rows, dtype=np.int64), meta, _gpu=gpu)
-
-    @classmethod
-    def build_for_store(cls, store: Store, features: list[str], *, kind: str = "flat",
-                        checkpoint: Path | None = None, shards: int = 1, cluster: Any = None,
-                        train_size: int | None = None, progress: bool = False, **params: Any) -> NearestIndex:
-        """Index a store: its feature sets streamed chunk by chunk (see :mod:`emostore.search.build`),
-        or a checkpoint's embeddings (computed in memory, like training)."""
-        if checkpoint is None:
-            from emostore.search.build import build_streaming
-
-            return build_streaming(store, features, kind=kind, shards=shards, cluster=cluster,
-                                   train_size=train_size, progress=progress, **params)
-        from emostore.search.embed import checkpoint_vectors
-
-        rows, vectors, extra = checkpoint_vectors(store, Path(checkpoint))
-        features = extra["feature_sets"]
-        return cls.build(vectors, rows, kind=kind, meta={**store_meta(store, features, rows), **extra}, **params)
 
     # ----- persistence -------------------------------------------------------------------
     def save(self, store: Store, name: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from emostore.errors import UserError
+from emostore.search.build import build_for_store
 from emostore.search.index import NearestIndex, StaleIndex, default_name, index_meta, list_indexes
 from emostore.search.query import QUERY_MODALITIES, looks_like_id, neighbours, query_kind, takes
 from emostore.store import Store
@@ -25,8 +26,8 @@ def build_index(store: Store | Path | str, features: list[str] | None = None, *,
         raise UserError("--shards and --cluster build indexes of stored features; a checkpoint's embeddings "
                         "are computed in one process")
     names = [store.feature_set(f).name for f in (features or [])]
-    index = NearestIndex.build_for_store(store, names, kind=kind, checkpoint=checkpoint, shards=shards,
-                                         cluster=cluster, train_size=train_size, progress=progress, **params)
+    index = build_for_store(store, names, kind=kind, checkpoint=checkpoint, shards=shards, cluster=cluster,
+                            train_size=train_size, progress=progress, **params)
     index.meta["build_command"] = {"features": names, "kind": kind,
                                    "checkpoint": str(checkpoint) if checkpoint else None, "shards": shards,
                                    "train_size": train_size,

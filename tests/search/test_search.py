@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from emostore.cli import app
 from emostore.errors import UserError
 from emostore.search import NearestIndex, StaleIndex
-from emostore.search.index import normalise, store_vectors
+from emostore.search.build import store_vectors
+from emostore.search.index import normalise
 from emostore.search.run import build_index, search
 from emostore.store import Store
 
