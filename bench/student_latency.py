@@ -66,7 +66,7 @@ def report(r: dict) -> str:
         one, four = m["1_clients"], m["4_clients"]
         lines.append(f"| {label} | {m['test_weighted_f1']:.4f} | {one['p50']:.0f} / {one['p95']:.0f} ms | "
                      f"{four['p50']:.0f} / {four['p95']:.0f} ms | {four['per_s']:.1f} | {m['rss_mb']:,} MB | "
-                     f"{m['load_before'].split('average:')[-1].strip()} |")
+                     f"{m['load_before'].split('average')[-1].strip(' :')} |")
     return "\n".join(lines)
 
 
