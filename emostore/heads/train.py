@@ -220,23 +220,13 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     seed_everything(config.seed)
     data.to(device)
     train_rows, dev_rows = data.rows("train"), data.rows("dev")
-    if not len(train_rows):
-        raise UserError("no labelled rows in the train split: nothing to train on")
-    if head_class(head).frames and not any(f is not None for f in data.frames):
-        raise UserError(f"head {head!r} reads frame sequences, but none of {', '.join(data.feature_sets)} keeps "
-                        "them; add a feature set with frames (extract audio --feature-set egemaps-lld, extract "
-                        "audio --encoder ssl --frames, extract visual)")
+    _check_trainable(data, head, train_rows)
     model = build_head(head, data.dims, data.target.n_out, params, frame_dims=data.frame_dims,
                        layers=data.layers or None).to(device)
     regression = data.target.regression
     metric = "dev_mae" if regression else "dev_weighted_f1"
     weights = None if regression or not config.class_weights else class_weight_tensor(data, train_rows)
-    notes: list[str] = []
-    if not len(dev_rows):
-        notes.append(f"no labelled dev rows: trained {config.epochs} epochs without early stopping")
-    if data.streamed:
-        notes.append(f"features streamed from the store: {gib(data.reader.row_bytes * len(data))} of vectors, "  # type: ignore[union-attr]
-                     f"over the memory budget of {gib(data.budget)}")
+    notes = _notes(data, config, dev_rows)
 
     if not model.trainable:
         from emostore.heads.at_once import fit_at_once
@@ -247,51 +237,9 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
         return FitResult(model.eval(), head, params, config, metric, 0, 0, dev, time.perf_counter() - start,
                          device, history, notes)
 
-    loss_fn: nn.Module = nn.L1Loss() if regression else nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    averaged = (torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
-        if config.ema > 0 else None)
-    kept: Head = averaged.module if averaged is not None else model  # type: ignore[assignment]
-    generator = torch.Generator().manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    in_train = np.zeros(len(data), dtype=bool)
-    in_train[train_rows] = True
-    units: Any = [d for d in data.dialogues if in_train[d].any()] if model.sequence else train_rows
-    batch = config.batch(model.sequence)
-    frame_lengths = data.frame_lengths().numpy() if model.frames else None
+    trainer = _GradientSteps(model, data, config, weights, device, train_rows)
     better = (lambda a, b: a < b) if regression else (lambda a, b: a > b)
     n_targets = max(len(train_rows), 1)
-
-    def step(window: HeadData, targets: Tensor, idx: Tensor) -> tuple[float, int]:
-        """One optimiser step on the batch ``idx`` of ``window``; the summed loss of its targets, and
-        how many they were."""
-        safe = idx.clamp(min=0)
-        mask = drop_modalities(window.mask[safe], config.modality_dropout, generator)
-        out = forward(model, window, idx, mask)
-        target = (idx >= 0) & targets[safe]
-        pred, y = out[target], window.y[safe][target]
-        loss = loss_fn(pred[:, 0], y) if regression else loss_fn(pred, y)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimiser.step()
-        if averaged is not None:
-            averaged.update_parameters(model)
-        return loss.item() * len(y), len(y)
-
-    def epoch_pass() -> tuple[float, int]:
-        """One pass over the training units, a window at a time: summed loss, targets seen."""
-        loss, seen = 0.0, 0
-        for window, local in data.windows(units, rng):
-            window.to(device)
-            targets = torch.from_numpy(window.split == "train").to(device) & window.has_label
-            for idx in _batches(local, rng, batch, model.sequence, frame_lengths):
-                batch_loss, n = step(window, targets, idx.to(device))
-                loss, seen = loss + batch_loss, seen + n
-        return loss, seen
-
     best_score: float | None = None
     best_state, best_epoch, history = copy.deepcopy(model.state_dict()), 0, []
 
@@ -301,17 +249,17 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
         for epoch in range(1, config.epochs + 1):
             model.train()
             began = time.perf_counter()
-            loss, seen = epoch_pass()
+            loss, seen = trainer.epoch()
             entry = {"epoch": epoch, "train_loss": loss / n_targets, "rows_seen": seen,
                      "train_seconds": round(time.perf_counter() - began, 3)}
             if len(dev_rows):
-                dev = score(data, dev_rows, predict_rows(kept, data, dev_rows))
+                dev = score(data, dev_rows, predict_rows(trainer.kept, data, dev_rows))
                 entry[metric] = dev
                 if best_score is None or better(dev, best_score):
                     best_score, best_epoch = dev, epoch
-                    best_state = copy.deepcopy(kept.state_dict())
+                    best_state = copy.deepcopy(trainer.kept.state_dict())
             else:
-                best_epoch, best_state = epoch, copy.deepcopy(kept.state_dict())
+                best_epoch, best_state = epoch, copy.deepcopy(trainer.kept.state_dict())
             entry["seconds"] = round(time.perf_counter() - began, 3)
             history.append(entry)
             shown = f" {metric} {entry.get(metric, float('nan')):.4f} (best {best_score or 0:.4f} @ {best_epoch})"
@@ -322,3 +270,76 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
     model.eval()
     return FitResult(model, head, params, config, metric, best_epoch, epoch, best_score,
                      time.perf_counter() - start, device, history, notes)
+
+
+def _check_trainable(data: HeadData, head: str, train_rows: np.ndarray) -> None:
+    if not len(train_rows):
+        raise UserError("no labelled rows in the train split: nothing to train on")
+    if head_class(head).frames and not any(f is not None for f in data.frames):
+        raise UserError(f"head {head!r} reads frame sequences, but none of {', '.join(data.feature_sets)} keeps "
+                        "them; add a feature set with frames (extract audio --feature-set egemaps-lld, extract "
+                        "audio --encoder ssl --frames, extract visual)")
+
+
+def _notes(data: HeadData, config: TrainConfig, dev_rows: np.ndarray) -> list[str]:
+    notes: list[str] = []
+    if not len(dev_rows):
+        notes.append(f"no labelled dev rows: trained {config.epochs} epochs without early stopping")
+    if data.streamed:
+        notes.append(f"features streamed from the store: {gib(data.reader.row_bytes * len(data))} of vectors, "  # type: ignore[union-attr]
+                     f"over the memory budget of {gib(data.budget)}")
+    return notes
+
+
+class _GradientSteps:
+    """The loss, optimiser, optional weight average and batch order of a trainable head: one
+    :meth:`epoch` at a time, over the training units (rows, or dialogues for sequence heads)."""
+
+    def __init__(self, model: Head, data: HeadData, config: TrainConfig, weights: Tensor | None, device: str,
+                 train_rows: np.ndarray):
+        self.model, self.data, self.config, self.device = model, data, config, device
+        self.regression = data.target.regression
+        self.loss_fn: nn.Module = nn.L1Loss() if self.regression else nn.CrossEntropyLoss(
+            weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing)
+        self.optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.averaged = (torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+            if config.ema > 0 else None)
+        #: the model whose weights are scored and kept: the average when there is one
+        self.kept: Head = self.averaged.module if self.averaged is not None else model  # type: ignore[assignment]
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        in_train = np.zeros(len(data), dtype=bool)
+        in_train[train_rows] = True
+        self.units: Any = [d for d in data.dialogues if in_train[d].any()] if model.sequence else train_rows
+        self.batch = config.batch(model.sequence)
+        self.frame_lengths = data.frame_lengths().numpy() if model.frames else None
+
+    def step(self, window: HeadData, targets: Tensor, idx: Tensor) -> tuple[float, int]:
+        """One optimiser step on the batch ``idx`` of ``window``; the summed loss of its targets, and
+        how many they were."""
+        model = self.model
+        safe = idx.clamp(min=0)
+        mask = drop_modalities(window.mask[safe], self.config.modality_dropout, self.generator)
+        out = forward(model, window, idx, mask)
+        target = (idx >= 0) & targets[safe]
+        pred, y = out[target], window.y[safe][target]
+        loss = self.loss_fn(pred[:, 0], y) if self.regression else self.loss_fn(pred, y)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        self.optimiser.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(model)
+        return loss.item() * len(y), len(y)
+
+    def epoch(self) -> tuple[float, int]:
+        """One pass over the training units, a window at a time: summed loss, targets seen."""
+        loss, seen = 0.0, 0
+        for window, local in self.data.windows(self.units, self.rng):
+            window.to(self.device)
+            targets = torch.from_numpy(window.split == "train").to(self.device) & window.has_label
+            for idx in _batches(local, self.rng, self.batch, self.model.sequence, self.frame_lengths):
+                batch_loss, n = self.step(window, targets, idx.to(self.device))
+                loss, seen = loss + batch_loss, seen + n
+        return loss, seen
