@@ -32,7 +32,11 @@ FT = OUT / "ft"
 RESULTS = FT / "results"
 SHARED = ROOT.parent / "shared" / "data"
 SECTION = "## Fine-tuned text encoders (issue 9)"
+#: The base-size runs and the students have a section of their own.
+SECTION_BASE = "## Base-size text encoders: all-mpnet-base-v2 in bfloat16, and its MiniLM student (issue 16)"
 TARGET_MELD = 0.62
+#: Issue 16's targets: the best recipe's mean over 3 seeds, the best single run with context, the student.
+TARGET_BASE, TARGET_CONTEXT, TARGET_STUDENT, TARGET_EPOCH_MIN = 0.63, 0.64, 0.62, 10.0
 
 #: The recipe of every MELD run unless its group says otherwise (lr chosen on dev, see BENCHMARKS.md).
 MELD = {"lr": 1e-4, "epochs": 4, "batch_size": 32, "warmup": 0.1, "weight_decay": 0.01, "threads": 1,
@@ -218,19 +222,47 @@ def load_results() -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
 
 
-def report() -> str:
-    rs = load_results()
+def vectors(h: dict[str, Any], r: dict[str, Any]) -> str:
+    """A head's feature sets, the run's own fine-tuned set named ``fine-tuned``."""
+    return "+".join("fine-tuned" if f == f"text/{r['run']}" else f for f in h["features"].split("+"))
+
+
+def head_rows(rs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(head, feature sets) of the heads trained in the runs ``rs``, in order."""
+    return list(dict.fromkeys((h["head"], vectors(h, r)) for r in rs for h in r["heads"]))
+
+
+def is_base(group: str) -> bool:
+    """A group of issue 16 (all-mpnet-base-v2 or its students)."""
+    return "mpnet" in group or "student" in group
+
+
+def model_label(group: str, r: dict[str, Any]) -> str:
+    if "student" in group:
+        o = r["options"]
+        return (f"MiniLM student of MPNet (T {o.get('temperature')}, teacher weight "
+                f"{o.get('distill_weight')})")
+    return "MPNet-base fine-tuned, bf16" if "mpnet" in group else "MiniLM fine-tuned"
+
+
+def report(base: bool = False) -> str:
+    """The section of the MiniLM runs (issue 9), or with ``base`` of the MPNet runs and students."""
+    rs = [r for r in load_results() if is_base(r["group"]) == base]
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rs:
         by.setdefault(r["group"], []).append(r)
     loads = [float(r[k]) for r in rs for k in ("load_before", "load_after")]
-    machine = (f"Date {max((r['date'] for r in rs), default=date.today().isoformat())}; machine: 2-core CPU "
-               "(Intel Xeon), no GPU, torch 2.13.0+cpu, 1 torch thread per run, runs under `nice`, two to five "
+    import benchlib
+
+    machine = (f"Date {max((r['date'] for r in rs), default=date.today().isoformat())}; machine: "
+               f"{benchlib.machine()}, no GPU, torch 2.13.0+cpu, 1 torch thread per run, runs under `nice`, "
+               "two to five "
                f"at a time, on a machine shared with other jobs (load average {min(loads, default=0):.1f}–"
                f"{max(loads, default=0):.1f} on 2 cores at the runs' starts and ends). Minutes per epoch: the wall "
                "time, inflated by that sharing, and the CPU time of the run's one thread, which is what an epoch "
                "costs on a free core.")
-    command = "`nice -n 10 python bench/finetune_text.py run --jobs 2`, then `python bench/finetune_text.py report`."
+    command = ("`nice -n 10 python bench/finetune_text.py run --jobs 2`, then `python bench/finetune_text.py report"
+               + (" --base`." if base else "`."))
     lines = [machine, command]
     meld = [g for g in GROUPS if g.startswith("meld") and g in by]
     if meld:
@@ -241,8 +273,9 @@ def report() -> str:
             r0 = by[g][0]
             inp = r0["finetune"]["input"]
             ctx = ", ".join(f"{k} {inp[k]}" for k in ("past", "future") if inp[k])
+            speakers = "on" if inp["speaker"] else "off"
             lines.append(
-                f"| MiniLM fine-tuned ({g}) | {ctx or 'utterance only'}, speakers {'on' if inp['speaker'] else 'off'}, "
+                f"| {model_label(g, r0)} ({g}) | {ctx or 'utterance only'}, speakers {speakers}, "
                 f"≤{inp['max_length']} tokens | {len(by[g])} | "
                 f"{mean_std([r['finetune']['test_metrics']['weighted_f1'] for r in by[g]])} | "
                 f"{mean_std([r['finetune']['test_metrics']['accuracy'] for r in by[g]])} | "
@@ -254,14 +287,17 @@ def report() -> str:
                   "|---|---|---|---|---|---|"]
         for g in meld:
             for xfit in (False, True):
-                for head in HEADS:
-                    hs = [h for r in by[g] for h in r["heads"] if h["head"] == head and h["cross_fit"] == xfit]
+                for head, features in head_rows(by[g]):
+                    hs = [h for r in by[g] for h in r["heads"] if h["head"] == head and h["cross_fit"] == xfit
+                          and vectors(h, r) == features]
                     if hs:
-                        lines.append(f"| {g}{' cross-fitted (--folds 5)' if xfit else ''} | {head} | {len(hs)} | "
+                        xf = " cross-fitted (--folds 5)" if xfit else ""
+                        lines.append(f"| {features.replace('fine-tuned', g)}{xf}"
+                                     f" | {head} | {len(hs)} | "
                                      f"{mean_std([h['metrics']['weighted_f1'] for h in hs])} | "
                                      f"{mean_std([h['metrics']['accuracy'] for h in hs])} | "
                                      f"{mean_std([h['metrics']['macro_f1'] for h in hs])} |")
-        lines += ["", *meld_findings(by, meld)]
+        lines += ["", *(base_findings(by, meld) if base else meld_findings(by, meld))]
     mosi = [g for g in GROUPS if g.startswith("mosi") and g in by]
     if mosi:
         lines += ["", "### CMU-MOSI (text, regression on the sentiment score; train 1,284 / valid 229 / test 686)", "",
@@ -269,17 +305,62 @@ def report() -> str:
                   "|---|---|---|---|---|---|---|---|", *FROZEN_MOSI]
         for g in mosi:
             tm = [r["finetune"]["test_metrics"] for r in by[g]]
-            lines.append(f"| MiniLM fine-tuned ({g}) | {len(tm)} | {mean_std([m['mae'] for m in tm])} | "
+            lines.append(f"| {model_label(g, by[g][0])} ({g}) | {len(tm)} | {mean_std([m['mae'] for m in tm])} | "
                          f"{mean_std([m['corr'] for m in tm])} | {mean_std([m['acc2'] for m in tm])} | "
                          f"{mean_std([m['f1'] for m in tm])} | {mean_std([m['acc7'] for m in tm])} | "
                          f"{epoch_minutes(by[g])} |")
-            for head in HEADS:
-                hs = [h["metrics"] for r in by[g] for h in r["heads"] if h["head"] == head and not h["cross_fit"]]
+            for head, features in head_rows(by[g]):
+                hs = [h["metrics"] for r in by[g] for h in r["heads"] if h["head"] == head and not h["cross_fit"]
+                      and vectors(h, r) == features]
                 if hs:
-                    lines.append(f"| {head} head on {g} vectors | {len(hs)} | {mean_std([m['mae'] for m in hs])} | "
+                    lines.append(f"| {head} head on {features.replace('fine-tuned', g)} | {len(hs)} | "
+                                 f"{mean_std([m['mae'] for m in hs])} | "
                                  f"{mean_std([m['corr'] for m in hs])} | {mean_std([m['acc2'] for m in hs])} | "
                                  f"{mean_std([m['f1'] for m in hs])} | {mean_std([m['acc7'] for m in hs])} | |")
     return "\n".join(lines)
+
+
+def base_findings(by: dict[str, list[dict[str, Any]]], groups: list[str]) -> list[str]:
+    """Issue 16's targets, met or missed, from every run (all runs are in the tables above)."""
+    def head_scores(g: str) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"classifier": [r["finetune"]["test_metrics"]["weighted_f1"] for r in by[g]]}
+        for r in by[g]:
+            for h in r["heads"]:
+                if not h["cross_fit"]:
+                    out.setdefault(f"`{h['head']}` head on {h['features']}".replace(g + "-s" + str(r["seed"]), g),
+                                   []).append(h["metrics"]["weighted_f1"])
+        return out
+
+    recipes = {(g, k): v for g in groups if "student" not in g for k, v in head_scores(g).items()}
+    full = {k: v for k, v in recipes.items() if len(v) >= 3}
+    out = []
+    if full:
+        best = max(full, key=lambda k: float(np.mean(full[k])))
+        m = float(np.mean(full[best]))
+        out.append(f"- **Target: best recipe ≥ {TARGET_BASE} as a mean over 3 seeds**: "
+                   f"**{'met' if m >= TARGET_BASE else 'missed'}**, {m:.4f} ± {np.std(full[best]):.4f} "
+                   f"({best[1]}, {best[0]}, {len(full[best])} seeds).")
+    else:
+        out.append(f"- **Target: best recipe ≥ {TARGET_BASE} over 3 seeds**: not measured (no recipe has 3 seeds yet).")
+    ctx = {k: max(v) for k, v in recipes.items() if "past" in k[0] or "context" in k[1] or "ctx" in k[1]}
+    if ctx:
+        best = max(ctx, key=lambda k: ctx[k])
+        out.append(f"- **Target: best single run with context ≥ {TARGET_CONTEXT}**: "
+                   f"**{'met' if ctx[best] >= TARGET_CONTEXT else 'missed'}**, {ctx[best]:.4f} ({best[1]}, {best[0]}).")
+    students = {(g, k): v for g in groups if "student" in g for k, v in head_scores(g).items()}
+    if students:
+        best = max(students, key=lambda k: float(np.mean(students[k])))
+        m = float(np.mean(students[best]))
+        out.append(f"- **Target: student ≥ {TARGET_STUDENT}**: **{'met' if m >= TARGET_STUDENT else 'missed'}**, "
+                   f"{m:.4f} ({best[1]}, {best[0]}, {len(students[best])} seed(s)).")
+    nc = [h for g in groups if g == "meld-mpnet-nc" for r in by[g] for h in r["finetune"]["history"]
+          if h["epoch"] > 1 and "train_cpu_seconds" in h]
+    if nc:
+        cpu = float(np.mean([h["train_cpu_seconds"] for h in nc])) / 60
+        out.append(f"- **Target: ≤ {TARGET_EPOCH_MIN:.0f} minutes per epoch, MPNet without context**: "
+                   f"**{'met' if cpu <= TARGET_EPOCH_MIN else 'missed'}** with one thread, {cpu:.1f} CPU-minutes "
+                   "per epoch (epochs after the first, whose wall time includes the start beside other runs).")
+    return out
 
 
 def meld_findings(by: dict[str, list[dict[str, Any]]], groups: list[str]) -> list[str]:
@@ -313,15 +394,15 @@ def epoch_minutes(rs: list[dict[str, Any]]) -> str:
     return f"{np.mean(wall):.1f} / {np.mean(cpu):.1f}" if cpu else f"{np.mean(wall):.1f} / –"
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, section: str = SECTION) -> None:
     path = ROOT / "BENCHMARKS.md"
     current = path.read_text()
-    start = current.find(SECTION)
+    start = current.find(section)
     if start < 0:
         current, start = current.rstrip() + "\n\n", len(current.rstrip()) + 2
     end = current.find("\n## ", start + 1)
     end = len(current) if end < 0 else end + 1
-    path.write_text(current[:start] + SECTION + "\n\n" + text.strip() + "\n" + ("\n" + current[end:] if
+    path.write_text(current[:start] + section + "\n\n" + text.strip() + "\n" + ("\n" + current[end:] if
                                                                                   current[end:] else ""))
 
 
@@ -339,6 +420,7 @@ def main() -> None:
     o.add_argument("run")
     w = sub.add_parser("report")
     w.add_argument("--write", action="store_true")
+    w.add_argument("--base", action="store_true", help="the MPNet runs and students (issue 16), in their section")
     args = ap.parse_args()
     if args.cmd == "one":
         one(args.run)
@@ -347,10 +429,10 @@ def main() -> None:
         names = [r.strip() for r in args.runs.split(",") if r.strip()] or runs(groups, args.seeds)
         run_all(names, args.jobs, [int(p) for p in args.busy.split(",") if p.strip()])
     else:
-        text = report()
+        text = report(base=args.base)
         print(text)
         if args.write:
-            write_section(text)
+            write_section(text, SECTION_BASE if args.base else SECTION)
 
 
 if __name__ == "__main__":
