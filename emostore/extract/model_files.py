@@ -101,22 +101,30 @@ def resolve_face_model(path: str | Path | None = None, *, url: str = FACE_MODEL_
                        sha256: str = FACE_MODEL_SHA256) -> Path:
     """The Face Landmarker bundle: ``path``, else ``$EMOSTORE_FACE_MODEL``, else the user cache,
     else the official bundle downloaded into the cache and checked against its sha256."""
-    if path:
-        return _given(path, "--face-model")
-    if os.environ.get(FACE_MODEL_ENV):
-        return _given(os.environ[FACE_MODEL_ENV], f"${FACE_MODEL_ENV}:")
-    packaged = _packaged(FACE_PACKAGE.package, FACE_PACKAGE.relative, sha256)
-    if packaged is not None:
-        return packaged
-    cached = cache_dir() / FACE_MODEL_FILE
-    if cached.is_file():
-        return _checked_cache(cached, sha256, "--face-model")
+    found, cached = _local_model(path, "--face-model", FACE_MODEL_ENV, FACE_PACKAGE, FACE_MODEL_FILE, sha256)
+    if found is not None:
+        return found
     try:
         return download(url, cached, sha256)
     except UserError as exc:
         raise UserError(f"no face landmarker model: {exc}. Run `emostore download-models` (from PyPI), or get "
                         f"face_landmarker.task (sha256 {sha256}) from {FACE_MODEL_URL} and pass --face-model PATH, "
                         f"set ${FACE_MODEL_ENV}, or put it at {cached}") from None
+
+
+def _local_model(path: str | Path | None, option: str, env: str, package: PackagedFile, file: str,
+                 sha256: str) -> tuple[Path | None, Path]:
+    """A model file found without downloading: ``path`` (the option), ``$env``, the installed
+    package, the user cache (checked by ``sha256``); None when none has it. Also the cache path."""
+    cached = cache_dir() / file
+    if path:
+        return _given(path, option), cached
+    if os.environ.get(env):
+        return _given(os.environ[env], f"${env}:"), cached
+    packaged = _packaged(package.package, package.relative, sha256)
+    if packaged is not None:
+        return packaged, cached
+    return (_checked_cache(cached, sha256, option) if cached.is_file() else None), cached
 
 
 def _checked_cache(cached: Path, sha256: str, option: str) -> Path:
@@ -182,15 +190,8 @@ def _write_checked(data: bytes, dest: Path, sha256: str, source: str) -> Path:
 
 def resolve_fer_model(path: str | Path | None = None) -> Path:
     """The FER CNN (``.tflite``): ``path``, else ``$EMOSTORE_FER_MODEL``; never downloaded."""
-    if path:
-        return _given(path, "--fer-model")
-    if os.environ.get(FER_MODEL_ENV):
-        return _given(os.environ[FER_MODEL_ENV], f"${FER_MODEL_ENV}:")
-    packaged = _packaged(FER_PACKAGE.package, FER_PACKAGE.relative, FER_MODEL_SHA256)
-    if packaged is not None:
-        return packaged
-    cached = cache_dir() / FER_MODEL_FILE
-    if cached.is_file():
-        return _checked_cache(cached, FER_MODEL_SHA256, "--fer-model")
+    found, cached = _local_model(path, "--fer-model", FER_MODEL_ENV, FER_PACKAGE, FER_MODEL_FILE, FER_MODEL_SHA256)
+    if found is not None:
+        return found
     raise UserError(f"the fer feature set needs the FER CNN: run `emostore download-models` (puts it at {cached}), "
                     f"pass --fer-model PATH or set ${FER_MODEL_ENV}")
