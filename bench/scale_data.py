@@ -122,7 +122,7 @@ def write_derived(store_path: Path, meld: Path, work: Path, seed: int = 0, progr
     from emostore.store import Store
 
     store = Store.open(store_path)
-    enc = text_encoder("minilm", device="cpu")
+    enc = text_encoder("minilm", device="cpu", precision="float32")  # as the real extraction of the smaller sizes
     fs = store.create_feature_set(enc.feature_set, dim=enc.dim, config=enc.stored_config, encoder=enc.kind,
                                   version=enc.version(), chunk_rows=enc.chunk_rows)
     store.root.attrs["vectors"] = "derived"
