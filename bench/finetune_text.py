@@ -111,7 +111,8 @@ def frozen_set(store: Path) -> None:
     from emostore.store import Store
 
     st = Store.open(store)
-    with build_encoder("text", "sentence-transformers", {}, {"device": "cpu"}) as enc:
+    # float32: the precision the frozen vectors were first extracted with (auto would ask for bfloat16 here)
+    with build_encoder("text", "sentence-transformers", {"precision": "float32"}, {"device": "cpu"}) as enc:
         run_extraction(st, enc)
 
 
