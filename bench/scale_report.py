@@ -132,9 +132,10 @@ def report(work: Path, sizes: list[int], write: bool = False) -> str:
     vectors = ", ".join(f"{n:,}: {'derived' if 'derive' in data[n] else 'real'}" for n in sorted(data))
     text = "\n".join([
         SECTION, "",
-        f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, 24 GiB, no GPU; every command niced "
-        "(`nice -n 5`) beside other work (two niced fine-tuning runs and other people's tests): see the machine "
-        "state of each figure below. `nice -n 5 python bench/scale.py build|measure`, then "
+        f"Date {date.today().isoformat()}; machine: {benchlib.machine()}, 24 GiB, no GPU; every command beside "
+        "other work (niced fine-tuning runs and tests; the 10M store's first figures niced themselves, `nice -n 5`, "
+        "the later ones not): see the machine state of each figure below. "
+        "`nice -n 5 python bench/scale.py build|measure`, then "
         "`python bench/scale.py report --write`.", "",
         "Stores: MELD dialogues recombined under new ids (each a real dialogue of its split, turns in order), "
         f"text/minilm vectors from the real all-MiniLM-L6-v2 or derived from real vectors ({vectors}; derived as "
