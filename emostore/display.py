@@ -231,7 +231,7 @@ def show_sweep(result: dict[str, Any]) -> None:
         numeric = col in (*keys, "seeds", "seconds")
         t.add_column(col.replace("_f1", " F1").replace("_", " "), justify="right" if numeric else "left",
                      overflow="fold", min_width=max(map(len, widest.get(col, [""])), default=0),
-                     no_wrap=col in ("head", "seeds", "seconds"))
+                     no_wrap=col in ("head", "features", "seeds", "seconds"))
     for row, setting in zip(summary, settings):
         t.add_row(row["head"], "\n".join(row["features"]), "\n".join(setting), str(row["seeds"]),
                   *[f"{row[k]['mean']:.4f} ±{row[k]['std']:.4f}" for k in keys], f"{row['seconds']['mean']:.1f}")

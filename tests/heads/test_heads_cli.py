@@ -91,3 +91,51 @@ def test_sample_targets(sample_store, tmp_path, target: str) -> None:
     meta = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
     expected = 7 if target == "emotion" else 3
     assert len(meta["target"]["labels"]) == expected
+
+
+@pytest.fixture(scope="module")
+def ctx_store(tmp_path_factory, minilm_encoder):
+    """The sample with text/minilm and text/minilm-ctx2 (two feature sets that share a prefix)."""
+    from conftest import SAMPLE
+
+    from emostore.extract.encoders.text import text_encoder
+    from emostore.extract.runner import run_extraction
+    from emostore.ingest.run import ingest
+
+    store, _ = ingest("csv", [SAMPLE], tmp_path_factory.mktemp("ctx") / "store", dataset="sample")
+    run_extraction(store, minilm_encoder, progress=False)
+    run_extraction(store, text_encoder("minilm", device="cpu", context=2), progress=False)
+    return store
+
+
+def test_sweep_scores_on_dev_unless_test_is_asked_for(sample_store) -> None:
+    base = ["sweep", str(sample_store.path), "--heads", "linear", "-f", "text/minilm", "--seeds", "1",
+            "--epochs", "2", "--device", "cpu", "--json", "--quiet"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["split"] == "dev" and "note" not in r.stderr
+    r = runner.invoke(app, [*base, "--split", "validation"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["split"] == "dev"
+    r = runner.invoke(app, [*base, "--split", "test"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["split"] == "test"
+    assert "note: scoring on the test split" in r.stderr and "note" not in r.stdout
+
+
+def test_sweep_table_keeps_feature_set_names_whole_at_80_columns(ctx_store, monkeypatch) -> None:
+    from emostore import display
+
+    monkeypatch.setattr(display.console, "width", 80)
+    r = runner.invoke(app, ["sweep", str(ctx_store.path), "--heads", "linear", "-f", "text/minilm",
+                            "-f", "text/minilm,text/minilm-ctx2", "--seeds", "1", "--epochs", "2",
+                            "--device", "cpu", "--quiet"], terminal_width=80)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, r.stdout
+    cells = [line.split() for line in lines]
+    assert sum("text/minilm-ctx2" in c for c in cells) == 1  # the second combination, its name whole
+    assert sum("text/minilm" in c for c in cells) == 2  # in both combinations
+    assert "…" not in r.stdout
+    header = next(c for c in cells if "head" in c)
+    assert header[-1] == "seconds"  # the last column is not cut off either
+    runs = [c for c in cells if c and c[0] == "linear"]
+    assert len(runs) == 2 and all(float(c[-1]) >= 0 for c in runs)
