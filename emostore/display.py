@@ -179,9 +179,13 @@ def show_index(summary: dict[str, Any]) -> None:
 
 
 def show_trained(summary: dict[str, Any]) -> None:
+    """A head trained by epochs: its best epoch; one fitted in one go (knn, svm, logreg): what it settled on."""
     score = "n/a (no dev split)" if summary["dev_score"] is None else f"{summary['dev_score']:.4f}"
-    print(f"{summary['head']} trained on {summary['device']} in {summary['seconds']:.1f}s: {summary['metric']} "
-          f"{score} at epoch {summary['best_epoch']} of {summary['epochs_run']}; checkpoint {summary['checkpoint']}")
+    how = (f"fitted with {summary['fitted_with']}" if summary.get("fitted_with") else
+           f"at epoch {summary['best_epoch']} of {summary['epochs_run']}")
+    verb = "fitted" if summary.get("fitted_with") else "trained"
+    print(f"{summary['head']} {verb} on {summary['device']} in {summary['seconds']:.1f}s: {summary['metric']} "
+          f"{score} {how}; checkpoint {summary['checkpoint']}")
     for note in summary["notes"]:
         print(f"  note: {note}")
 

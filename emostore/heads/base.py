@@ -66,6 +66,10 @@ class Head(nn.Module):
         ``weights``: per-row weights (class weights); ``groups``: each row's speaker, "" unknown."""
         raise NotImplementedError
 
+    def fitted_with(self) -> str:
+        """What a head fitted in one go (not :attr:`trainable`) settled on, for the user: ``C=0.1``."""
+        return ""
+
     def load_weights(self, state: dict[str, Tensor]) -> None:
         """Load a state dict saved by this head (memory heads resize their buffers first)."""
         self.load_state_dict(state, strict=True)

@@ -139,3 +139,19 @@ def test_sweep_table_keeps_feature_set_names_whole_at_80_columns(ctx_store, monk
     assert header[-1] == "seconds"  # the last column is not cut off either
     runs = [c for c in cells if c and c[0] == "linear"]
     assert len(runs) == 2 and all(float(c[-1]) >= 0 for c in runs)
+
+
+def test_heads_fitted_in_one_go_say_what_they_settled_on(sample_store, tmp_path) -> None:
+    r = run("train", sample_store.path, "-f", "text/minilm", "--head", "svm", "-p", "C_grid=0.01;0.1;1",
+            "--out", tmp_path / "svm")
+    assert r.exit_code == 0, r.output
+    assert "epoch" not in r.output
+    chosen = json.loads((tmp_path / "svm" / "checkpoint.json").read_text())["params"]["C"]
+    assert "svm fitted on cpu" in r.output and f"fitted with kernel=linear, C={chosen:g};" in r.output
+    assert f"note: svm: C={chosen:g} chosen from 0.01, 0.1, 1 by leave-one-speaker-out" in r.output
+    r = run("train", sample_store.path, "-f", "text/minilm", "--head", "knn", "-p", "k=5", "--out", tmp_path / "knn",
+            "--json")
+    summary = json.loads(r.stdout)
+    assert summary["fitted_with"] == "k=5 neighbours of 268 training rows, temperature 0.1"
+    r = run("train", sample_store.path, "-f", "text/minilm", "--head", "knn", "-p", "k=5", "--out", tmp_path / "knn2")
+    assert "knn fitted on cpu" in r.output and "fitted with k=5 neighbours" in r.output and "epoch" not in r.output
