@@ -30,6 +30,11 @@ def next_steps(info: dict[str, Any]) -> str:
     return "run " + " or ".join(steps)
 
 
+def dims_text(dim: int, seq_dim: int | None) -> str:
+    """``384-d``, or for a feature set that keeps frames ``50-d, frames 25-d`` (its vector pools the frames)."""
+    return f"{dim}-d" + (f", frames {seq_dim}-d" if seq_dim else "")
+
+
 def show_info(info: dict[str, Any]) -> None:
     console.print(f"[bold]{info['path']}[/bold]  dataset [cyan]{info['dataset']}[/cyan]  "
                   f"{info['utterances']} utterances, {info['dialogues']} dialogues, {info['speakers']} speakers, "
@@ -49,17 +54,26 @@ def show_info(info: dict[str, Any]) -> None:
     if not info["features"]:
         console.print(f"no feature sets yet: {next_steps(info)}")
         return
+    show_feature_sets(info["features"])
+
+
+def show_feature_sets(features: dict[str, dict[str, Any]]) -> None:
+    """``info``'s feature sets: a table, the frames they keep, their first failed rows."""
     f = Table(title="feature sets")
     for col in ("name", "dim", "done", "failed", "config", "model"):
         f.add_column(col, overflow="fold")
-    for name, s in info["features"].items():
+    for name, s in features.items():
         done = f"{s['rows_done']}/{s['rows']}" + ("" if s["complete"] else " [yellow](incomplete)[/yellow]")
         if s.get("chunks_missing"):
             done += f" [red](damaged: {len(s['chunks_missing'])} chunks; run emostore verify --repair)[/red]"
         model = str(s["config"].get("model", s["encoder"])).split("/")[-1]
         f.add_row(name, str(s["dim"]), done, str(s["rows_failed"]), s["config_hash"], model)
     console.print(f)
-    for name, s in info["features"].items():
+    for name, s in features.items():
+        if s.get("seq_dim"):
+            console.print(f"  {name}: {s['dim']}-d vectors; each utterance's {s['seq_dim']}-d frames are kept too",
+                          highlight=False)
+    for name, s in features.items():
         for e in s["errors"][:5]:
             console.print(f"  [red]{name}[/red] {e['id']}: {e['reason']}")
         if s["rows_failed"] > 5:
@@ -162,7 +176,8 @@ def show_verify(report: Any, *, repair: bool) -> None:
 def show_extraction(out: dict[str, Any]) -> None:
     """What ``extract`` did: one line, the first failures, damaged chunks recomputed."""
     state = "complete" if out["complete"] else "incomplete (other shards or a rerun will finish it)"
-    print(f"{out['feature_set']} ({out['encoder']}, config {out['config_hash']}, {out['dim']}-d) on {out['device']}: "
+    print(f"{out['feature_set']} ({out['encoder']}, config {out['config_hash']}, "
+          f"{dims_text(out['dim'], out.get('seq_dim'))}) on {out['device']}: "
           f"{out['rows_run']} rows in {out['chunks_run']} chunks, {out['rows_failed']} failed; {state}")
     if out["chunks_damaged"]:
         print(f"  {out['chunks_damaged']} finished chunks were damaged (missing files or failed checksums) and were "
