@@ -436,7 +436,8 @@ def index_build(store: StoreArg,
                           nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
                           ef_search=ef_search)
     summary = {"index": idx.where, "shards": idx.meta.get("shards", 1),
-               **{k: idx.meta[k] for k in ("features", "kind", "params", "dim", "n_vectors", "build_seconds")}}
+               **{k: idx.meta[k] for k in ("features", "kind", "params", "dim", "n_vectors", "build_seconds")},
+               "notes": idx.meta.get("notes", [])}
     _emit(summary, as_json, "show_index")
 
 

@@ -191,6 +191,8 @@ def show_extraction(out: dict[str, Any]) -> None:
 def show_index(summary: dict[str, Any]) -> None:
     print(f"indexed {summary['n_vectors']} utterances ({summary['dim']}-d {', '.join(summary['features'])}, "
           f"{summary['kind']}) in {summary['build_seconds']:.2f} s -> {summary['index']}")
+    for note in summary.get("notes", []):
+        print(f"  note: {note}", file=sys.stderr)
 
 
 def show_trained(summary: dict[str, Any]) -> None:
