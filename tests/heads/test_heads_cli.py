@@ -17,6 +17,35 @@ def run(*args: object):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def check_predictions_csv(path, store, metrics) -> None:
+    """id, text, true, predicted and one probability per class, summing to 1, the predicted one the largest."""
+    import numpy as np
+    import pandas as pd
+
+    p = pd.read_csv(path, keep_default_na=False)
+    labels = sorted(metrics["per_class"])
+    assert list(p.columns) == ["id", "text", "true", "predicted", *[f"p_{c}" for c in labels]]
+    assert len(p) == metrics["n"]
+    table = store.table.set_index("id")
+    assert list(p["text"]) == [table.at[i, "text"] for i in p["id"]]
+    assert list(p["true"]) == [table.at[i, "emotion"] for i in p["id"]]
+    probs = p[[f"p_{c}" for c in labels]].to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert list(p["predicted"]) == [labels[j] for j in probs.argmax(1)]
+    assert (p["true"] == p["predicted"]).mean() == pytest.approx(metrics["accuracy"])
+
+
+def test_predictions_of_scores_hold_the_text_and_the_prediction() -> None:
+    import numpy as np
+
+    from emostore.heads.evaluate import Evaluation, predictions_table
+
+    ev = Evaluation({"task": "regression"}, np.array(["a", "b"]), np.array([0.5, -1.0]), np.array([0.25, -0.5]),
+                    texts=["Fine.", ""])
+    assert predictions_table(ev).to_dict("list") == {"id": ["a", "b"], "text": ["Fine.", ""], "true": [0.5, -1.0],
+                                                     "predicted": [0.25, -0.5]}
+
+
 def test_train_then_evaluate_with_report(sample_store, tmp_path) -> None:
     ckpt, report = tmp_path / "ckpt", tmp_path / "report"
     r = run("train", sample_store.path, "--features", "text", "--head", "gated", "--out", ckpt,
@@ -39,6 +68,7 @@ def test_train_then_evaluate_with_report(sample_store, tmp_path) -> None:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((report / "metrics.json").read_text())["weighted_f1"] == m["weighted_f1"]
     assert "| neutral |" in (report / "summary.md").read_text()
+    check_predictions_csv(report / "predictions.csv", sample_store, m)
 
     r = run("evaluate", ckpt, "--store", sample_store.path)
     assert r.exit_code == 0 and "weighted F1" in r.output and "true (rows)" in r.output
