@@ -218,17 +218,28 @@ def show_finetuned(meta: dict[str, Any], out: Any) -> None:
               f"{'complete' if r['complete'] else 'incomplete'}")
 
 
+def option_value(value: Any) -> str:
+    """A default as it is typed after ``-p KEY=``: ``true``/``false``, ``none``, lists comma-separated."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(option_value, value))
+    return str(value)
+
+
 def show_registry(data: dict[str, Any]) -> None:
     """``emostore list``: the heads and encoders, with their options and defaults."""
     for h in data.get("heads", []):
         print(f"head {h['name']}: {h['summary']}")
-        print("    -p " + " ".join(f"{k}={v}" for k, v in h["params"].items()))
+        print("    -p " + " ".join(f"{k}={option_value(v)}" for k, v in h["params"].items()))
     for e in data.get("encoders", []):
         if "unavailable" in e:
             print(f"encoder module {e['module']}: not available ({e['unavailable']})")
             continue
         print(f"encoder {e['modality']} --encoder {e['kind']}: {e['summary']}")
-        print("    -p " + " ".join(f"{k}={v}" for k, v in e["options"].items())
+        print("    -p " + " ".join(f"{k}={option_value(v)}" for k, v in e["options"].items())
               + (f"; runtime: {', '.join(e['runtime'])}" if e["runtime"] else ""))
 
 
