@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # A CPU build of torch first, so that no multi-GB CUDA build is pulled in by the requirements.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint wheel bench clean
+.PHONY: demo test test-fast lint wheel bench clean
 
 $(BIN)/emostore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ $(BIN)/emostore: pyproject.toml
 demo: $(BIN)/emostore
 	$(BIN)/emostore demo
 
+# everything, as CI runs it
 test: $(BIN)/emostore
 	$(BIN)/python -m pytest -q
+
+# the edit-test loop: leaves out the tests marked slow (subprocesses killed and resumed, Dask clusters,
+# live servers, object-store pipelines, the full corpora)
+test-fast: $(BIN)/emostore
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(BIN)/emostore
 	$(BIN)/ruff check emostore tests bench

@@ -50,8 +50,23 @@ index_app = typer.Typer(help="FAISS indexes for nearest-emotion search.", no_arg
 app.add_typer(index_app, name="index")
 
 
+#: What an interrupted command has kept, by the name of its function; other commands say only "interrupted".
+KEPT_WHEN_INTERRUPTED = {
+    **dict.fromkeys(("extract_text", "extract_audio", "extract_visual"),
+                    "finished chunks are kept; run the same command again to resume"),
+    "finetune_text": "the checkpoint of the last saved step is kept in --out; run the same command again to resume",
+}
+
+
+def interrupted_message(command: str) -> str:
+    """The line an interrupted ``command`` (its function's name) prints: what it kept, and how to go on."""
+    kept = KEPT_WHEN_INTERRUPTED.get(command)
+    return f"interrupted: {kept}" if kept else "interrupted"
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Errors the user can fix become one line on stderr and exit code 1 (no traceback)."""
+    """Errors the user can fix become one line on stderr and exit code 1 (no traceback); an interrupt
+    says what the command kept (exit code 130)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,8 +82,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             typer.echo(f"error: {unreachable}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: finished chunks are kept; run the same command again to resume",
-                       err=True)
+            typer.echo(interrupted_message(fn.__name__), err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -422,7 +436,8 @@ def index_build(store: StoreArg,
                           nlist=nlist, nprobe=nprobe, pq_m=pq_m, M=m, ef_construction=ef_construction,
                           ef_search=ef_search)
     summary = {"index": idx.where, "shards": idx.meta.get("shards", 1),
-               **{k: idx.meta[k] for k in ("features", "kind", "params", "dim", "n_vectors", "build_seconds")}}
+               **{k: idx.meta[k] for k in ("features", "kind", "params", "dim", "n_vectors", "build_seconds")},
+               "notes": idx.meta.get("notes", [])}
     _emit(summary, as_json, "show_index")
 
 

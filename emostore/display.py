@@ -30,6 +30,11 @@ def next_steps(info: dict[str, Any]) -> str:
     return "run " + " or ".join(steps)
 
 
+def dims_text(dim: int, seq_dim: int | None) -> str:
+    """``384-d``, or for a feature set that keeps frames ``50-d, frames 25-d`` (its vector pools the frames)."""
+    return f"{dim}-d" + (f", frames {seq_dim}-d" if seq_dim else "")
+
+
 def show_info(info: dict[str, Any]) -> None:
     console.print(f"[bold]{info['path']}[/bold]  dataset [cyan]{info['dataset']}[/cyan]  "
                   f"{info['utterances']} utterances, {info['dialogues']} dialogues, {info['speakers']} speakers, "
@@ -49,17 +54,26 @@ def show_info(info: dict[str, Any]) -> None:
     if not info["features"]:
         console.print(f"no feature sets yet: {next_steps(info)}")
         return
+    show_feature_sets(info["features"])
+
+
+def show_feature_sets(features: dict[str, dict[str, Any]]) -> None:
+    """``info``'s feature sets: a table, the frames they keep, their first failed rows."""
     f = Table(title="feature sets")
     for col in ("name", "dim", "done", "failed", "config", "model"):
         f.add_column(col, overflow="fold")
-    for name, s in info["features"].items():
+    for name, s in features.items():
         done = f"{s['rows_done']}/{s['rows']}" + ("" if s["complete"] else " [yellow](incomplete)[/yellow]")
         if s.get("chunks_missing"):
             done += f" [red](damaged: {len(s['chunks_missing'])} chunks; run emostore verify --repair)[/red]"
         model = str(s["config"].get("model", s["encoder"])).split("/")[-1]
         f.add_row(name, str(s["dim"]), done, str(s["rows_failed"]), s["config_hash"], model)
     console.print(f)
-    for name, s in info["features"].items():
+    for name, s in features.items():
+        if s.get("seq_dim"):
+            console.print(f"  {name}: {s['dim']}-d vectors; each utterance's {s['seq_dim']}-d frames are kept too",
+                          highlight=False)
+    for name, s in features.items():
         for e in s["errors"][:5]:
             console.print(f"  [red]{name}[/red] {e['id']}: {e['reason']}")
         if s["rows_failed"] > 5:
@@ -162,7 +176,8 @@ def show_verify(report: Any, *, repair: bool) -> None:
 def show_extraction(out: dict[str, Any]) -> None:
     """What ``extract`` did: one line, the first failures, damaged chunks recomputed."""
     state = "complete" if out["complete"] else "incomplete (other shards or a rerun will finish it)"
-    print(f"{out['feature_set']} ({out['encoder']}, config {out['config_hash']}, {out['dim']}-d) on {out['device']}: "
+    print(f"{out['feature_set']} ({out['encoder']}, config {out['config_hash']}, "
+          f"{dims_text(out['dim'], out.get('seq_dim'))}) on {out['device']}: "
           f"{out['rows_run']} rows in {out['chunks_run']} chunks, {out['rows_failed']} failed; {state}")
     if out["chunks_damaged"]:
         print(f"  {out['chunks_damaged']} finished chunks were damaged (missing files or failed checksums) and were "
@@ -176,12 +191,18 @@ def show_extraction(out: dict[str, Any]) -> None:
 def show_index(summary: dict[str, Any]) -> None:
     print(f"indexed {summary['n_vectors']} utterances ({summary['dim']}-d {', '.join(summary['features'])}, "
           f"{summary['kind']}) in {summary['build_seconds']:.2f} s -> {summary['index']}")
+    for note in summary.get("notes", []):
+        print(f"  note: {note}", file=sys.stderr)
 
 
 def show_trained(summary: dict[str, Any]) -> None:
+    """A head trained by epochs: its best epoch; one fitted in one go (knn, svm, logreg): what it settled on."""
     score = "n/a (no dev split)" if summary["dev_score"] is None else f"{summary['dev_score']:.4f}"
-    print(f"{summary['head']} trained on {summary['device']} in {summary['seconds']:.1f}s: {summary['metric']} "
-          f"{score} at epoch {summary['best_epoch']} of {summary['epochs_run']}; checkpoint {summary['checkpoint']}")
+    how = (f"fitted with {summary['fitted_with']}" if summary.get("fitted_with") else
+           f"at epoch {summary['best_epoch']} of {summary['epochs_run']}")
+    verb = "fitted" if summary.get("fitted_with") else "trained"
+    print(f"{summary['head']} {verb} on {summary['device']} in {summary['seconds']:.1f}s: {summary['metric']} "
+          f"{score} {how}; checkpoint {summary['checkpoint']}")
     for note in summary["notes"]:
         print(f"  note: {note}")
 
@@ -197,17 +218,28 @@ def show_finetuned(meta: dict[str, Any], out: Any) -> None:
               f"{'complete' if r['complete'] else 'incomplete'}")
 
 
+def option_value(value: Any) -> str:
+    """A default as it is typed after ``-p KEY=``: ``true``/``false``, ``none``, lists comma-separated."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(option_value, value))
+    return str(value)
+
+
 def show_registry(data: dict[str, Any]) -> None:
     """``emostore list``: the heads and encoders, with their options and defaults."""
     for h in data.get("heads", []):
         print(f"head {h['name']}: {h['summary']}")
-        print("    -p " + " ".join(f"{k}={v}" for k, v in h["params"].items()))
+        print("    -p " + " ".join(f"{k}={option_value(v)}" for k, v in h["params"].items()))
     for e in data.get("encoders", []):
         if "unavailable" in e:
             print(f"encoder module {e['module']}: not available ({e['unavailable']})")
             continue
         print(f"encoder {e['modality']} --encoder {e['kind']}: {e['summary']}")
-        print("    -p " + " ".join(f"{k}={v}" for k, v in e["options"].items())
+        print("    -p " + " ".join(f"{k}={option_value(v)}" for k, v in e["options"].items())
               + (f"; runtime: {', '.join(e['runtime'])}" if e["runtime"] else ""))
 
 
@@ -231,7 +263,7 @@ def show_sweep(result: dict[str, Any]) -> None:
         numeric = col in (*keys, "seeds", "seconds")
         t.add_column(col.replace("_f1", " F1").replace("_", " "), justify="right" if numeric else "left",
                      overflow="fold", min_width=max(map(len, widest.get(col, [""])), default=0),
-                     no_wrap=col in ("head", "seeds", "seconds"))
+                     no_wrap=col in ("head", "features", "seeds", "seconds"))
     for row, setting in zip(summary, settings):
         t.add_row(row["head"], "\n".join(row["features"]), "\n".join(setting), str(row["seeds"]),
                   *[f"{row[k]['mean']:.4f} ±{row[k]['std']:.4f}" for k in keys], f"{row['seconds']['mean']:.1f}")

@@ -178,3 +178,24 @@ def test_a_wrong_option_fails_to_parse() -> None:
         parse_only(["no-such-command"])
     with pytest.raises(typer.BadParameter):
         parse_only(["index", "build", "stores/x", "--kind", "nope"])
+
+
+def make_targets(makefile: str) -> dict[str, list[str]]:
+    """Each target of a Makefile with its recipe lines."""
+    targets: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in makefile.splitlines():
+        if line.startswith("\t"):
+            current.append(line.strip())
+        elif ":" in line and not line.startswith(("#", ".", " ")) and "=" not in line.split(":")[0]:
+            current = targets.setdefault(line.split(":")[0].strip(), [])
+    return targets
+
+
+def test_readme_make_targets_exist_and_test_fast_leaves_out_slow() -> None:
+    targets = make_targets((ROOT / "Makefile").read_text())
+    named = {cmd.split()[1] for _, cmd in readme_commands((ROOT / "README.md").read_text())
+             if cmd.startswith("make ")}
+    assert {"test", "test-fast"} <= named and named <= set(targets)
+    assert targets["test"] == ["$(BIN)/python -m pytest -q"]
+    assert targets["test-fast"] == ['$(BIN)/python -m pytest -q -m "not slow"']

@@ -19,7 +19,6 @@ import importlib
 import inspect
 import json
 import pkgutil
-import re
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from emostore.core.convert import convert
+from emostore.core.docs import plain_summary
 from emostore.core.runtime import resolve_device, stored_precision
 from emostore.errors import UserError
 
@@ -322,8 +322,7 @@ def describe_encoders() -> list[dict[str, Any]]:
     out = []
     order = {"text": 0, "audio": 1, "visual": 2}
     for cls in sorted(ENCODERS.values(), key=lambda c: order.get(c.modality, len(order))):
-        doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
-        doc = re.sub(r"^``[\w/-]+``:\s*", "", doc)
+        doc = plain_summary(inspect.getdoc(cls) or "")
         defaults = cls.Config().to_dict()
         options = {k: defaults[k] for k in cls.Config.option_names()}
         out.append({"modality": cls.modality, "kind": cls.kind, "summary": doc, "options": options,

@@ -46,6 +46,8 @@ def fit_at_once(model: Head, data: HeadData, train_rows: np.ndarray, weights: Te
     row_w = None if weights is None else weights.to(device)[data.y[idx]]
     groups = None if data.groups is None else [str(g) for g in data.groups[train_rows]]
     model.remember(data.features(train_rows), data.mask[idx], data.y[idx], row_w, groups)
+    if isinstance(model, ClassicalHead) and model.C_choice:
+        notes.append(f"{model.name}: {model.C_choice}")
     return {"rows_seen": len(train_rows)}
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from emostore.core.convert import convert
+from emostore.core.docs import plain_summary
 from emostore.errors import UserError
 
 
@@ -65,6 +65,10 @@ class Head(nn.Module):
         """Heads that are not trained by gradient descent fit (or store) their training rows here.
         ``weights``: per-row weights (class weights); ``groups``: each row's speaker, "" unknown."""
         raise NotImplementedError
+
+    def fitted_with(self) -> str:
+        """What a head fitted in one go (not :attr:`trainable`) settled on, for the user: ``C=0.1``."""
+        return ""
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
         """Load a state dict saved by this head (memory heads resize their buffers first)."""
@@ -197,8 +201,7 @@ def describe_heads() -> list[dict[str, Any]]:
     out = []
     for name in head_names():
         cls = HEADS[name]
-        doc = (inspect.getdoc(inspect.getmodule(cls)) or inspect.getdoc(cls) or "").split("\n\n")[0]
-        doc = re.sub(r"^``[\w-]+``:\s*", "", doc.replace("\n", " "))
+        doc = plain_summary(inspect.getdoc(inspect.getmodule(cls)) or inspect.getdoc(cls) or "")
         out.append({"name": name, "summary": doc, "params": asdict(cls.Params())})
     return out
 

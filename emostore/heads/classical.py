@@ -82,6 +82,16 @@ def cv_splits(y: np.ndarray, groups: list[str] | None, regression: bool) -> Any:
     return list(StratifiedKFold(folds, shuffle=True, random_state=0).split(y, y))
 
 
+def C_choice_note(C: float, grid: list[float], scores: list[float], folds: int, by_speaker: bool,
+                  regression: bool) -> str:
+    """``C=0.1 chosen from 0.01, 0.1, 1 by 5-fold cross-validation on the training rows (...)``."""
+    by = f"leave-one-speaker-out ({folds} speakers)" if by_speaker else f"{folds}-fold"
+    metric = "mean absolute error" if regression else "unweighted average recall"
+    best = -max(scores) if regression else max(scores)
+    return (f"C={C:g} chosen from {', '.join(f'{c:g}' for c in grid)} by {by} cross-validation on the training "
+            f"rows ({metric} {best:.4f})")
+
+
 class ClassicalHead(Head):
     """Base of the scikit-learn heads: subclasses make the estimator and export/apply its arrays."""
 
@@ -101,6 +111,13 @@ class ClassicalHead(Head):
     @property
     def regression(self) -> bool:
         return self.n_out == 1
+
+    #: How ``C`` was chosen by ``-p C_grid`` (empty when it was given).
+    C_choice: str = ""
+
+    def fitted_with(self) -> str:
+        p: ClassicalParams = self.params  # type: ignore[assignment]
+        return f"C={p.C:g}" + ("" if p.solver == "exact" else f", {p.solver} solver")
 
     # ----- fitting -----------------------------------------------------------------------
     def estimator(self, C: float, n_rows: int) -> Any:
@@ -195,7 +212,10 @@ class ClassicalHead(Head):
         self.__dict__.pop("_gram_of", None)  # drop cached kernels
         self.__dict__.pop("_gram", None)
         self.__dict__.pop("_sq", None)
-        return float(grid[int(np.argmax(scores))])
+        best = float(grid[int(np.argmax(scores))])
+        by_speaker = groups is not None and all(groups) and len(set(groups)) >= 3  # as cv_splits chose
+        self.C_choice = C_choice_note(best, grid, scores, len(folds), by_speaker, self.regression)
+        return best
 
     def fold_predict(self, C: float, X: np.ndarray, y: np.ndarray, weights: np.ndarray | None,
                      train: np.ndarray, test: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from emostore.core.metrics import classification_metrics, regression_metrics  # noqa: F401
 from emostore.errors import UserError
@@ -30,6 +31,10 @@ class Evaluation:
     ids: np.ndarray
     y_true: np.ndarray
     y_pred: np.ndarray      # class indices, or scores
+    #: Each row's utterance text ("" without one), read by :func:`evaluate` for the report.
+    texts: list[str] | None = None
+    #: ``[rows, classes]`` class probabilities (the softmax of the outputs, as ``predict`` gives); None for scores.
+    probabilities: np.ndarray | None = None
 
 
 def evaluate_data(model: Any, data: HeadData, split: str) -> Evaluation:
@@ -47,7 +52,33 @@ def evaluate_data(model: Any, data: HeadData, split: str) -> Evaluation:
         pred = out.argmax(1).numpy()
         metrics = classification_metrics(y, pred, data.target.labels or [])
     metrics["split"] = split
-    return Evaluation(metrics, data.ids_of(rows), y, pred)
+    probabilities = None if data.target.regression else torch.softmax(out.float(), dim=-1).numpy()
+    return Evaluation(metrics, data.ids_of(rows), y, pred, probabilities=probabilities)
+
+
+def texts_of(data: HeadData, rows: np.ndarray) -> list[str] | None:
+    """The utterance texts of ``rows`` ("" for rows without text); None when the data has no store."""
+    if data.store is None:
+        return None
+    return [t or "" for t in data.store.rows(rows, ["text"])["text"]]
+
+
+def predictions_table(ev: Evaluation) -> Any:
+    """``predictions.csv``: id, text, true and predicted label, and one probability column per class
+    (``p_<label>``); for scores, id, text, true and predicted score."""
+    import pandas as pd
+
+    m = ev.metrics
+    text = {"text": ev.texts} if ev.texts is not None else {}
+    if m["task"] == "regression":
+        return pd.DataFrame({"id": ev.ids, **text, "true": ev.y_true, "predicted": ev.y_pred})
+    labels = m["labels"]
+    table = pd.DataFrame({"id": ev.ids, **text, "true": [labels[i] for i in ev.y_true],
+                          "predicted": [labels[i] for i in ev.y_pred]})
+    if ev.probabilities is not None:
+        for j, label in enumerate(labels):
+            table[f"p_{label}"] = ev.probabilities[:, j].round(6)
+    return table
 
 
 def evaluate(checkpoint: Path, store: Path | str | Store, split: str = "test", device: str = "cpu",
@@ -62,6 +93,7 @@ def evaluate(checkpoint: Path, store: Path | str | Store, split: str = "test", d
     dev = resolve_device(device)
     data.to(dev)
     ev = evaluate_data(ck.model.to(dev), data, split)
+    ev.texts = texts_of(data, data.rows(split))
     ev.metrics.update({"checkpoint": str(checkpoint), "store": st.url, "head": ck.head,
                        "feature_sets": ck.feature_sets, "target": ck.target.name})
     skipped = unknown_labels(st, data.split, data.target, split)
@@ -147,20 +179,16 @@ def summary_markdown(m: dict[str, Any]) -> str:
 
 def write_report(ev: Evaluation, directory: Path) -> list[Path]:
     """``metrics.json``, ``predictions.csv``, the plots and ``summary.md`` in ``directory``."""
-    import pandas as pd
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     m = ev.metrics
     written = [directory / "metrics.json", directory / "predictions.csv", directory / "summary.md"]
     written[0].write_text(json.dumps(m, indent=2) + "\n")
+    predictions_table(ev).to_csv(written[1], index=False)
     if m["task"] == "regression":
-        pd.DataFrame({"id": ev.ids, "true": ev.y_true, "predicted": ev.y_pred}).to_csv(written[1], index=False)
         written.append(plot_scatter(ev.y_true, ev.y_pred, directory / "scatter.png", f"{m.get('head')} ({m['split']})"))
     else:
         labels = m["labels"]
-        pd.DataFrame({"id": ev.ids, "true": [labels[i] for i in ev.y_true],
-                      "predicted": [labels[i] for i in ev.y_pred]}).to_csv(written[1], index=False)
         written.append(plot_confusion(m["confusion_matrix"], labels, directory / "confusion_counts.png",
                                       normalised=False, title=f"{m.get('head')} ({m['split']}): counts"))
         written.append(plot_confusion(m["confusion_matrix_normalised"], labels, directory / "confusion_normalised.png",

@@ -43,12 +43,14 @@ class FitResult:
     device: str
     history: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: What a head fitted in one go settled on (see :meth:`Head.fitted_with`); empty for heads trained by epochs.
+    fitted_with: str = ""
 
     def summary(self) -> dict[str, Any]:
         return {"head": self.head, "params": asdict(self.params), "config": asdict(self.config),
                 "metric": self.metric, "best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
                 "dev_score": self.dev_score, "seconds": round(self.seconds, 2), "device": self.device,
-                "notes": self.notes}
+                "notes": self.notes, "fitted_with": self.fitted_with}
 
 
 
@@ -235,7 +237,7 @@ def _fit(data: HeadData, head: str, params: HeadParams | dict[str, Any] | None, 
         dev = score(data, dev_rows, predict_rows(model, data, dev_rows)) if len(dev_rows) else None
         history = [{"epoch": 0, **history, **({metric: dev} if dev is not None else {})}]
         return FitResult(model.eval(), head, params, config, metric, 0, 0, dev, time.perf_counter() - start,
-                         device, history, notes)
+                         device, history, notes, fitted_with=model.fitted_with())
 
     trainer = _GradientSteps(model, data, config, weights, device, train_rows)
     better = (lambda a, b: a < b) if regression else (lambda a, b: a > b)

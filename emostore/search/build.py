@@ -33,7 +33,7 @@ import numpy as np
 from emostore.core.clock import now
 from emostore.core.progress import progress_bar
 from emostore.errors import UserError
-from emostore.search.index import NearestIndex, _faiss, combine, new_index, store_meta
+from emostore.search.index import NearestIndex, _faiss, check_ivf_training, combine, new_index, store_meta
 from emostore.store import Location, Store
 
 #: Target bytes of vectors in one block (rounded to whole chunks of the first feature set).
@@ -240,6 +240,7 @@ def build_streaming(store: Store, features: list[str], *, kind: str = "flat", sh
     if kind == "ivf":
         n_train = int(train_size or min(MAX_TRAIN, max(MIN_TRAIN, TRAIN_PER_LIST * int(p["nlist"]))))
         train = sample(source, store, rows, n_train)
+        meta["notes"] = check_ivf_training(empty, len(train), p)
         empty.train(train)
         meta["train_size"] = len(train)
         del train

@@ -136,6 +136,32 @@ def new_index(kind: str, d: int, n: int, params: dict[str, Any]) -> tuple[Any, d
     return index, p
 
 
+#: Training vectors FAISS wants per centroid (IVF list, or PQ code); with fewer it prints a raw warning.
+MIN_PER_CENTROID = 39
+
+
+def check_ivf_training(index: Any, n_train: int, params: dict[str, Any]) -> list[str]:
+    """Before training an IVF ``index`` on ``n_train`` vectors: refuse fewer vectors than lists; for fewer
+    than FAISS wants per list (or per PQ code), return one line saying what to do, in place of FAISS's
+    own warning (silenced)."""
+    nlist, pq_m = int(params["nlist"]), int(params.get("pq_m") or 0)
+    fits = max(1, n_train // MIN_PER_CENTROID)
+    if n_train < nlist:
+        raise UserError(f"ivf: {n_train:,} training vectors cannot place {nlist:,} lists; use --nlist {fits:,} or "
+                        "fewer, or leave --nlist out")
+    notes = []
+    if n_train < MIN_PER_CENTROID * nlist:
+        notes.append(f"ivf: {n_train:,} training vectors for {nlist:,} lists, fewer than the {MIN_PER_CENTROID} per "
+                     f"list that place them well; use --nlist {fits:,} or fewer (leaving it out picks about 4 x "
+                     "sqrt(vectors)), or a bigger --train-size")
+    if pq_m and n_train < MIN_PER_CENTROID * 256:
+        notes.append(f"ivf: {n_train:,} training vectors for the 256 codes of each --pq-m sub-quantizer, fewer than "
+                     f"{MIN_PER_CENTROID * 256:,}; use --pq-m 0 (IVF-Flat) on a store this small")
+    for cp in (index.cp, *([index.pq.cp] if pq_m else [])):
+        cp.min_points_per_centroid = 1  # said above, in one line
+    return notes
+
+
 @dataclass
 class NearestIndex:
     """A FAISS index and what it covers. ``rows[i]`` is the store row of FAISS id ``i``.
@@ -162,6 +188,7 @@ class NearestIndex:
         settings.configure(d)
         t0 = time.perf_counter()
         index, p = new_index(kind, d, n, params)
+        notes = check_ivf_training(index, n, p) if kind == "ivf" else []
         gpu = settings.to_gpu(index, kind)  # built on the GPU when there is one; the saved index is CPU either way
         target = gpu if gpu is not None else index
         if kind == "ivf":
@@ -172,7 +199,7 @@ class NearestIndex:
         settings.restore(before)
         meta = {**(meta or {}), "kind": kind, "params": p, "dim": int(d), "n_vectors": int(n),
                 "build_seconds": round(time.perf_counter() - t0, 3), "created": now(),
-                "faiss": faiss.__version__}
+                "faiss": faiss.__version__, "notes": notes}
         return cls(index, np.asarray(rows, dtype=np.int64), meta, _gpu=gpu)
 
     # ----- persistence -------------------------------------------------------------------

@@ -243,6 +243,7 @@ class FeatureSet:
         a = self.attrs
         return {
             "dim": self.dim,
+            "seq_dim": self.seq_dim,
             "dtype": a.get("dtype", "float32"),
             "rows": self.n_rows,
             "rows_done": rows_done,

@@ -158,3 +158,19 @@ def test_ingest_sample_builds_a_store_of_the_bundled_sample(tmp_path):
 
     media = [m for m in Store.open(tmp_path / "s").table["media"] if m]
     assert len(media) == 42 and all(m.endswith(".flac") and Path(m).is_file() for m in media)
+
+
+def test_a_feature_set_with_frames_shows_both_widths(tmp_path):
+    """egemaps-lld keeps 25-d frames and stores their mean and standard deviation as its 50-d vector."""
+    from conftest import optional
+
+    optional("opensmile", "audio")
+    store = tmp_path / "store"
+    assert run("ingest", "sample", "--out", store).exit_code == 0
+    r = run("extract", "audio", store, "--feature-set", "egemaps-lld")
+    assert r.exit_code == 0, r.output
+    assert "audio/egemaps-lld (opensmile, config " in r.stdout and ", 50-d, frames 25-d) on cpu" in r.stdout
+    f = json.loads(run("info", store, "--json").stdout)["features"]["audio/egemaps-lld"]
+    assert (f["dim"], f["seq_dim"], f["rows_valid"]) == (50, 25, 42)
+    r = run("info", store)
+    assert "audio/egemaps-lld: 50-d vectors; each utterance's 25-d frames are kept too" in r.stdout

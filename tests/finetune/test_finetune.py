@@ -250,3 +250,35 @@ def test_fine_tuning_with_batches_in_parts_trains(store, tiny, tmp_path):
     assert r.exit_code == 0, r.output
     losses = [h["train_loss"] for h in json.loads(r.stdout)["history"]]
     assert np.isfinite(losses).all() and losses[1] < losses[0]
+
+
+def test_an_interrupted_run_says_its_checkpoint_is_kept_and_the_same_command_resumes(store, tiny, tmp_path,
+                                                                                      monkeypatch):
+    from emostore.finetune.train import Trainer
+
+    out = tmp_path / "interrupted"
+    args = ("finetune", "text", store, "--out", out, "--model", tiny["bert"], *TINY)
+    epoch = Trainer.train_epoch
+
+    def interrupted_in_epoch_2(self, save_every, on_batch):
+        if self.counters["epoch"] == 1:
+            raise KeyboardInterrupt
+        return epoch(self, save_every, on_batch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_2)
+    r = run(*args)
+    assert r.exit_code == 130 and r.stderr.strip().splitlines() == [
+        "interrupted: the checkpoint of the last saved step is kept in --out; run the same command again to resume"]
+    assert "chunks" not in r.output
+    assert (out / "training" / "state.json").is_file()
+    trained = []
+
+    def counted(self, save_every, on_batch):
+        trained.append(self.counters["epoch"] + 1)
+        return epoch(self, save_every, on_batch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", counted)
+    r = run(*args[:-1], "--json")  # the same command (logging, to show where it resumes)
+    assert r.exit_code == 0, r.output
+    assert "resuming from" in r.stderr and "epoch 2 of 2" in r.stderr
+    assert trained == [2] and [h["epoch"] for h in json.loads(r.stdout)["history"]] == [1, 2]

@@ -17,6 +17,35 @@ def run(*args: object):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def check_predictions_csv(path, store, metrics) -> None:
+    """id, text, true, predicted and one probability per class, summing to 1, the predicted one the largest."""
+    import numpy as np
+    import pandas as pd
+
+    p = pd.read_csv(path, keep_default_na=False)
+    labels = sorted(metrics["per_class"])
+    assert list(p.columns) == ["id", "text", "true", "predicted", *[f"p_{c}" for c in labels]]
+    assert len(p) == metrics["n"]
+    table = store.table.set_index("id")
+    assert list(p["text"]) == [table.at[i, "text"] for i in p["id"]]
+    assert list(p["true"]) == [table.at[i, "emotion"] for i in p["id"]]
+    probs = p[[f"p_{c}" for c in labels]].to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert list(p["predicted"]) == [labels[j] for j in probs.argmax(1)]
+    assert (p["true"] == p["predicted"]).mean() == pytest.approx(metrics["accuracy"])
+
+
+def test_predictions_of_scores_hold_the_text_and_the_prediction() -> None:
+    import numpy as np
+
+    from emostore.heads.evaluate import Evaluation, predictions_table
+
+    ev = Evaluation({"task": "regression"}, np.array(["a", "b"]), np.array([0.5, -1.0]), np.array([0.25, -0.5]),
+                    texts=["Fine.", ""])
+    assert predictions_table(ev).to_dict("list") == {"id": ["a", "b"], "text": ["Fine.", ""], "true": [0.5, -1.0],
+                                                     "predicted": [0.25, -0.5]}
+
+
 def test_train_then_evaluate_with_report(sample_store, tmp_path) -> None:
     ckpt, report = tmp_path / "ckpt", tmp_path / "report"
     r = run("train", sample_store.path, "--features", "text", "--head", "gated", "--out", ckpt,
@@ -39,6 +68,7 @@ def test_train_then_evaluate_with_report(sample_store, tmp_path) -> None:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((report / "metrics.json").read_text())["weighted_f1"] == m["weighted_f1"]
     assert "| neutral |" in (report / "summary.md").read_text()
+    check_predictions_csv(report / "predictions.csv", sample_store, m)
 
     r = run("evaluate", ckpt, "--store", sample_store.path)
     assert r.exit_code == 0 and "weighted F1" in r.output and "true (rows)" in r.output
@@ -91,3 +121,67 @@ def test_sample_targets(sample_store, tmp_path, target: str) -> None:
     meta = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
     expected = 7 if target == "emotion" else 3
     assert len(meta["target"]["labels"]) == expected
+
+
+@pytest.fixture(scope="module")
+def ctx_store(tmp_path_factory, minilm_encoder):
+    """The sample with text/minilm and text/minilm-ctx2 (two feature sets that share a prefix)."""
+    from conftest import SAMPLE
+
+    from emostore.extract.encoders.text import text_encoder
+    from emostore.extract.runner import run_extraction
+    from emostore.ingest.run import ingest
+
+    store, _ = ingest("csv", [SAMPLE], tmp_path_factory.mktemp("ctx") / "store", dataset="sample")
+    run_extraction(store, minilm_encoder, progress=False)
+    run_extraction(store, text_encoder("minilm", device="cpu", context=2), progress=False)
+    return store
+
+
+def test_sweep_scores_on_dev_unless_test_is_asked_for(sample_store) -> None:
+    base = ["sweep", str(sample_store.path), "--heads", "linear", "-f", "text/minilm", "--seeds", "1",
+            "--epochs", "2", "--device", "cpu", "--json", "--quiet"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["split"] == "dev" and "note" not in r.stderr
+    r = runner.invoke(app, [*base, "--split", "validation"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["split"] == "dev"
+    r = runner.invoke(app, [*base, "--split", "test"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["split"] == "test"
+    assert "note: scoring on the test split" in r.stderr and "note" not in r.stdout
+
+
+def test_sweep_table_keeps_feature_set_names_whole_at_80_columns(ctx_store, monkeypatch) -> None:
+    from emostore import display
+
+    monkeypatch.setattr(display.console, "width", 80)
+    r = runner.invoke(app, ["sweep", str(ctx_store.path), "--heads", "linear", "-f", "text/minilm",
+                            "-f", "text/minilm,text/minilm-ctx2", "--seeds", "1", "--epochs", "2",
+                            "--device", "cpu", "--quiet"], terminal_width=80)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, r.stdout
+    cells = [line.split() for line in lines]
+    assert sum("text/minilm-ctx2" in c for c in cells) == 1  # the second combination, its name whole
+    assert sum("text/minilm" in c for c in cells) == 2  # in both combinations
+    assert "…" not in r.stdout
+    header = next(c for c in cells if "head" in c)
+    assert header[-1] == "seconds"  # the last column is not cut off either
+    runs = [c for c in cells if c and c[0] == "linear"]
+    assert len(runs) == 2 and all(float(c[-1]) >= 0 for c in runs)
+
+
+def test_heads_fitted_in_one_go_say_what_they_settled_on(sample_store, tmp_path) -> None:
+    r = run("train", sample_store.path, "-f", "text/minilm", "--head", "svm", "-p", "C_grid=0.01;0.1;1",
+            "--out", tmp_path / "svm")
+    assert r.exit_code == 0, r.output
+    assert "epoch" not in r.output
+    chosen = json.loads((tmp_path / "svm" / "checkpoint.json").read_text())["params"]["C"]
+    assert "svm fitted on cpu" in r.output and f"fitted with kernel=linear, C={chosen:g};" in r.output
+    assert f"note: svm: C={chosen:g} chosen from 0.01, 0.1, 1 by leave-one-speaker-out" in r.output
+    r = run("train", sample_store.path, "-f", "text/minilm", "--head", "knn", "-p", "k=5", "--out", tmp_path / "knn",
+            "--json")
+    summary = json.loads(r.stdout)
+    assert summary["fitted_with"] == "k=5 neighbours of 268 training rows, temperature 0.1"
+    r = run("train", sample_store.path, "-f", "text/minilm", "--head", "knn", "-p", "k=5", "--out", tmp_path / "knn2")
+    assert "knn fitted on cpu" in r.output and "fitted with k=5 neighbours" in r.output and "epoch" not in r.output

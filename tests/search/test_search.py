@@ -333,3 +333,22 @@ def test_gpu_index_answers_like_the_cpu(store, kind, params):
     gpu_rows = idx.search(X[:20], 10)[1]
     idx._gpu = None
     np.testing.assert_array_equal(gpu_rows[:, :5], idx.search(X[:20], 10)[1][:, :5])
+
+
+def test_ivf_with_too_few_vectors_per_list_says_what_to_do_in_one_line(store, capfd):
+    """385 vectors for 64 lists: FAISS's raw clustering warning is replaced by one note naming --nlist."""
+    r = CliRunner().invoke(app, ["index", "build", str(store.path), "--features", "text/minilm", "--kind", "ivf",
+                                 "--nlist", "64", "--quiet"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines() == ["  note: ivf: 385 training vectors for 64 lists, fewer than the 39 per list that "
+                                     "place them well; use --nlist 9 or fewer (leaving it out picks about 4 x "
+                                     "sqrt(vectors)), or a bigger --train-size"]
+    assert "clustering" not in capfd.readouterr().err  # FAISS's own warning, printed by its C++ code
+    r = CliRunner().invoke(app, ["index", "build", str(store.path), "--features", "text/minilm", "--kind", "ivf",
+                                 "--json", "--quiet"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["notes"] == [] and r.stderr == ""
+    r = CliRunner().invoke(app, ["index", "build", str(store.path), "--features", "text/minilm", "--kind", "ivf",
+                                 "--nlist", "1000"])
+    assert r.exit_code == 1 and "385 training vectors cannot place 1,000 lists; use --nlist 9 or fewer" in r.stderr
+    idx = NearestIndex.build(np.eye(8, dtype=np.float32)[np.arange(100) % 8], np.arange(100), kind="ivf", nlist=4)
+    assert idx.meta["notes"] and "use --nlist 2 or fewer" in idx.meta["notes"][0]

@@ -47,6 +47,10 @@ class KNNHead(Head):
         self.register_buffer("memory_y", torch.zeros(0))
         self.register_buffer("memory_weight", torch.zeros(0))
 
+    def fitted_with(self) -> str:
+        p: KNNParams = self.params  # type: ignore[assignment]
+        return f"k={p.k} neighbours of {len(self.memory_y)} training rows, temperature {p.temperature:g}"
+
     def _memory(self, m: int) -> Tensor:
         return getattr(self, f"memory_{m}")
 

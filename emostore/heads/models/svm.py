@@ -108,6 +108,9 @@ class SVMHead(ClassicalHead):
             raise UserError(f"svm gamma must be positive, got {g!r}")
         return value
 
+    def fitted_with(self) -> str:
+        return f"kernel={self.params.kernel}, " + super().fitted_with()  # type: ignore[attr-defined]
+
     def check_size(self, n_rows: int) -> None:
         p: SVMParams = self.params  # type: ignore[assignment]
         if p.kernel != "rbf":
