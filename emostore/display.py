@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from emostore.ingest.base import IngestResult
+if TYPE_CHECKING:  # only for the annotation: importing the adapters (h5py, ...) slows every command
+    from emostore.ingest.base import IngestResult
 
 console = Console()
 #: Warnings and errors: on stderr, so that stdout holds only what a command reports.

@@ -180,7 +180,7 @@ class FeatureSet:
         """True for the rows of finished chunks. ``tolerant`` (extraction): a ``done`` chunk that
         cannot be read counts as not done, so that it is computed again."""
         if not tolerant:
-            return self._read("done").astype(bool)
+            return self._flags("done")
         arr = self.array("done")
         out = np.zeros(self.n_rows, dtype=bool)
         for c in range(self.n_chunks):
@@ -191,7 +191,14 @@ class FeatureSet:
 
     def mask(self) -> np.ndarray:
         """True where the row holds valid data (its chunk done, and no error)."""
-        return self._read("mask").astype(bool) & self.done()
+        return self._flags("mask") & self.done()
+
+    def _flags(self, key: str) -> np.ndarray:
+        """The whole ``done`` or ``mask`` array as bools. Each holds one small file per chunk (2,442
+        in a 10M-row store): more reads in flight than zarr's default 10, and chunks decoded in
+        batches rather than one by one, read them in about half the time."""
+        with zarr.config.set({"async.concurrency": 64, "codec_pipeline.batch_size": 64}):
+            return self._read(key).astype(bool)
 
     def errors(self, limit: int | None = None) -> list[tuple[int, str, str]]:
         """``(row, utterance id, reason)`` for every row that was processed and failed (the first
@@ -226,15 +233,10 @@ class FeatureSet:
         return bool(self.done().all())
 
     def counts(self) -> tuple[int, int, int, list[int]]:
-        """``(rows done, rows valid, rows failed, chunks with files missing)``: ``done`` and ``mask``
-        read at once, then the listing of the chunk files (``emostore verify`` also checks their bytes)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(2) as pool:
-            done_read = pool.submit(self.done)
-            mask = pool.submit(lambda: self._read("mask").astype(bool)).result()
-            done = done_read.result()
-        mask &= done
+        """``(rows done, rows valid, rows failed, chunks with files missing)``: ``done`` and ``mask``,
+        then the listing of the chunk files (``emostore verify`` also checks their bytes)."""
+        done = self.done()
+        mask = self._flags("mask") & done
         missing = sorted(self.damaged_chunks(checksums=False, done=done))
         return int(done.sum()), int(mask.sum()), int((done & ~mask).sum()), missing
 
@@ -374,7 +376,7 @@ class FeatureSet:
         else:
             X = np.zeros((0, self.dim), np.float32)
         done = self.done()[rows]
-        mask = self._read("mask").astype(bool)[rows] & done
+        mask = self._flags("mask")[rows] & done
         self._check_rows(rows, X, mask, done)
         X[~mask] = np.nan
         return self._ids[rows], X, mask
