@@ -24,7 +24,10 @@ def machine() -> str:
 
 
 def write_section(title: str, text: str) -> None:
-    """Replace (or append) the section headed ``title`` in BENCHMARKS.md."""
+    """Replace (or append) the section headed ``title`` in BENCHMARKS.md; ``text`` gets the heading
+    when it does not start with it."""
+    if not text.lstrip().startswith(title):
+        text = f"{title}\n\n{text.lstrip()}"
     path = ROOT / "BENCHMARKS.md"
     current = path.read_text() if path.exists() else "# Benchmarks\n"
     start = current.find(title)

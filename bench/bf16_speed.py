@@ -3,10 +3,11 @@
 each run as its own process, one after another. Also the agreement of the bf16 vectors with
 the float32 ones (cosine per row).
 
-    python bench/bf16_speed.py run [--threads 2] [--only extract|finetune]   # bench/out/bf16/*.json
-    python bench/bf16_speed.py report [--write]                              # BENCHMARKS.md section
+    python bench/bf16_speed.py run [--threads 2] [--shared] [--only extract|finetune|agreement]
+    python bench/bf16_speed.py report [--write]          # bench/out/bf16/*.json -> BENCHMARKS.md section
 
-Run it on a quiet machine (the report records the load average before and after each command).
+Run it on a quiet machine, or say ``--shared`` when other jobs run beside it (the report says
+which, with the load average before and after each command).
 """
 
 from __future__ import annotations
@@ -76,30 +77,42 @@ def save(name: str, result: dict) -> None:
                                                       "machine": benchlib.machine()}, indent=2) + "\n")
 
 
-def extraction(threads: int) -> None:
+def set_name(label: str, precision: str) -> str:
+    """The feature set a model's vectors in one precision are extracted to."""
+    return f"bf16-{label}-{precision}"
+
+
+def extraction(threads: int, shared: bool) -> None:
     from emostore.store import Store
 
     store = meld_store()
     for label, model in (("minilm", "minilm"), ("mpnet", str(MPNET))):
-        names = {}
         for precision in PRECISIONS:
-            name = f"bf16-{label}-{precision}"
-            names[precision] = name
-            r = command(["extract", "text", str(store), "--model", model, "--precision", precision, "--name", name,
-                         "--device", "cpu", "--overwrite", "--quiet"], threads)
+            r = command(["extract", "text", str(store), "--model", model, "--precision", precision, "--name",
+                         set_name(label, precision), "--device", "cpu", "--overwrite", "--quiet"], threads)
             save(f"extract-{label}-{precision}", {**r, "model": label, "precision": precision, "threads": threads,
-                                                  "rows": len(Store.open(store, mode="r"))})
+                                                  "shared": shared, "rows": len(Store.open(store, mode="r"))})
             print(f"extract {label} {precision}: {r['wall_s']} s wall, {r['cpu_s']} s CPU", flush=True)
-        st = Store.open(store, mode="r")
-        _, a, _ = st.feature_set(f"text/{names['float32']}").read()
-        _, b, _ = st.feature_set(f"text/{names['bfloat16']}").read()
-        ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
-        cos = (a[ok] * b[ok]).sum(1) / np.linalg.norm(a[ok], axis=1) / np.linalg.norm(b[ok], axis=1)
-        save(f"agreement-{label}", {"model": label, "rows": int(ok.sum()), "cosine_min": float(cos.min()),
-                                    "cosine_mean": float(cos.mean())})
+        agreement(store, label)
 
 
-def finetuning(threads: int) -> None:
+def agreement(store: Path, label: str) -> None:
+    """Per-utterance cosine of the bfloat16 vectors to the float32 ones, and the utterance that differs most."""
+    from emostore.store import Store
+
+    st = Store.open(store, mode="r")
+    ids, a, _ = st.feature_set(f"text/{set_name(label, 'float32')}").read()
+    _, b, _ = st.feature_set(f"text/{set_name(label, 'bfloat16')}").read()
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    cos = (a[ok] * b[ok]).sum(1) / np.linalg.norm(a[ok], axis=1) / np.linalg.norm(b[ok], axis=1)
+    worst = int(np.argmin(cos))
+    text = st.table.set_index("id").loc[str(ids[ok][worst]), "text"]
+    save(f"agreement-{label}", {"model": label, "rows": int(ok.sum()), "cosine_min": float(cos.min()),
+                                "cosine_mean": float(cos.mean()), "cosine_p01": float(np.percentile(cos, 0.1)),
+                                "below_099": int((cos < 0.99).sum()), "worst_text": str(text)})
+
+
+def finetuning(threads: int, shared: bool) -> None:
     store = meld_store()
     for label, model, lr in (("mpnet", str(MPNET), "2e-5"), ("minilm", "minilm", "1e-4")):
         for precision in PRECISIONS:
@@ -111,7 +124,7 @@ def finetuning(threads: int) -> None:
             meta = json.loads((out / "finetune.json").read_text())
             h = meta["history"][0]
             save(f"finetune-{label}-{precision}", {**r, "model": label, "precision": precision, "threads": threads,
-                                                   "epoch_wall_s": h["train_seconds"],
+                                                   "shared": shared, "epoch_wall_s": h["train_seconds"],
                                                    "epoch_cpu_s": h["train_cpu_seconds"], "dev": h.get("dev")})
             print(f"finetune {label} {precision}: epoch {h['train_seconds'] / 60:.1f} min", flush=True)
             shutil.rmtree(out, ignore_errors=True)
@@ -127,7 +140,19 @@ def row(kind: str, label: str, a: dict, b: dict) -> str:
         fb = (b["epoch_wall_s"] / 60, b["epoch_cpu_s"] / 60)
         text, unit = "`finetune text`, one epoch (9,989 MELD train utterances, no context, batch 32)", "min"
     return (f"| {text} | {label} | {fa[0]:.2f} / {fa[1]:.2f} {unit} | {fb[0]:.2f} / {fb[1]:.2f} {unit} | "
-            f"{fa[0] / fb[0]:.2f}× |")
+            f"{fa[0] / fb[0]:.2f}× / {fa[1] / fb[1]:.2f}× |")
+
+
+def conditions(rs: list[dict]) -> str:
+    """Threads, load average and whether other jobs ran beside a group of commands."""
+    loads = [v for r in rs for v in (r.get("load_before"), r.get("load_after")) if v is not None]
+    threads = sorted({r.get("threads", 2) for r in rs})
+    quiet = not any(r.get("shared") for r in rs)
+    return (f"{'/'.join(map(str, threads))} thread(s); load average {min(loads):.2f}–{max(loads):.2f} at the "
+            "commands' starts and ends " + ("(the other jobs paused: a quiet machine)." if quiet else
+                                            "(other jobs ran beside them, at times a test suite: a shared "
+                                            "machine, where wall time is inflated; CPU time is the steadier "
+                                            "number)."))
 
 
 def report() -> str:
@@ -135,13 +160,14 @@ def report() -> str:
     if not rs:
         return "No results yet: `python bench/bf16_speed.py run`."
     any_r = next(iter(rs.values()))
-    loads = [v for r in rs.values() for v in (r.get("load_before"), r.get("load_after")) if v is not None]
-    lines = [f"Date {any_r['date']}; {any_r['machine']}, no GPU; torch 2.13.0+cpu; "
-             f"{any_r.get('threads', 2)} threads; each command a fresh process, one at a time; load average "
-             f"{min(loads):.2f}–{max(loads):.2f} at the commands' starts and ends (the other jobs paused: a quiet "
-             "machine). `python bench/bf16_speed.py run`, then `report --write`.", "",
-             "| command | model | float32 wall / CPU | bfloat16 wall / CPU | speed-up (wall) |",
-             "|---|---|---|---|---|"]
+    lines = [f"Date {any_r['date']}; {any_r['machine']}, no GPU; torch 2.13.0+cpu; each command a fresh process, "
+             "one at a time. `python bench/bf16_speed.py run`, then `report --write`.", ""]
+    for kind in ("extract", "finetune"):
+        kind_rs = [r for k, r in rs.items() if k.startswith(f"{kind}-")]
+        if kind_rs:
+            lines.append(f"- `{kind}`: " + conditions(kind_rs))
+    lines += ["", "| command | model | float32 wall / CPU | bfloat16 wall / CPU | speed-up (wall / CPU) |",
+              "|---|---|---|---|---|"]
     for kind in ("extract", "finetune"):
         for label in ("minilm", "mpnet"):
             a, b = rs.get(f"{kind}-{label}-float32"), rs.get(f"{kind}-{label}-bfloat16")
@@ -150,8 +176,9 @@ def report() -> str:
     agree = [rs[k] for k in rs if k.startswith("agreement-")]
     if agree:
         lines += ["", "Agreement of the bfloat16 vectors with the float32 ones, per utterance: " + "; ".join(
-            f"{r['model']} cosine min {r['cosine_min']:.4f}, mean {r['cosine_mean']:.5f} ({r['rows']:,} rows)"
-            for r in agree) + "."]
+            f"{r['model']} cosine mean {r['cosine_mean']:.5f}, 0.1th percentile {r['cosine_p01']:.4f}, min "
+            f"{r['cosine_min']:.4f} ({r['below_099']} of {r['rows']:,} rows below 0.99; the lowest: "
+            f"{r['worst_text']!r})" for r in agree) + "."]
     return "\n".join(lines)
 
 
@@ -160,21 +187,25 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--only", choices=("extract", "finetune"), default=None)
+    r.add_argument("--shared", action="store_true", help="other jobs run beside it (the report says so)")
+    r.add_argument("--only", choices=("extract", "finetune", "agreement"), default=None)
     w = sub.add_parser("report")
     w.add_argument("--write", action="store_true")
     args = ap.parse_args()
     if args.cmd == "run":
         fetch_mpnet()
         if args.only in (None, "extract"):
-            extraction(args.threads)
+            extraction(args.threads, args.shared)
+        if args.only == "agreement":  # from the stored feature sets, without extracting again
+            for label in ("minilm", "mpnet"):
+                agreement(meld_store(), label)
         if args.only in (None, "finetune"):
-            finetuning(args.threads)
+            finetuning(args.threads, args.shared)
     else:
         text = report()
         print(text)
         if args.write:
-            benchlib.write_section(SECTION, f"{SECTION}\n\n{text}")
+            benchlib.write_section(SECTION, text)
 
 
 if __name__ == "__main__":
