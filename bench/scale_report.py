@@ -91,6 +91,16 @@ def tables(data: dict[int, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def not_run(data: dict[int, dict[str, Any]]) -> list[str]:
+    """Why each figure marked "not run" was not run (the memory it would take, at the time)."""
+    lines = []
+    for n in sorted(data):
+        for label, key in STEPS:
+            if (r := data[n].get(key)) and r.get("skipped"):
+                lines.append(f"- {label} at {n:,} rows: {r['skipped'].removeprefix('not run: ')}.")
+    return ["Not run:", "", *lines, ""] if lines else []
+
+
 def state(r: dict[str, Any] | None) -> str:
     if not r or "others_cpu" not in r:
         return "-"
@@ -141,7 +151,8 @@ def report(work: Path, sizes: list[int], write: bool = False) -> str:
         f"text/minilm vectors from the real all-MiniLM-L6-v2 or derived from real vectors ({vectors}; derived as "
         "`bench/search_speed.py` does, around each row's own utterance vector). Each command runs in its own "
         "process, defaults unless said (memory budget: half of the memory available when it starts).", "",
-        *tables(data), "", f"![time and memory against rows](docs/{PLOT.name})", "", *targets(data), ""])
+        *tables(data), "", *not_run(data), f"![time and memory against rows](docs/{PLOT.name})", "",
+        *targets(data), ""])
     print(text)
     if write:
         plot(data)
