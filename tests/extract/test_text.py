@@ -199,3 +199,21 @@ def test_a_cached_hub_name_loads_while_the_hub_is_out_of_reach(tmp_path, monkeyp
     assert st.stored_config["model"] == "minilm-short"
     np.testing.assert_allclose(st.encode_texts(texts), text_encoder("minilm", device="cpu", precision="float32")
                                .encode_texts(texts), atol=1e-6)
+
+
+def test_an_encoder_sharing_the_model_keeps_the_model_default_token_limit(minilm_encoder):
+    """Encoders share one loaded model and each sets its own token limit on it per call: one made
+    after a short-limit encoder has run still defaults to the model's own limit (256 for MiniLM),
+    so a long utterance is embedded whole, as by the first encoder."""
+    from emostore.extract.encoders.text import text_encoder
+
+    long_text = " ".join(["we drove all night to the coast and then the car broke down"] * 8)
+    short = text_encoder("minilm", device="cpu", max_length=16)
+    assert short.model is minilm_encoder.model  # shared, as in one process with two feature sets
+    truncated = short.encode_texts([long_text])
+    later = text_encoder("minilm", device="cpu")
+    assert later.max_length == minilm_encoder.max_length == 256
+    assert later.config.max_length == 256
+    whole = later.encode_texts([long_text])
+    np.testing.assert_allclose(whole, minilm_encoder.encode_texts([long_text]), atol=1e-5)
+    assert float(np.abs(whole - truncated).max()) > 0.01  # the positive control: 16 tokens differ

@@ -179,8 +179,9 @@ class TextEncoder(Encoder):
 
 
 @functools.lru_cache(maxsize=4)
-def _load_sentence_transformer(source: str, device: str, precision: str) -> Any:
-    """Load once per process: the plain and the context feature sets share one model."""
+def _load_sentence_transformer(source: str, device: str, precision: str) -> tuple[Any, int]:
+    """Load once per process: the plain and the context feature sets share one model. Also the
+    model's own token limit, read before any encoder sets its own on the shared model."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -192,7 +193,7 @@ def _load_sentence_transformer(source: str, device: str, precision: str) -> Any:
                         "default (bundled MiniLM) or a local model directory.") from None
     if precision != "float32":
         model.to(getattr(torch, precision))
-    return model
+    return model, int(model.max_seq_length or 512)
 
 
 @register
@@ -217,8 +218,8 @@ class SentenceTransformerEncoder(TextEncoder):
             self.model_id = BUNDLED_MODEL
         else:
             self.model_id = str(Path(name).resolve()) if Path(name).exists() else name
-        self.model = _load_sentence_transformer(self.source, self.device, self.precision)
-        self.max_length = int(max_length or self.model.max_seq_length or 512)
+        self.model, default_length = _load_sentence_transformer(self.source, self.device, self.precision)
+        self.max_length = int(max_length or default_length)
         self.pooling = "model"
         self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
                        else self.model.get_sentence_embedding_dimension())
