@@ -4,7 +4,9 @@ value, so that a chunk file that is missing is damage, never "all fill".
 
 Zarr checks a chunk's checksum whenever it decodes it (a mismatch raises). :func:`check_chunk`
 checks the stored bytes without decoding them, at disk speed, for ``emostore verify`` and for
-``extract``, which must not take a damaged chunk for a finished one.
+``extract``, which must not take a damaged chunk for a finished one. :func:`read_whole` decodes
+a whole array of many small chunks through zarrs' Rust codec pipeline, which checks the same
+checksums.
 """
 
 from __future__ import annotations
@@ -93,6 +95,31 @@ def check_chunks(location: Any, path: str, arr: zarr.Array, indexes: list[int] |
             elif not crc_ok(data):
                 out.append(ChunkState(i, "checksum mismatch (the chunk's bytes changed)"))
     return out
+
+
+#: zarr-python's codec pipeline implemented in Rust (the ``zarrs`` package).
+ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+
+
+def read_whole(group: zarr.Group, key: str) -> np.ndarray | None:
+    """All of array ``key`` decoded by the zarrs pipeline, or None when that cannot be done: zarrs
+    not installed, a store it does not support, or any chunk that fails (the caller then reads it
+    with zarr's own pipeline, which names the damaged chunk). For ``done`` and ``mask``: one small
+    chunk per chunk of rows (2,442 in a 10M-row store), which zarr-python decodes at about 0.25 ms
+    a chunk and zarrs ten times faster. Checksums are checked all the same (a mismatch fails)."""
+    try:
+        import zarrs  # noqa: F401  (registers nothing: the config below names its pipeline)
+    except ImportError:
+        return None
+    try:
+        # the pipeline is chosen when the array is opened; the read itself runs outside the setting
+        with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
+            arr = group[key]
+        return np.asarray(arr[...])
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001  (any failure, a Rust panic included: the caller's read reports it)
+        return None
 
 
 def _find(fs: Any, prefix: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,3 +159,30 @@ def test_info_counts_agree_with_the_arrays_with_and_without_checksums(tmp_path):
     old.group["mask"][5] = False
     old.group["error"][5] = "bad"
     assert old.counts() == (10, 9, 1, []) and [e[1:] for e in old.errors()] == [("u5", "bad")]
+
+
+@pytest.mark.parametrize("zarrs_installed", [True, False])
+def test_flags_read_by_zarrs_or_zarr_agree_and_a_bad_chunk_is_named(tmp_path, monkeypatch, zarrs_installed):
+    """``done`` and ``mask`` read whole through zarrs' pipeline (or zarr's, without zarrs) equal the
+    arrays, chunk by chunk; a flag chunk whose bytes changed still stops the read in one line."""
+    from emostore.store import arrays
+    from emostore.store.feature_set import StoreDamaged
+
+    if not zarrs_installed:
+        monkeypatch.setitem(sys.modules, "zarrs", None)  # `import zarrs` raises ImportError
+    store = Store.create(tmp_path / "s", small_table(), dataset="toy")
+    fs = store.create_feature_set("text/toy", dim=3, config={}, encoder="toy", version={}, chunk_rows=4)
+    fs.write_chunk(0, np.ones((4, 3)), np.array([1, 0, 1, 1], bool), ["", "bad", "", ""])
+    fs.write_chunk(2, np.ones((2, 3)), np.array([0, 1], bool), ["bad", ""])
+    fast = arrays.read_whole(fs.group, "mask")
+    assert (fast is not None) == zarrs_installed
+    by_chunk = np.concatenate([np.asarray(fs.group["mask"][fs.chunk_slice(c)]) for c in range(fs.n_chunks)])
+    assert fs.mask().tolist() == (by_chunk & fs.done()).tolist() == [1, 0, 1, 1, 0, 0, 0, 0, 0, 1]
+    assert fs.done().tolist() == [True] * 4 + [False] * 4 + [True] * 2
+    chunk = tmp_path / "s" / "features" / "text" / "toy" / "done" / "c" / "2"
+    data = bytearray(chunk.read_bytes())
+    data[0] ^= 0xFF  # the checksum no longer matches
+    chunk.write_bytes(bytes(data))
+    assert arrays.read_whole(fs.group, "done") is None
+    with pytest.raises(StoreDamaged, match=r"chunk 2 \(rows 8-9\).*'done' chunk cannot be read.*verify"):
+        fs.done()
