@@ -16,6 +16,10 @@ Run it niced on a shared machine:
     nice -n 5 python bench/scale.py build --sizes 10000,100000,1000000,10000000
     nice -n 5 python bench/scale.py measure --sizes 10000,100000,1000000,10000000
     python bench/scale.py report --write
+
+The targets are for a quiet machine: ``quiet --sizes 10000000`` measures their commands again
+(``info`` three times, mlp for two epochs) with nothing else running, and ``quiet-report --write``
+writes them beside the curve.
 """
 
 from __future__ import annotations
@@ -139,7 +143,7 @@ def derive(size: Size, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["build", "measure", "report"])
+    ap.add_argument("what", choices=["build", "measure", "report", "quiet", "quiet-report"])
     ap.add_argument("--sizes", default="10000,100000,1000000,10000000")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "scale")
     ap.add_argument("--meld", type=Path, default=MELD)
@@ -154,6 +158,11 @@ def main() -> None:
 
         scale_report.report(args.work, sizes, write=args.write)
         return
+    if args.what == "quiet-report":
+        import scale_targets
+
+        scale_targets.quiet_report(args.work, sizes, write=args.write)
+        return
     for rows in sizes:
         size = Size(args.work, rows)
         build(size, args)
@@ -161,6 +170,10 @@ def main() -> None:
             import scale_steps
 
             scale_steps.measure(size, args)
+        if args.what == "quiet":
+            import scale_steps
+
+            scale_steps.measure_targets(size)
             if args.drop_store_after and rows >= args.drop_store_after:
                 shutil.rmtree(size.store, ignore_errors=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,24 @@ def measure(size: Any, args: Any) -> None:
         cap_mb=cap_mb(), log=log))
     size.step("predict", lambda: slim(run("predict", str(ckpt / "mlp"), "--text", QUERY, "--store", store,
                                           "--device", "cpu", "--json"), ["label", "evidence"]))
+
+
+def measure_targets(size: Any, runs: int = 3) -> None:
+    """The targets' commands again, for a quiet machine: ``info`` ``runs`` times, then mlp for 2
+    epochs (recorded as ``quiet_info_<i>`` and ``quiet_train_mlp``)."""
+    from scale import FEATURES, cap_mb
+
+    store, log = str(size.store), size.dir / "log.txt"
+
+    def run(*cmd: str) -> dict[str, Any]:
+        res = scale_run.run(emostore(*cmd), cap_mb=cap_mb(), log=log, timeout_s=3600)
+        return {**res, "date": time.strftime("%Y-%m-%d")}
+
+    for i in range(runs):
+        size.step(f"quiet_info_{i}", lambda: slim(run("info", store, "--json"), ["utterances"]))
+    size.step("quiet_train_mlp", lambda: train_result(run(
+        "train", store, "-f", FEATURES, "--head", "mlp", "--out", str(size.ckpt / "mlp-quiet"), "--epochs", "2",
+        "--patience", "2", "--device", "cpu", "--overwrite", "--quiet", "--json")))
 
 
 def index_steps(size: Any, run: Any) -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+import benchlib
+
+QUIET_TITLE = "## Scale targets on a quiet machine (issue 19)"
 
 
 def epoch_seconds(step: dict[str, Any] | None) -> tuple[float, float, float] | None:
@@ -53,3 +59,39 @@ def targets(data: dict[int, dict[str, Any]]) -> list[str]:
         out.append(f"- `info` on 10M rows <= 2 s: {verdict(info['wall_s'] <= 2.0)}: {info['wall_s']:.2f} s "
                    f"({state(info)}).")
     return out
+
+
+def quiet_report(work: Path, sizes: list[int], write: bool = False) -> str:
+    """The targets measured again with nothing else running (``scale.py quiet``)."""
+    lines = [f"Machine: {benchlib.machine()}, no GPU; each command in its own process with no other work running "
+             "(the CPU share other processes used is given with each figure). `python bench/scale.py quiet "
+             "--sizes 10000000`, then `quiet-report --write`. Same store as the curve above (rebuilt: "
+             "`scale.py build`).", ""]
+    for n in sizes:
+        path = work / str(n) / "results.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        infos = [res[k] for k in sorted(res) if k.startswith("quiet_info_")]
+        for step in (res[k] for k in sorted(res) if k.startswith("quiet_train_mlp")):
+            if not (e := epoch_seconds(step)):
+                continue
+            per = ", ".join(f"{h['seconds']:.1f}" for h in step["history"] if "seconds" in h)
+            ok = e[1] <= 180 and step["peak_rss_mb"] <= 4096
+            lines.append(f"- mlp on {n:,} x 384, <= 180 s per epoch and <= 4 GB: {verdict(ok)}: "
+                         f"{e[1]:.1f} s per epoch (epochs {per} s; {e[0]:.1f} s training, {e[2]:,.0f} rows/s; "
+                         f"the rest scores the dev split), peak RSS {step['peak_rss_mb']:,.0f} MB; "
+                         f"{'; '.join(step['output'].get('notes') or ['in memory'])}; {state(step)}; "
+                         f"date {step.get('date', '?')}.")
+        if infos:
+            walls = [r["wall_s"] for r in infos]
+            lines.append(f"- `info` on {n:,} rows <= 2 s: {verdict(max(walls) <= 2.0)}: "
+                         f"{', '.join(f'{w:.2f}' for w in walls)} s in {len(walls)} runs ({state(infos[-1])}).")
+        if before := [res[k]["wall_s"] for k in sorted(res) if k.startswith("before_info_")]:
+            lines.append(f"  Before the flags were read by zarrs (zarr's own codec pipeline), the same day: "
+                         f"{', '.join(f'{w:.2f}' for w in before)} s.")
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        benchlib.write_section(QUIET_TITLE, text)
+    return text
