@@ -170,12 +170,12 @@ def main() -> None:
             import scale_steps
 
             scale_steps.measure(size, args)
+            if args.drop_store_after and rows >= args.drop_store_after:
+                shutil.rmtree(size.store, ignore_errors=True)
         if args.what == "quiet":
             import scale_steps
 
             scale_steps.measure_targets(size)
-            if args.drop_store_after and rows >= args.drop_store_after:
-                shutil.rmtree(size.store, ignore_errors=True)
 
 
 if __name__ == "__main__":
