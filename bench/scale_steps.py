@@ -26,8 +26,16 @@ EPOCHS = {"mlp": 2, "context": 1, "logreg": 1}
 COMPARE_SIZES = (100_000, 1_000_000)
 
 
+def train_args(store: str, out: Path, head: str, epochs: int, *extra: str) -> list[str]:
+    """``emostore train`` of one head on the text vectors, for ``epochs`` epochs (no early stop)."""
+    from scale import FEATURES
+
+    return ["train", store, "-f", FEATURES, "--head", head, "--out", str(out), "--epochs", str(epochs),
+            "--patience", str(epochs), "--device", "cpu", "--overwrite", "--quiet", "--json", *extra]
+
+
 def measure(size: Any, args: Any) -> None:
-    from scale import FEATURES, cap_mb
+    from scale import cap_mb
 
     store, ckpt, log = str(size.store), size.ckpt, size.dir / "log.txt"
 
@@ -36,14 +44,11 @@ def measure(size: Any, args: Any) -> None:
 
     size.step("info", lambda: slim(run("info", store, "--json"), ["utterances"]))
     for head, epochs in EPOCHS.items():
-        size.step(f"train_{head}", lambda h=head, e=epochs: train_result(run(
-            "train", store, "-f", FEATURES, "--head", h, "--out", str(ckpt / h), "--epochs", str(e),
-            "--patience", str(e), "--device", "cpu", "--overwrite", "--quiet", "--json")))
+        size.step(f"train_{head}", lambda h=head, e=epochs: train_result(run(*train_args(store, ckpt / h, h, e))))
     if size.rows in COMPARE_SIZES:
         for mode, budget in (("memory", "20G"), ("stream", "256M")):
             size.step(f"train_mlp_{mode}", lambda b=budget, m=mode: train_result(run(
-                "train", store, "-f", FEATURES, "--head", "mlp", "--out", str(ckpt / f"mlp-{m}"), "--epochs", "2",
-                "--patience", "2", "--device", "cpu", "--overwrite", "--quiet", "--json", "--memory-budget", b)))
+                *train_args(store, ckpt / f"mlp-{m}", "mlp", 2, "--memory-budget", b))))
     size.step("evaluate", lambda: slim(run("evaluate", str(ckpt / "mlp"), "--store", store, "--json"),
                                        ["n", "accuracy", "weighted_f1"]))
     index_steps(size, run)
@@ -59,7 +64,7 @@ def measure(size: Any, args: Any) -> None:
 def measure_targets(size: Any, runs: int = 3) -> None:
     """The targets' commands again, for a quiet machine: ``info`` ``runs`` times, then mlp for 2
     epochs (recorded as ``quiet_info_<i>`` and ``quiet_train_mlp``)."""
-    from scale import FEATURES, cap_mb
+    from scale import cap_mb
 
     store, log = str(size.store), size.dir / "log.txt"
 
@@ -69,9 +74,7 @@ def measure_targets(size: Any, runs: int = 3) -> None:
 
     for i in range(runs):
         size.step(f"quiet_info_{i}", lambda: slim(run("info", store, "--json"), ["utterances"]))
-    size.step("quiet_train_mlp", lambda: train_result(run(
-        "train", store, "-f", FEATURES, "--head", "mlp", "--out", str(size.ckpt / "mlp-quiet"), "--epochs", "2",
-        "--patience", "2", "--device", "cpu", "--overwrite", "--quiet", "--json")))
+    size.step("quiet_train_mlp", lambda: train_result(run(*train_args(store, size.ckpt / "mlp-quiet", "mlp", 2))))
 
 
 def index_steps(size: Any, run: Any) -> None:

@@ -32,6 +32,19 @@ def state(step: dict[str, Any]) -> str:
     return f"others used {100 * step['others_cpu']:.0f}% of the CPU, load {step['load_before'].split('/')[0]}"
 
 
+def epoch_text(step: dict[str, Any], e: tuple[float, float, float], per_epoch: bool = False) -> str:
+    """Seconds per epoch, with the training pass and its rows/s (and each epoch's seconds)."""
+    seconds = ", ".join(f"{h['seconds']:.1f}" for h in step["history"] if "seconds" in h)
+    each = f"epochs {seconds} s; "
+    return (f"{e[1]:.1f} s per epoch ({each if per_epoch else ''}{e[0]:.1f} s training, {e[2]:,.0f} rows/s; "
+            "the rest scores the dev split)")
+
+
+def conditions(step: dict[str, Any]) -> str:
+    """How the features were held (the command's notes) and the machine's state."""
+    return f"{'; '.join(step['output'].get('notes') or ['in memory'])}; {state(step)}"
+
+
 def targets(data: dict[int, dict[str, Any]]) -> list[str]:
     out = ["Targets (2 cores):", ""]
     for n, limit, rss in ((1_000_000, 20.0, None), (10_000_000, 180.0, 4096.0)):
@@ -43,9 +56,7 @@ def targets(data: dict[int, dict[str, Any]]) -> list[str]:
         ok = e[1] <= limit and (rss is None or step["peak_rss_mb"] <= rss)
         mem = f", peak RSS {step['peak_rss_mb']:,.0f} MB (target <= {rss:,.0f})" if rss else ""
         out.append(f"- mlp on {n:,} x 384, <= {limit:.0f} s per epoch{' and <= 4 GB' if rss else ''}: "
-                   f"{verdict(ok)}: {e[1]:.1f} s per epoch ({e[0]:.1f} s training, {e[2]:,.0f} rows/s; the rest "
-                   f"scores the dev split){mem}; {'; '.join(step['output'].get('notes') or ['in memory'])}; "
-                   f"{state(step)}.")
+                   f"{verdict(ok)}: {epoch_text(step, e)}{mem}; {conditions(step)}.")
     for n in sorted(data):
         mem, stream = data[n].get("train_mlp_memory"), data[n].get("train_mlp_stream")
         a, b = epoch_seconds(mem), epoch_seconds(stream)
@@ -76,13 +87,10 @@ def quiet_report(work: Path, sizes: list[int], write: bool = False) -> str:
         for step in (res[k] for k in sorted(res) if k.startswith("quiet_train_mlp")):
             if not (e := epoch_seconds(step)):
                 continue
-            per = ", ".join(f"{h['seconds']:.1f}" for h in step["history"] if "seconds" in h)
             ok = e[1] <= 180 and step["peak_rss_mb"] <= 4096
             lines.append(f"- mlp on {n:,} x 384, <= 180 s per epoch and <= 4 GB: {verdict(ok)}: "
-                         f"{e[1]:.1f} s per epoch (epochs {per} s; {e[0]:.1f} s training, {e[2]:,.0f} rows/s; "
-                         f"the rest scores the dev split), peak RSS {step['peak_rss_mb']:,.0f} MB; "
-                         f"{'; '.join(step['output'].get('notes') or ['in memory'])}; {state(step)}; "
-                         f"date {step.get('date', '?')}.")
+                         f"{epoch_text(step, e, per_epoch=True)}, peak RSS {step['peak_rss_mb']:,.0f} MB; "
+                         f"{conditions(step)}; date {step.get('date', '?')}.")
         if infos:
             walls = [r["wall_s"] for r in infos]
             lines.append(f"- `info` on {n:,} rows <= 2 s: {verdict(max(walls) <= 2.0)}: "
