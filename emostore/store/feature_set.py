@@ -198,7 +198,7 @@ class FeatureSet:
         in a 10M-row store): read by zarrs where it can (:func:`arrays.read_whole`), else by zarr
         with more reads in flight than its default 10 and chunks decoded in batches."""
         fast = arrays.read_whole(self.group, key)
-        if fast is not None and fast.shape == (self.n_rows,):
+        if fast is not None:
             return fast.astype(bool)
         with zarr.config.set({"async.concurrency": 64, "codec_pipeline.batch_size": 64}):
             return self._read(key).astype(bool)
